@@ -1,0 +1,223 @@
+/*
+ * Copyright (C) 2026 The libdetached-code authors
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "dc-channel-private.h"
+
+/* Runs in the parent only. */
+
+struct _DcChannel
+{
+  GSocket    *socket;   /* socket stream */
+  GIOChannel *in;       /* pipe stream: worker -> parent */
+  GIOChannel *out;      /* pipe stream: parent -> worker */
+};
+
+typedef struct
+{
+  DcChannelFunc func;
+  gpointer      user_data;
+} Trampoline;
+
+DcChannel *
+dc_channel_new_socket (int      fd,
+                       GError **error)
+{
+  DcChannel *channel;
+  GSocket *socket = g_socket_new_from_fd (fd, error);
+
+  if (socket == NULL)
+    {
+      close (fd);
+      return NULL;
+    }
+
+  g_socket_set_blocking (socket, FALSE);
+  channel = g_new0 (DcChannel, 1);
+  channel->socket = socket;
+  return channel;
+}
+
+static GIOChannel *
+pipe_channel_new (int fd)
+{
+  GIOChannel *io = g_io_channel_unix_new (fd);
+
+  g_io_channel_set_close_on_unref (io, TRUE);
+  /* Binary, unbuffered: frames go straight to read()/write(). */
+  g_io_channel_set_encoding (io, NULL, NULL);
+  g_io_channel_set_buffered (io, FALSE);
+  g_io_channel_set_flags (io, G_IO_FLAG_NONBLOCK, NULL);
+  return io;
+}
+
+DcChannel *
+dc_channel_new_pipes (int read_fd,
+                      int write_fd)
+{
+  DcChannel *channel = g_new0 (DcChannel, 1);
+
+  channel->in = pipe_channel_new (read_fd);
+  channel->out = pipe_channel_new (write_fd);
+  return channel;
+}
+
+static gssize
+io_status_to_result (GIOStatus  status,
+                     gsize      done,
+                     GError   **error,
+                     GError    *io_error)
+{
+  switch (status)
+    {
+    case G_IO_STATUS_NORMAL:
+      return (gssize) done;
+    case G_IO_STATUS_EOF:
+      return 0;
+    case G_IO_STATUS_AGAIN:
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "would block");
+      return -1;
+    case G_IO_STATUS_ERROR:
+    default:
+      if (io_error != NULL)
+        {
+          g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_BROKEN_PIPE, io_error->message);
+          g_error_free (io_error);
+        }
+      else
+        g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_FAILED, "channel error");
+      return -1;
+    }
+}
+
+gssize
+dc_channel_read (DcChannel  *channel,
+                 void       *buffer,
+                 gsize       size,
+                 GError    **error)
+{
+  GError *io_error = NULL;
+  GIOStatus status;
+  gsize done = 0;
+
+  if (channel->socket != NULL)
+    return g_socket_receive (channel->socket, buffer, size, NULL, error);
+
+  status = g_io_channel_read_chars (channel->in, buffer, size, &done, &io_error);
+  return io_status_to_result (status, done, error, io_error);
+}
+
+gssize
+dc_channel_write (DcChannel   *channel,
+                  const void  *buffer,
+                  gsize        size,
+                  GError     **error)
+{
+  GError *io_error = NULL;
+  GIOStatus status;
+  gsize done = 0;
+  sigset_t block, old, pending;
+  gboolean was_pending;
+
+  if (channel->socket != NULL)
+    /* GSocket sends with MSG_NOSIGNAL: a dead worker is EPIPE, not SIGPIPE. */
+    return g_socket_send (channel->socket, buffer, size, NULL, error);
+
+  /* A pipe has no MSG_NOSIGNAL, and the library must not change the host's
+   * signal dispositions.  Block SIGPIPE in this thread for the write and
+   * swallow the one the write raised, as a library writing to pipes must. */
+  sigemptyset (&block);
+  sigaddset (&block, SIGPIPE);
+  pthread_sigmask (SIG_BLOCK, &block, &old);
+  sigpending (&pending);
+  was_pending = sigismember (&pending, SIGPIPE);
+
+  status = g_io_channel_write_chars (channel->out, buffer, size, &done, &io_error);
+
+  if (status == G_IO_STATUS_ERROR && !was_pending)
+    {
+      struct timespec zero = { 0, 0 };
+
+      sigpending (&pending);
+      if (sigismember (&pending, SIGPIPE))
+        sigtimedwait (&block, NULL, &zero);
+    }
+  pthread_sigmask (SIG_SETMASK, &old, NULL);
+
+  if (status == G_IO_STATUS_NORMAL && done == 0 && size > 0)
+    status = G_IO_STATUS_AGAIN;
+  return io_status_to_result (status, done, error, io_error);
+}
+
+static gboolean
+socket_source_cb (GSocket      *socket,
+                  GIOCondition  condition,
+                  gpointer      data)
+{
+  Trampoline *t = data;
+  return t->func (condition, t->user_data);
+}
+
+static gboolean
+io_source_cb (GIOChannel   *io,
+              GIOCondition  condition,
+              gpointer      data)
+{
+  Trampoline *t = data;
+  return t->func (condition, t->user_data);
+}
+
+GSource *
+dc_channel_create_source (DcChannel     *channel,
+                          GIOCondition   condition,
+                          DcChannelFunc  func,
+                          gpointer       user_data)
+{
+  Trampoline *t = g_new (Trampoline, 1);
+  GSource *source;
+
+  t->func = func;
+  t->user_data = user_data;
+
+  if (channel->socket != NULL)
+    {
+      source = g_socket_create_source (channel->socket, condition, NULL);
+      g_source_set_callback (source, G_SOURCE_FUNC (socket_source_cb), t, g_free);
+    }
+  else
+    {
+      GIOChannel *io = (condition & G_IO_OUT) ? channel->out : channel->in;
+
+      source = g_io_create_watch (io, condition);
+      g_source_set_callback (source, G_SOURCE_FUNC (io_source_cb), t, g_free);
+    }
+
+  return source;
+}
+
+void
+dc_channel_free (DcChannel *channel)
+{
+  if (channel == NULL)
+    return;
+
+  if (channel->socket != NULL)
+    {
+      g_socket_close (channel->socket, NULL);
+      g_object_unref (channel->socket);
+    }
+  g_clear_pointer (&channel->in, g_io_channel_unref);
+  g_clear_pointer (&channel->out, g_io_channel_unref);
+  g_free (channel);
+}

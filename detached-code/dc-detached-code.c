@@ -1,0 +1,2070 @@
+/*
+ * Copyright (C) 2026 The libdetached-code authors
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <glib/gi18n-lib.h>
+#include <glib-unix.h>
+
+#include "dc-detached-code.h"
+#include "dc-enum-types.h"
+#include "dc-channel-private.h"
+#include "dc-wire-private.h"
+#include "dc-worker-private.h"
+
+/**
+ * DcDetachedCode:
+ *
+ * Runs a C function in a pool of worker processes made with `fork()`, and
+ * hands each result back asynchronously on the main context.
+ *
+ * The function, a [callback@CodeFunc], takes a [struct@GLib.Variant] of
+ * arguments and returns a variant (or sets a [struct@GLib.Error]).  Each
+ * [method@DetachedCode.call_async] serializes its arguments, sends them to
+ * an idle worker (forking one if the pool may grow, queueing the call
+ * otherwise) and completes when the worker answers.
+ *
+ * ```c
+ * static GVariant *
+ * is_prime (GVariant *args, gpointer user_data, GError **error)
+ * {
+ *   guint64 n, d;
+ *
+ *   g_variant_get (args, "(t)", &n);
+ *   for (d = 2; d * d <= n; d++)
+ *     if (n % d == 0)
+ *       return g_variant_new ("(b)", FALSE);
+ *   return g_variant_new ("(b)", n >= 2);
+ * }
+ *
+ * static void
+ * on_result (GObject *source, GAsyncResult *result, gpointer user_data)
+ * {
+ *   g_autoptr(GError) error = NULL;
+ *   g_autoptr(GVariant) value = dc_detached_code_call_finish (DC_DETACHED_CODE (source),
+ *                                                             result, &error);
+ *   gboolean prime;
+ *
+ *   if (value == NULL)
+ *     g_printerr ("Cannot determine if it's prime - %s\n", error->message);
+ *   else
+ *     {
+ *       g_variant_get (value, "(b)", &prime);
+ *       g_print ("123454321 %s a prime number\n", prime ? "is" : "is not");
+ *     }
+ * }
+ *
+ * DcDetachedCode *code = dc_detached_code_new (is_prime, NULL, NULL);
+ * dc_detached_code_start (code, NULL);   // early: before the program makes threads
+ * dc_detached_code_call_async (code, g_variant_new ("(t)", 123454321),
+ *                              G_PRIORITY_DEFAULT, NULL, on_result, NULL);
+ * ```
+ *
+ * A worker is a copy of the parent: the function sees the parent's memory
+ * as it was at the fork, and nothing it changes reaches the parent.  A
+ * worker that crashes costs its call a [error@DetachedCodeError.WORKER_DIED]
+ * error and nothing else; the pool forks a new worker when a call needs one.
+ *
+ * Because workers are forked without exec, start the pool early, before
+ * the program creates threads: a lock held by another thread at the moment
+ * of the fork stays locked in the worker.
+ *
+ * Since: 1.0
+ */
+
+typedef enum
+{
+  WORKER_RUNNING,    /* takes calls */
+  WORKER_RETIRING,   /* takes no more calls; exits on its own */
+  WORKER_LOST,       /* channel closed or worker killed; waiting for its status */
+} WorkerState;
+
+typedef struct _DcWorker DcWorker;
+typedef struct _DcCall DcCall;
+
+struct _DcCall
+{
+  GList           link;      /* in the pool's queue or a worker's in-flight list */
+  GTask          *task;      /* owned; NULL once completed */
+  GBytes         *payload;   /* marshalled arguments; dropped once written */
+  guint64         serial;
+  int             priority;
+};
+
+struct _DcWorker
+{
+  gint             ref_count;   /* the pool's list and the child watch each hold one */
+  DcDetachedCode  *pool;        /* unowned; NULL once the pool let go of it */
+  GPid             pid;
+  WorkerState      state;
+  DcChannel       *channel;     /* NULL once closed */
+  GSource         *read_source;
+  GSource         *write_source;
+  DcWireReader     reader;
+  GByteArray      *outbuf;      /* frames not yet written */
+  gsize            out_pos;
+  GQueue           inflight;    /* DcCall, in the order written */
+  gboolean         reading;     /* inside worker_read(): no reentrant read */
+  gboolean         exited;      /* the child watch has reported */
+  int              wait_status;
+  GError          *lost_error;  /* why we killed it, for the calls it had */
+  guint32          setup_step;  /* from a SETUP_FAILED frame */
+  guint32          setup_errno;
+  gboolean         exit_on_die; /* as it was when this worker was forked */
+};
+
+typedef struct
+{
+  char     *variable;
+  char     *value;     /* NULL: unset */
+  gboolean  overwrite;
+} EnvOp;
+
+struct _DcDetachedCode
+{
+  GObject           parent_instance;
+
+  DcCodeFunc        func;
+  gpointer          user_data;
+  GDestroyNotify    user_data_free;
+  DcWorkerInitFunc  init_func;
+  gpointer          init_data;
+  GDestroyNotify    init_data_free;
+
+  /* The pool's I/O runs here: the thread-default context at construction.
+   * All state below is touched only while this context is acquired. */
+  GMainContext     *context;
+  /* A worker is a copy of us; in any other process this object is inert. */
+  pid_t             owner_pid;
+
+  guint             min_workers;
+  guint             max_workers;
+  DcStream          stream;
+  DcMarshaller      marshaller;
+  DcSetupFlags      setup_flags;
+  gboolean          exit_on_die;
+  char             *cwd;
+  GArray           *env_ops;    /* EnvOp, applied in order at each fork */
+
+  gboolean          started;
+  GQueue            queue;      /* DcCall, by priority then FIFO */
+  GList            *workers;    /* DcWorker (one ref each), every state */
+  guint             n_workers;  /* those RUNNING */
+  guint64           next_serial;
+
+  /* Calls made from threads that could not acquire the context. */
+  GMutex            incoming_lock;
+  GQueue            incoming;
+  GSource          *incoming_source;
+};
+
+enum
+{
+  PROP_0,
+  PROP_MIN_WORKERS,
+  PROP_MAX_WORKERS,
+  PROP_STREAM,
+  PROP_MARSHALLER,
+  PROP_EXIT_ON_DIE,
+  PROP_SETUP_FLAGS,
+  PROP_N_WORKERS,
+  N_PROPS
+};
+
+static GParamSpec *props[N_PROPS];
+
+enum
+{
+  SIGNAL_WORKER_SPAWNED,
+  SIGNAL_WORKER_EXITED,
+  N_SIGNALS
+};
+
+static guint signals[N_SIGNALS];
+
+G_DEFINE_TYPE (DcDetachedCode, dc_detached_code, G_TYPE_OBJECT)
+
+G_DEFINE_QUARK (dc-detached-code-error-quark, dc_detached_code_error)
+
+static void dispatch (DcDetachedCode *self);
+static void worker_lost (DcWorker *worker);
+static void worker_finish (DcWorker *worker);
+static gboolean worker_read (DcWorker *worker, gboolean drain);
+
+static void
+dc_i18n_init (void)
+{
+  static gsize initialized = 0;
+
+  if (g_once_init_enter (&initialized))
+    {
+      bindtextdomain (GETTEXT_PACKAGE, LOCALEDIR);
+      bind_textdomain_codeset (GETTEXT_PACKAGE, "UTF-8");
+      g_once_init_leave (&initialized, 1);
+    }
+}
+
+static gboolean
+in_owner_process (DcDetachedCode *self)
+{
+  return self->owner_pid == getpid ();
+}
+
+/* ---- calls ---- */
+
+static void
+call_free (DcCall *call)
+{
+  g_assert (call->task == NULL);
+  g_clear_pointer (&call->payload, g_bytes_unref);
+  g_free (call);
+}
+
+/* Completes @call exactly once with either @value or @error (both
+ * transfer full) and frees it.  The callback may run right here, and may
+ * re-enter the pool. */
+static void
+call_complete (DcCall   *call,
+               GVariant *value,
+               GError   *error)
+{
+  g_autoptr(GTask) task = g_steal_pointer (&call->task);
+
+  g_assert (task != NULL);
+  g_assert ((value == NULL) != (error == NULL));
+
+  call_free (call);
+  if (value != NULL)
+    g_task_return_pointer (task, value, (GDestroyNotify) g_variant_unref);
+  else
+    g_task_return_error (task, error);
+}
+
+static void
+queue_insert (GQueue *queue,
+              DcCall *call)
+{
+  GList *sibling;
+
+  call->link.data = call;
+  /* Walk from the tail: equal priorities, the common case, stop at once. */
+  for (sibling = queue->tail; sibling != NULL; sibling = sibling->prev)
+    if (((DcCall *) sibling->data)->priority <= call->priority)
+      break;
+
+  if (sibling == NULL)
+    g_queue_push_head_link (queue, &call->link);
+  else if (sibling == queue->tail)
+    g_queue_push_tail_link (queue, &call->link);
+  else
+    {
+      /* Insert after sibling. */
+      GList *next = sibling->next;
+
+      call->link.prev = sibling;
+      call->link.next = next;
+      sibling->next = &call->link;
+      next->prev = &call->link;
+      queue->length++;
+    }
+}
+
+/* Fails every call in @calls (a local queue) with a copy of @error. */
+static void
+fail_calls (GQueue       *calls,
+            const GError *error)
+{
+  GList *link;
+
+  while ((link = g_queue_pop_head_link (calls)) != NULL)
+    call_complete (link->data, NULL, g_error_copy (error));
+}
+
+/* ---- workers ---- */
+
+static DcWorker *
+worker_ref (DcWorker *worker)
+{
+  worker->ref_count++;
+  return worker;
+}
+
+static void
+worker_unref (DcWorker *worker)
+{
+  if (--worker->ref_count > 0)
+    return;
+
+  g_assert (worker->channel == NULL);
+  g_assert (worker->inflight.length == 0);
+  dc_wire_reader_clear (&worker->reader);
+  g_clear_pointer (&worker->outbuf, g_byte_array_unref);
+  g_clear_error (&worker->lost_error);
+  g_free (worker);
+}
+
+static void
+set_n_workers (DcDetachedCode *self,
+               guint           n)
+{
+  if (self->n_workers == n)
+    return;
+  self->n_workers = n;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_N_WORKERS]);
+}
+
+/* Takes @worker out of service: no new calls go to it. */
+static void
+worker_leave_service (DcWorker    *worker,
+                      WorkerState  state)
+{
+  DcDetachedCode *self = worker->pool;
+  WorkerState old = worker->state;
+
+  worker->state = state;
+  if (old == WORKER_RUNNING && self != NULL)
+    set_n_workers (self, self->n_workers - 1);
+}
+
+static void
+worker_close_channel (DcWorker *worker)
+{
+  if (worker->read_source != NULL)
+    {
+      g_source_destroy (worker->read_source);
+      g_clear_pointer (&worker->read_source, g_source_unref);
+    }
+  if (worker->write_source != NULL)
+    {
+      g_source_destroy (worker->write_source);
+      g_clear_pointer (&worker->write_source, g_source_unref);
+    }
+  g_clear_pointer (&worker->channel, dc_channel_free);
+  g_byte_array_set_size (worker->outbuf, 0);
+  worker->out_pos = 0;
+}
+
+/* Kills @worker for a reason of ours; its in-flight calls will fail with
+ * @reason (transfer full) once it is reaped. */
+static void
+worker_kill (DcWorker *worker,
+             GError   *reason)
+{
+  if (worker->lost_error == NULL)
+    worker->lost_error = reason;
+  else
+    g_error_free (reason);
+
+  if (!worker->exited)
+    kill (worker->pid, SIGKILL);
+  worker_lost (worker);
+}
+
+static char *
+describe_wait_status (GPid pid,
+                      int  status)
+{
+  if (WIFEXITED (status))
+    return g_strdup_printf (_("Worker process %d exited with status %d"),
+                            (int) pid, WEXITSTATUS (status));
+
+  if (WIFSIGNALED (status))
+    {
+      int sig = WTERMSIG (status);
+      const char *abbrev = sigabbrev_np (sig);
+      const char *descr = sigdescr_np (sig);
+
+      if (WCOREDUMP (status))
+        return g_strdup_printf (_("Worker process %d was killed by signal %d (%s, SIG%s), core dumped"),
+                                (int) pid, sig, descr ? descr : "?", abbrev ? abbrev : "?");
+      return g_strdup_printf (_("Worker process %d was killed by signal %d (%s, SIG%s)"),
+                              (int) pid, sig, descr ? descr : "?", abbrev ? abbrev : "?");
+    }
+
+  return g_strdup_printf (_("Worker process %d ended with wait status %d"), (int) pid, status);
+}
+
+/* Why the calls still in flight on a dead worker failed. */
+static GError *
+worker_death_error (DcWorker *worker)
+{
+  g_autofree char *status = NULL;
+
+  if (worker->lost_error != NULL)
+    return g_error_copy (worker->lost_error);
+
+  if (worker->setup_step != 0)
+    {
+      const char *what;
+
+      switch (worker->setup_step)
+        {
+        case DC_WIRE_SETUP_STEP_CWD:
+          what = _("cannot change to the working directory");
+          break;
+        case DC_WIRE_SETUP_STEP_DESCRIPTORS:
+        default:
+          what = _("cannot set up its descriptors");
+          break;
+        }
+      return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                          _("Worker process %d could not start: %s: %s"),
+                          (int) worker->pid, what, g_strerror ((int) worker->setup_errno));
+    }
+
+  status = describe_wait_status (worker->pid, worker->wait_status);
+  return g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED, status);
+}
+
+/* The worker is gone and reaped: fail what it still had, forget it. */
+static void
+worker_finish (DcWorker *worker)
+{
+  DcDetachedCode *self = worker->pool;
+  g_autoptr(GError) error = NULL;
+  GQueue calls = G_QUEUE_INIT;
+
+  g_assert (worker->exited);
+  g_assert (worker->channel == NULL);
+
+  if (self == NULL)
+    return;
+
+  worker->pool = NULL;
+  self->workers = g_list_remove (self->workers, worker);
+
+  calls = worker->inflight;
+  g_queue_init (&worker->inflight);
+  if (calls.length > 0)
+    error = worker_death_error (worker);
+
+  g_object_ref (self);
+  g_signal_emit (self, signals[SIGNAL_WORKER_EXITED], 0, (gint) worker->pid, worker->wait_status);
+  worker_unref (worker);   /* the pool's reference */
+
+  /* n-workers is already lower; calls queued behind get a fresh worker
+   * before the failed ones' callbacks run. */
+  dispatch (self);
+  if (error != NULL)
+    fail_calls (&calls, error);
+  g_object_unref (self);
+}
+
+/* The channel broke, or we killed the worker.  It stops taking calls now;
+ * its calls fail once its exit status is known. */
+static void
+worker_lost (DcWorker *worker)
+{
+  DcDetachedCode *self = worker->pool;
+
+  worker_leave_service (worker, WORKER_LOST);
+  worker_close_channel (worker);
+
+  if (worker->exited && !worker->reading)
+    worker_finish (worker);
+  else if (self != NULL)
+    dispatch (self);
+}
+
+/* Once the worker is reaped: read the replies it sent before it went
+ * (they are still in the channel), then fail what is left. */
+static void
+worker_check_exited (DcWorker *worker)
+{
+  if (!worker->exited || worker->reading || worker->pool == NULL)
+    return;
+
+  if (worker->channel != NULL)
+    worker_read (worker, TRUE);
+  if (worker->pool == NULL)
+    return;   /* finished from a callback */
+  if (worker->channel != NULL)
+    worker_lost (worker);
+  else
+    worker_finish (worker);
+}
+
+static void
+child_watch_cb (GPid     pid,
+                int      status,
+                gpointer data)
+{
+  DcWorker *worker = data;
+
+  worker->exited = TRUE;
+  worker->wait_status = status;
+  g_spawn_close_pid (pid);
+
+  worker_ref (worker);
+  worker_check_exited (worker);
+  worker_unref (worker);
+}
+
+static GError *
+protocol_error (DcWorker   *worker,
+                const char *why)
+{
+  return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                      _("Worker process %d sent a malformed message (%s) and was killed"),
+                      (int) worker->pid, why);
+}
+
+/* Puts calls written to a worker that will never run them back at the
+ * head of the queue, in their order. */
+static void
+requeue_inflight (DcWorker *worker)
+{
+  DcDetachedCode *self = worker->pool;
+  GList *link;
+
+  /* A call keeps its payload until it completes, so it can be sent
+   * again as it is. */
+  while ((link = g_queue_pop_tail_link (&worker->inflight)) != NULL)
+    g_queue_push_head_link (&self->queue, link);
+  g_byte_array_set_size (worker->outbuf, 0);
+  worker->out_pos = 0;
+}
+
+static GError *
+marshal_failed_error (DcWorker *worker,
+                      GBytes   *payload)
+{
+  gsize size;
+  const guint8 *data = g_bytes_get_data (payload, &size);
+  guint32 reason;
+  g_autofree char *type_string = NULL;
+  GError *error = NULL;
+
+  if (size < 4)
+    return NULL;
+  memcpy (&reason, data, 4);
+  type_string = g_strndup ((const char *) data + 4, size - 4);
+  if ((reason != DC_WIRE_MARSHAL_BAD_TYPE && reason != DC_WIRE_MARSHAL_TOO_LARGE) ||
+      strlen (type_string) != size - 4 ||
+      !g_variant_type_string_is_valid (type_string))
+    return NULL;
+
+  dc_wire_set_marshal_error (&error, reason, type_string);
+  return error;
+}
+
+/* Handles one frame.  Returns FALSE if the worker can no longer be read. */
+static gboolean
+worker_handle_frame (DcWorker           *worker,
+                     const DcWireHeader *header,
+                     GBytes             *payload)
+{
+  DcDetachedCode *self = worker->pool;
+  DcCall *call;
+  GVariant *value = NULL;
+  GError *error = NULL;
+  gboolean failed = TRUE;
+
+  if (header->type == DC_WIRE_SETUP_FAILED)
+    {
+      const guint32 *words = g_bytes_get_data (payload, NULL);
+
+      if (g_bytes_get_size (payload) != 8 || worker->setup_step != 0)
+        {
+          worker_kill (worker, protocol_error (worker, "setup report"));
+          return FALSE;
+        }
+      worker->setup_step = MAX (words[0], 1);
+      worker->setup_errno = words[1];
+      /* It exits next; its calls fail with SPAWN when it is reaped. */
+      worker_leave_service (worker, WORKER_RETIRING);
+      return TRUE;
+    }
+
+  call = g_queue_peek_head (&worker->inflight);
+  if (call == NULL || header->serial != call->serial || header->type == DC_WIRE_CALL)
+    {
+      worker_kill (worker, protocol_error (worker, call == NULL ? "reply without a call"
+                                                   : header->type == DC_WIRE_CALL ? "unexpected type"
+                                                   : "reply out of order"));
+      return FALSE;
+    }
+
+  switch ((DcWireType) header->type)
+    {
+    case DC_WIRE_RESULT:
+      value = dc_wire_unmarshal (self->marshaller, payload, &error);
+      failed = FALSE;
+      if (value == NULL)
+        {
+          worker_kill (worker, protocol_error (worker, error->message));
+          g_clear_error (&error);
+          return FALSE;
+        }
+      break;
+
+    case DC_WIRE_ERROR:
+      error = dc_wire_decode_error (payload, NULL);
+      if (error == NULL)
+        {
+          worker_kill (worker, protocol_error (worker, "error report"));
+          return FALSE;
+        }
+      break;
+
+    case DC_WIRE_NULL_RESULT:
+      error = g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_FAILED,
+                                   _("The code returned no value and set no error"));
+      break;
+
+    case DC_WIRE_MARSHAL_FAILED:
+      error = marshal_failed_error (worker, payload);
+      if (error == NULL)
+        {
+          worker_kill (worker, protocol_error (worker, "marshal report"));
+          return FALSE;
+        }
+      break;
+
+    case DC_WIRE_CALL:
+    case DC_WIRE_SETUP_FAILED:
+    default:
+      g_assert_not_reached ();
+    }
+
+  g_queue_unlink (&worker->inflight, &call->link);
+
+  if (failed && worker->exit_on_die)
+    {
+      /* It exits after this reply, without reading what else we wrote. */
+      worker_leave_service (worker, WORKER_RETIRING);
+      requeue_inflight (worker);
+    }
+
+  /* Give the worker its next call before running this one's callback. */
+  dispatch (self);
+  call_complete (call, value, error);
+
+  return worker->channel != NULL;
+}
+
+/* Reads what the worker has sent, without blocking: a bounded amount, or
+ * everything there is when @drain.  Returns FALSE when the channel is gone.
+ * Callbacks run from here may re-enter the pool. */
+static gboolean
+worker_read (DcWorker *worker,
+             gboolean  drain)
+{
+  guint8 buf[16 * 1024];
+  gboolean keep = TRUE;
+  guint rounds;
+
+  if (worker->reading || worker->channel == NULL)
+    return worker->channel != NULL;
+
+  worker_ref (worker);
+  worker->reading = TRUE;
+
+  /* Bounded, so that one chatty worker cannot starve the context. */
+  for (rounds = 0; keep && (drain || rounds < 64); rounds++)
+    {
+      g_autoptr(GError) error = NULL;
+      gsize space = 0;
+      guint8 *direct = dc_wire_reader_direct_buffer (&worker->reader, &space);
+      const guint8 *p;
+      gsize len;
+      gssize n;
+
+      /* A large payload is read straight into its final buffer. */
+      if (direct == NULL || space < sizeof buf)
+        direct = NULL;
+      n = dc_channel_read (worker->channel, direct ? direct : buf,
+                           direct ? space : sizeof buf, &error);
+
+      if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+        break;
+      if (n <= 0)
+        {
+          worker_lost (worker);
+          keep = FALSE;
+          break;
+        }
+
+      if (direct != NULL)
+        {
+          dc_wire_reader_advance (&worker->reader, (gsize) n);
+          if (dc_wire_reader_frame_ready (&worker->reader))
+            {
+              DcWireHeader header;
+              g_autoptr(GBytes) payload = NULL;
+
+              dc_wire_reader_take_frame (&worker->reader, &header, &payload);
+              keep = worker_handle_frame (worker, &header, payload);
+            }
+          continue;
+        }
+
+      p = buf;
+      len = (gsize) n;
+      while (keep && len > 0)
+        {
+          DcWireHeader header;
+          g_autoptr(GBytes) payload = NULL;
+          g_autoptr(GError) why = NULL;
+
+          switch (dc_wire_reader_feed (&worker->reader, &p, &len, &header, &payload))
+            {
+            case DC_WIRE_READ_FRAME:
+              keep = worker_handle_frame (worker, &header, payload);
+              break;
+            case DC_WIRE_READ_ERROR:
+              dc_wire_reader_set_error (&worker->reader, &why);
+              worker_kill (worker, protocol_error (worker, why->message));
+              keep = FALSE;
+              break;
+            case DC_WIRE_READ_NEED_MORE:
+            default:
+              break;
+            }
+        }
+    }
+
+  worker->reading = FALSE;
+  keep = keep && worker->channel != NULL;
+
+  /* The child watch fired while we were busy. */
+  worker_check_exited (worker);
+
+  worker_unref (worker);
+  return keep;
+}
+
+static gboolean
+worker_readable_cb (GIOCondition condition,
+                    gpointer     data)
+{
+  DcWorker *worker = data;
+
+  return worker_read (worker, FALSE) ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
+}
+
+static gboolean worker_writable_cb (GIOCondition condition, gpointer data);
+
+/* Writes what can be written now; waits for the channel otherwise. */
+static void
+worker_flush (DcWorker *worker)
+{
+  while (worker->channel != NULL && worker->out_pos < worker->outbuf->len)
+    {
+      g_autoptr(GError) error = NULL;
+      gssize n = dc_channel_write (worker->channel,
+                                   worker->outbuf->data + worker->out_pos,
+                                   worker->outbuf->len - worker->out_pos, &error);
+
+      if (n > 0)
+        {
+          worker->out_pos += (gsize) n;
+          continue;
+        }
+
+      if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+        {
+          if (worker->write_source == NULL)
+            {
+              worker->write_source = dc_channel_create_source (worker->channel, G_IO_OUT,
+                                                               worker_writable_cb, worker);
+              g_source_attach (worker->write_source, worker->pool->context);
+            }
+          return;
+        }
+
+      /* Broken: the worker is gone.  Stop writing, and keep reading: the
+       * replies it sent before it went are still to be read, and the end
+       * of the stream comes next. */
+      worker_leave_service (worker, WORKER_LOST);
+      break;
+    }
+
+  if (worker->channel == NULL)
+    return;
+
+  /* Drained, or broken. */
+  g_byte_array_set_size (worker->outbuf, 0);
+  worker->out_pos = 0;
+  if (worker->write_source != NULL)
+    {
+      g_source_destroy (worker->write_source);
+      g_clear_pointer (&worker->write_source, g_source_unref);
+    }
+}
+
+static gboolean
+worker_writable_cb (GIOCondition condition,
+                    gpointer     data)
+{
+  DcWorker *worker = data;
+
+  worker_ref (worker);
+  worker_flush (worker);
+  worker_unref (worker);
+  /* worker_flush() destroys the source itself once drained. */
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+send_call (DcWorker *worker,
+           DcCall   *call)
+{
+  gsize size;
+  const guint8 *data = g_bytes_get_data (call->payload, &size);
+
+  g_queue_push_tail_link (&worker->inflight, &call->link);
+  dc_wire_append_frame (worker->outbuf, DC_WIRE_CALL, call->serial, data, size);
+}
+
+static char **
+build_envp (DcDetachedCode *self)
+{
+  char **envp;
+  guint i;
+
+  if (self->env_ops->len == 0)
+    return NULL;
+
+  envp = g_get_environ ();
+  for (i = 0; i < self->env_ops->len; i++)
+    {
+      EnvOp *op = &g_array_index (self->env_ops, EnvOp, i);
+
+      if (op->value != NULL)
+        envp = g_environ_setenv (envp, op->variable, op->value, op->overwrite);
+      else
+        envp = g_environ_unsetenv (envp, op->variable);
+    }
+  return envp;
+}
+
+static void
+reap_only_cb (GPid     pid,
+              int      status,
+              gpointer data)
+{
+  g_spawn_close_pid (pid);
+}
+
+static DcWorker *
+spawn_worker (DcDetachedCode  *self,
+              GError         **error)
+{
+  DcWorkerSetup setup = { 0, };
+  DcWorkerCode code = { 0, };
+  int parent_read = -1, parent_write = -1;
+  g_auto(GStrv) envp = NULL;
+  DcWorker *worker;
+  GSource *watch;
+  DcChannel *channel;
+  pid_t pid;
+  int errsv;
+
+  if (self->cwd != NULL && !g_file_test (self->cwd, G_FILE_TEST_IS_DIR))
+    {
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                   _("Cannot start a worker: “%s” is not a directory"), self->cwd);
+      return NULL;
+    }
+
+  if (self->stream == DC_STREAM_PIPE)
+    {
+      int to_worker[2], from_worker[2];
+
+      if (pipe2 (to_worker, O_CLOEXEC) < 0)
+        goto fail_errno;
+      if (pipe2 (from_worker, O_CLOEXEC) < 0)
+        {
+          errsv = errno;
+          close (to_worker[0]);
+          close (to_worker[1]);
+          errno = errsv;
+          goto fail_errno;
+        }
+      parent_read = from_worker[0];
+      parent_write = to_worker[1];
+      setup.read_fd = to_worker[0];
+      setup.write_fd = from_worker[1];
+    }
+  else
+    {
+      int sv[2];
+
+      if (socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        goto fail_errno;
+      parent_read = parent_write = sv[0];
+      setup.read_fd = setup.write_fd = sv[1];
+    }
+
+  dc_worker_pick_targets (&setup);
+  setup.flags = self->setup_flags;
+  setup.parent_pid = getpid ();
+  setup.cwd = self->cwd;
+  envp = build_envp (self);
+  setup.envp = envp;
+
+  code.func = self->func;
+  code.user_data = self->user_data;
+  code.init_func = self->init_func;
+  code.init_data = self->init_data;
+  code.marshaller = self->marshaller;
+  code.exit_on_die = self->exit_on_die;
+
+  pid = fork ();
+  if (pid == 0)
+    dc_worker_main (&setup, &code);   /* never returns */
+  errsv = errno;
+
+  close (setup.read_fd);
+  if (setup.write_fd != setup.read_fd)
+    close (setup.write_fd);
+
+  if (pid < 0)
+    {
+      close (parent_read);
+      if (parent_write != parent_read)
+        close (parent_write);
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                   _("Cannot fork a worker: %s"), g_strerror (errsv));
+      return NULL;
+    }
+
+  if (parent_read == parent_write)
+    {
+      g_autoptr(GError) local_error = NULL;
+
+      channel = dc_channel_new_socket (parent_read, &local_error);
+      if (channel == NULL)
+        {
+          /* It sees EOF and leaves; reap it all the same. */
+          GSource *reaper = g_child_watch_source_new (pid);
+
+          g_source_set_callback (reaper, G_SOURCE_FUNC (reap_only_cb), NULL, NULL);
+          g_source_attach (reaper, self->context);
+          g_source_unref (reaper);
+          g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                       _("Cannot set up a worker channel: %s"), local_error->message);
+          return NULL;
+        }
+    }
+  else
+    channel = dc_channel_new_pipes (parent_read, parent_write);
+
+  worker = g_new0 (DcWorker, 1);
+  worker->ref_count = 2;   /* the pool's list, the child watch */
+  worker->pool = self;
+  worker->pid = pid;
+  worker->state = WORKER_RUNNING;
+  worker->channel = channel;
+  worker->outbuf = g_byte_array_new ();
+  worker->exit_on_die = self->exit_on_die;
+  dc_wire_reader_init (&worker->reader);
+  g_queue_init (&worker->inflight);
+
+  worker->read_source = dc_channel_create_source (channel, G_IO_IN | G_IO_HUP | G_IO_ERR,
+                                                  worker_readable_cb, worker);
+  g_source_attach (worker->read_source, self->context);
+
+  watch = g_child_watch_source_new (pid);
+  g_source_set_callback (watch, G_SOURCE_FUNC (child_watch_cb), worker,
+                         (GDestroyNotify) worker_unref);
+  g_source_attach (watch, self->context);
+  g_source_unref (watch);
+
+  self->workers = g_list_prepend (self->workers, worker);
+  set_n_workers (self, self->n_workers + 1);
+  g_signal_emit (self, signals[SIGNAL_WORKER_SPAWNED], 0, (gint) pid);
+
+  return worker;
+
+fail_errno:
+  errsv = errno;
+  g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+               _("Cannot create a worker channel: %s"), g_strerror (errsv));
+  return NULL;
+}
+
+static guint
+effective_max (DcDetachedCode *self)
+{
+  return MAX (self->min_workers, self->max_workers);
+}
+
+static DcWorker *
+find_idle_worker (DcDetachedCode *self)
+{
+  GList *l;
+
+  for (l = self->workers; l != NULL; l = l->next)
+    {
+      DcWorker *worker = l->data;
+
+      if (worker->state == WORKER_RUNNING && worker->inflight.length == 0)
+        return worker;
+    }
+  return NULL;
+}
+
+/* Sends queued calls to idle workers, forking more while the pool may
+ * grow.  Safe to re-enter. */
+static void
+dispatch (DcDetachedCode *self)
+{
+  g_autoptr(GError) spawn_error = NULL;
+  g_autoptr(GPtrArray) to_flush = g_ptr_array_new_with_free_func ((GDestroyNotify) worker_unref);
+  guint i;
+
+  while (self->queue.length > 0)
+    {
+      DcWorker *worker = find_idle_worker (self);
+      DcCall *call;
+
+      if (worker == NULL && self->n_workers < effective_max (self))
+        {
+          worker = spawn_worker (self, &spawn_error);
+          if (worker == NULL)
+            break;
+        }
+      if (worker == NULL)
+        break;
+
+      call = g_queue_pop_head_link (&self->queue)->data;
+      if (worker->outbuf->len == 0)
+        g_ptr_array_add (to_flush, worker_ref (worker));
+      send_call (worker, call);
+    }
+
+  /* Write in one go what each worker was given.  A write may re-enter
+   * (a broken channel), hence the references. */
+  for (i = 0; i < to_flush->len; i++)
+    {
+      DcWorker *worker = g_ptr_array_index (to_flush, i);
+
+      if (worker->channel != NULL && worker->write_source == NULL)
+        worker_flush (worker);
+    }
+
+  /* Queued calls never wait on a dead pool. */
+  if (spawn_error != NULL && self->n_workers == 0 && self->queue.length > 0)
+    {
+      GQueue calls = self->queue;
+
+      g_queue_init (&self->queue);
+      fail_calls (&calls, spawn_error);
+    }
+}
+
+/* ---- submission ---- */
+
+/* With the context acquired. */
+static void
+submit (DcDetachedCode *self,
+        DcCall         *call)
+{
+  self->started = TRUE;
+  call->serial = self->next_serial++;
+  queue_insert (&self->queue, call);
+}
+
+static gboolean
+incoming_cb (gpointer data)
+{
+  DcDetachedCode *self = data;
+  GQueue calls;
+  GList *link;
+
+  g_mutex_lock (&self->incoming_lock);
+  calls = self->incoming;
+  g_queue_init (&self->incoming);
+  g_clear_pointer (&self->incoming_source, g_source_unref);
+  g_mutex_unlock (&self->incoming_lock);
+
+  while ((link = g_queue_pop_head_link (&calls)) != NULL)
+    submit (self, link->data);
+  dispatch (self);
+
+  return G_SOURCE_REMOVE;
+}
+
+/* ---- GObject ---- */
+
+static void
+env_op_clear (EnvOp *op)
+{
+  g_free (op->variable);
+  g_free (op->value);
+}
+
+static void
+detach_workers (DcDetachedCode *self,
+                GQueue         *calls)
+{
+  GList *workers = g_steal_pointer (&self->workers);
+  GList *l;
+
+  for (l = workers; l != NULL; l = l->next)
+    {
+      DcWorker *worker = l->data;
+      gboolean busy = worker->inflight.length > 0;
+      GList *link;
+
+      while ((link = g_queue_pop_head_link (&worker->inflight)) != NULL)
+        g_queue_push_tail_link (calls, link);
+
+      /* An idle worker leaves when it reads the end of its channel; a
+       * busy one would finish a call nobody waits for, so it is killed. */
+      if (!worker->exited && (busy || worker->state != WORKER_RUNNING))
+        kill (worker->pid, SIGKILL);
+
+      worker_leave_service (worker, WORKER_LOST);
+      worker_close_channel (worker);
+      /* Its child watch still holds it, and reaps it. */
+      worker->pool = NULL;
+      worker_unref (worker);
+    }
+  g_list_free (workers);
+}
+
+static void
+dc_detached_code_dispose (GObject *object)
+{
+  DcDetachedCode *self = DC_DETACHED_CODE (object);
+
+  /* In a worker this is a copy of the parent's pool: the processes, the
+   * descriptors and the main context are not ours to touch. */
+  if (in_owner_process (self))
+    dc_detached_code_shutdown (self);
+
+  G_OBJECT_CLASS (dc_detached_code_parent_class)->dispose (object);
+}
+
+static void
+dc_detached_code_finalize (GObject *object)
+{
+  DcDetachedCode *self = DC_DETACHED_CODE (object);
+
+  if (self->user_data_free != NULL)
+    self->user_data_free (self->user_data);
+  if (self->init_data_free != NULL)
+    self->init_data_free (self->init_data);
+
+  if (in_owner_process (self))
+    {
+      if (self->incoming_source != NULL)
+        {
+          g_source_destroy (self->incoming_source);
+          g_source_unref (self->incoming_source);
+        }
+      g_main_context_unref (self->context);
+    }
+
+  g_free (self->cwd);
+  g_array_unref (self->env_ops);
+  g_mutex_clear (&self->incoming_lock);
+
+  G_OBJECT_CLASS (dc_detached_code_parent_class)->finalize (object);
+}
+
+static void
+dc_detached_code_get_property (GObject    *object,
+                               guint       prop_id,
+                               GValue     *value,
+                               GParamSpec *pspec)
+{
+  DcDetachedCode *self = DC_DETACHED_CODE (object);
+
+  switch (prop_id)
+    {
+    case PROP_MIN_WORKERS:
+      g_value_set_uint (value, self->min_workers);
+      break;
+    case PROP_MAX_WORKERS:
+      g_value_set_uint (value, self->max_workers);
+      break;
+    case PROP_STREAM:
+      g_value_set_enum (value, self->stream);
+      break;
+    case PROP_MARSHALLER:
+      g_value_set_enum (value, self->marshaller);
+      break;
+    case PROP_EXIT_ON_DIE:
+      g_value_set_boolean (value, self->exit_on_die);
+      break;
+    case PROP_SETUP_FLAGS:
+      g_value_set_flags (value, self->setup_flags);
+      break;
+    case PROP_N_WORKERS:
+      g_value_set_uint (value, self->n_workers);
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static void
+dc_detached_code_set_property (GObject      *object,
+                               guint         prop_id,
+                               const GValue *value,
+                               GParamSpec   *pspec)
+{
+  DcDetachedCode *self = DC_DETACHED_CODE (object);
+
+  switch (prop_id)
+    {
+    case PROP_MIN_WORKERS:
+      dc_detached_code_set_min_workers (self, g_value_get_uint (value));
+      break;
+    case PROP_MAX_WORKERS:
+      dc_detached_code_set_max_workers (self, g_value_get_uint (value));
+      break;
+    case PROP_STREAM:
+      dc_detached_code_set_stream (self, g_value_get_enum (value));
+      break;
+    case PROP_MARSHALLER:
+      dc_detached_code_set_marshaller (self, g_value_get_enum (value));
+      break;
+    case PROP_EXIT_ON_DIE:
+      dc_detached_code_set_exit_on_die (self, g_value_get_boolean (value));
+      break;
+    case PROP_SETUP_FLAGS:
+      dc_detached_code_set_setup_flags (self, g_value_get_flags (value));
+      break;
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static void
+dc_detached_code_class_init (DcDetachedCodeClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  dc_i18n_init ();
+
+  object_class->dispose = dc_detached_code_dispose;
+  object_class->finalize = dc_detached_code_finalize;
+  object_class->get_property = dc_detached_code_get_property;
+  object_class->set_property = dc_detached_code_set_property;
+
+  /**
+   * DcDetachedCode:min-workers:
+   *
+   * Workers forked by [method@DetachedCode.start] and kept while idle.
+   *
+   * Since: 1.0
+   */
+  props[PROP_MIN_WORKERS] =
+    g_param_spec_uint ("min-workers", NULL, NULL, 0, G_MAXUINT16, 1,
+                       G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:max-workers:
+   *
+   * How many workers the pool may grow to when calls wait.  The bound in
+   * force is the larger of this and [property@DetachedCode:min-workers].
+   *
+   * Since: 1.0
+   */
+  props[PROP_MAX_WORKERS] =
+    g_param_spec_uint ("max-workers", NULL, NULL, 1, G_MAXUINT16, 1,
+                       G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:stream:
+   *
+   * The kind of channel to each worker.  May change only while no worker
+   * runs.
+   *
+   * Since: 1.0
+   */
+  props[PROP_STREAM] =
+    g_param_spec_enum ("stream", NULL, NULL, DC_TYPE_STREAM, DC_STREAM_AUTO,
+                       G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:marshaller:
+   *
+   * How arguments and results travel.  May change only while no worker
+   * runs and no call waits.
+   *
+   * Since: 1.0
+   */
+  props[PROP_MARSHALLER] =
+    g_param_spec_enum ("marshaller", NULL, NULL, DC_TYPE_MARSHALLER, DC_MARSHALLER_VARIANT,
+                       G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:exit-on-die:
+   *
+   * Whether a worker whose code failed (returned an error, or no value)
+   * exits after replying.  No other call fails because of that exit: calls
+   * go to another worker, or to a fresh one.
+   *
+   * Since: 1.0
+   */
+  props[PROP_EXIT_ON_DIE] =
+    g_param_spec_boolean ("exit-on-die", NULL, NULL, FALSE,
+                          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:setup-flags:
+   *
+   * How each worker's standard descriptors are set up.  May change only
+   * while no worker runs.
+   *
+   * Since: 1.0
+   */
+  props[PROP_SETUP_FLAGS] =
+    g_param_spec_flags ("setup-flags", NULL, NULL, DC_TYPE_SETUP_FLAGS, DC_SETUP_NONE,
+                        G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:n-workers:
+   *
+   * How many workers are alive and taking calls.
+   *
+   * Since: 1.0
+   */
+  props[PROP_N_WORKERS] =
+    g_param_spec_uint ("n-workers", NULL, NULL, 0, G_MAXUINT, 0,
+                       G_PARAM_READABLE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  g_object_class_install_properties (object_class, N_PROPS, props);
+
+  /**
+   * DcDetachedCode::worker-spawned:
+   * @self: the pool
+   * @pid: the new worker's process id
+   *
+   * Emitted in the parent after a worker was forked.
+   *
+   * Since: 1.0
+   */
+  signals[SIGNAL_WORKER_SPAWNED] =
+    g_signal_new ("worker-spawned", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST,
+                  0, NULL, NULL, NULL, G_TYPE_NONE, 1, G_TYPE_INT);
+
+  /**
+   * DcDetachedCode::worker-exited:
+   * @self: the pool
+   * @pid: the worker's process id
+   * @wait_status: its wait status, as `waitpid()` gives it; see
+   *   [func@GLib.spawn_check_wait_status]
+   *
+   * Emitted in the parent after a worker was reaped, before the calls it
+   * still had fail.
+   *
+   * Since: 1.0
+   */
+  signals[SIGNAL_WORKER_EXITED] =
+    g_signal_new ("worker-exited", G_TYPE_FROM_CLASS (klass), G_SIGNAL_RUN_LAST,
+                  0, NULL, NULL, NULL, G_TYPE_NONE, 2, G_TYPE_INT, G_TYPE_INT);
+}
+
+static void
+dc_detached_code_init (DcDetachedCode *self)
+{
+  self->context = g_main_context_ref_thread_default ();
+  self->owner_pid = getpid ();
+  self->min_workers = 1;
+  self->max_workers = 1;
+  self->stream = DC_STREAM_AUTO;
+  self->marshaller = DC_MARSHALLER_VARIANT;
+  self->setup_flags = DC_SETUP_NONE;
+  self->env_ops = g_array_new (FALSE, FALSE, sizeof (EnvOp));
+  g_array_set_clear_func (self->env_ops, (GDestroyNotify) env_op_clear);
+  g_queue_init (&self->queue);
+  g_mutex_init (&self->incoming_lock);
+  g_queue_init (&self->incoming);
+  self->next_serial = 1;
+}
+
+/* ---- public API ---- */
+
+/**
+ * dc_detached_code_new: (constructor)
+ * @func: (scope notified) (closure user_data) (destroy user_data_free): the
+ *   code to run in the workers
+ * @user_data: data for @func, seen by each worker as it was at the fork
+ * @user_data_free: (nullable): frees @user_data when the pool is finalized
+ *
+ * Creates a pool that runs @func in worker processes.  No process is
+ * forked until [method@DetachedCode.start] or the first call.
+ *
+ * The pool does its I/O on the thread-default main context of the thread
+ * that creates it, which must be running for calls to complete.
+ *
+ * Returns: (transfer full): a new pool
+ *
+ * Since: 1.0
+ */
+DcDetachedCode *
+dc_detached_code_new (DcCodeFunc     func,
+                      gpointer       user_data,
+                      GDestroyNotify user_data_free)
+{
+  DcDetachedCode *self;
+
+  g_return_val_if_fail (func != NULL, NULL);
+
+  self = g_object_new (DC_TYPE_DETACHED_CODE, NULL);
+  self->func = func;
+  self->user_data = user_data;
+  self->user_data_free = user_data_free;
+  return self;
+}
+
+/**
+ * dc_detached_code_start:
+ * @self: a pool
+ * @error: return location for an error
+ *
+ * Forks [property@DetachedCode:min-workers] workers now.  Call it early,
+ * before the program creates threads: see the fork-safety notes.  Calls
+ * start the pool by themselves when nobody did.
+ *
+ * Returns: %TRUE if the workers were forked; %FALSE with a
+ *   %DC_DETACHED_CODE_ERROR_SPAWN @error otherwise
+ *
+ * Since: 1.0
+ */
+gboolean
+dc_detached_code_start (DcDetachedCode  *self,
+                        GError         **error)
+{
+  gboolean ok = TRUE;
+  gboolean acquired;
+
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  if (!in_owner_process (self))
+    {
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                   _("This pool belongs to process %d"), (int) self->owner_pid);
+      return FALSE;
+    }
+
+  acquired = g_main_context_acquire (self->context);
+  self->started = TRUE;
+  while (ok && self->n_workers < self->min_workers)
+    ok = spawn_worker (self, error) != NULL;
+  /* Calls made before start() may be waiting. */
+  dispatch (self);
+  if (acquired)
+    g_main_context_release (self->context);
+
+  return ok;
+}
+
+/**
+ * dc_detached_code_call_async:
+ * @self: a pool
+ * @args: (nullable): the arguments for the code; %NULL means an empty
+ *   tuple.  A floating reference is sunk.
+ * @io_priority: the call's place in the queue: lower values go first,
+ *   equal values in call order
+ * @cancellable: (nullable): a #GCancellable
+ * @callback: (scope async) (closure user_data): called when the call
+ *   completes
+ * @user_data: data for @callback
+ *
+ * Runs the code in a worker with @args.  The arguments are serialized
+ * before this function returns, so @args may change afterwards.  The call
+ * goes to an idle worker, or to a newly forked one while the pool may
+ * grow; otherwise it waits in the queue.
+ *
+ * @callback runs in the thread-default main context of the calling thread,
+ * never before this function returns.  Call
+ * [method@DetachedCode.call_finish] from it.
+ *
+ * This function may be called from any thread.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_call_async (DcDetachedCode     *self,
+                             GVariant           *args,
+                             int                 io_priority,
+                             GCancellable       *cancellable,
+                             GAsyncReadyCallback callback,
+                             gpointer            user_data)
+{
+  g_autoptr(GTask) task = NULL;
+  g_autoptr(GVariant) owned_args = NULL;
+  g_autoptr(GError) error = NULL;
+  GBytes *payload;
+  DcCall *call;
+  gboolean need_source = FALSE;
+
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
+
+  owned_args = args != NULL ? g_variant_ref_sink (args)
+                            : g_variant_ref_sink (g_variant_new ("()"));
+
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, dc_detached_code_call_async);
+  g_task_set_priority (task, io_priority);
+
+  if (!in_owner_process (self))
+    {
+      g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SHUTDOWN,
+                               _("This pool belongs to process %d"), (int) self->owner_pid);
+      return;
+    }
+
+  /* The marshaller may not change while calls wait, so the one in force
+   * now is the one the workers use. */
+  payload = dc_wire_marshal (self->marshaller, owned_args, &error);
+  if (payload == NULL)
+    {
+      g_task_return_error (task, g_steal_pointer (&error));
+      return;
+    }
+
+  call = g_new0 (DcCall, 1);
+  call->task = g_steal_pointer (&task);
+  call->payload = payload;
+  call->priority = io_priority;
+
+  if (g_main_context_acquire (self->context))
+    {
+      submit (self, call);
+      dispatch (self);
+      g_main_context_release (self->context);
+      return;
+    }
+
+  /* Another thread runs the pool's context: hand the call over. */
+  g_mutex_lock (&self->incoming_lock);
+  call->link.data = call;
+  g_queue_push_tail_link (&self->incoming, &call->link);
+  if (self->incoming_source == NULL)
+    {
+      self->incoming_source = g_idle_source_new ();
+      g_source_set_priority (self->incoming_source, G_PRIORITY_DEFAULT);
+      g_source_set_callback (self->incoming_source, incoming_cb,
+                             g_object_ref (self), g_object_unref);
+      need_source = TRUE;
+    }
+  if (need_source)
+    g_source_attach (self->incoming_source, self->context);
+  g_mutex_unlock (&self->incoming_lock);
+}
+
+/**
+ * dc_detached_code_call_finish:
+ * @self: a pool
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Finishes a call started with [method@DetachedCode.call_async].
+ *
+ * An error the code set arrives with its own domain, code and message.
+ * Failures of the pool itself are in the %DC_DETACHED_CODE_ERROR domain.
+ *
+ * Returns: (transfer full): the value the code returned, or %NULL with
+ *   @error set
+ *
+ * Since: 1.0
+ */
+GVariant *
+dc_detached_code_call_finish (DcDetachedCode  *self,
+                              GAsyncResult    *result,
+                              GError         **error)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), NULL);
+  g_return_val_if_fail (g_task_is_valid (result, self), NULL);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == dc_detached_code_call_async, NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  return g_task_propagate_pointer (G_TASK (result), error);
+}
+
+/**
+ * dc_detached_code_shutdown:
+ * @self: a pool
+ *
+ * Fails every waiting and running call with
+ * %DC_DETACHED_CODE_ERROR_SHUTDOWN, asks the workers to exit (killing
+ * those still running a call) and reaps them as the main context runs.
+ * Finalizing the pool does the same.
+ *
+ * A later call starts the pool again.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_shutdown (DcDetachedCode *self)
+{
+  g_autoptr(GError) error = NULL;
+  GQueue calls = G_QUEUE_INIT;
+  GList *link;
+  gboolean acquired;
+
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (!in_owner_process (self))
+    return;
+
+  acquired = g_main_context_acquire (self->context);
+  g_object_ref (self);
+
+  self->started = FALSE;
+
+  g_mutex_lock (&self->incoming_lock);
+  while ((link = g_queue_pop_head_link (&self->incoming)) != NULL)
+    queue_insert (&self->queue, link->data);
+  g_mutex_unlock (&self->incoming_lock);
+
+  /* Take everything first: callbacks may call back in. */
+  detach_workers (self, &calls);
+  while ((link = g_queue_pop_head_link (&self->queue)) != NULL)
+    g_queue_push_tail_link (&calls, link);
+  set_n_workers (self, 0);
+
+  if (calls.length > 0)
+    {
+      error = g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SHUTDOWN,
+                                   _("The pool was shut down before the call completed"));
+      fail_calls (&calls, error);
+    }
+
+  if (acquired)
+    g_main_context_release (self->context);
+  g_object_unref (self);
+}
+
+/**
+ * dc_detached_code_get_n_workers:
+ * @self: a pool
+ *
+ * Returns: how many workers are alive and taking calls
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_n_workers (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return self->n_workers;
+}
+
+/**
+ * dc_detached_code_get_worker_pids:
+ * @self: a pool
+ * @n_pids: (out) (optional): the number of pids returned
+ *
+ * Lists the process ids of the workers that are alive and taking calls.
+ *
+ * Returns: (array length=n_pids) (transfer container) (nullable): the pids,
+ *   %NULL when there is none
+ *
+ * Since: 1.0
+ */
+GPid *
+dc_detached_code_get_worker_pids (DcDetachedCode *self,
+                                  guint          *n_pids)
+{
+  GPid *pids;
+  GList *l;
+  guint n = 0;
+
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), NULL);
+
+  pids = g_new (GPid, self->n_workers + 1);
+  for (l = self->workers; l != NULL; l = l->next)
+    {
+      DcWorker *worker = l->data;
+
+      if (worker->state == WORKER_RUNNING && n < self->n_workers)
+        pids[n++] = worker->pid;
+    }
+
+  if (n_pids != NULL)
+    *n_pids = n;
+  if (n == 0)
+    g_clear_pointer (&pids, g_free);
+  return pids;
+}
+
+static void
+add_env_op (DcDetachedCode *self,
+            const char     *variable,
+            const char     *value,
+            gboolean        overwrite)
+{
+  EnvOp op = { g_strdup (variable), g_strdup (value), overwrite };
+
+  g_array_append_val (self->env_ops, op);
+}
+
+/**
+ * dc_detached_code_setenv:
+ * @self: a pool
+ * @variable: (type filename): the variable to set; must not contain `=`
+ * @value: (type filename): its value
+ * @overwrite: whether to replace a value the worker would inherit
+ *
+ * Sets an environment variable in workers forked from now on.  The
+ * parent's environment does not change.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_setenv (DcDetachedCode *self,
+                         const char     *variable,
+                         const char     *value,
+                         gboolean        overwrite)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (variable != NULL && *variable != '\0' && strchr (variable, '=') == NULL);
+  g_return_if_fail (value != NULL);
+
+  add_env_op (self, variable, value, overwrite);
+}
+
+/**
+ * dc_detached_code_unsetenv:
+ * @self: a pool
+ * @variable: (type filename): the variable to remove; must not contain `=`
+ *
+ * Removes an environment variable from workers forked from now on.  The
+ * parent's environment does not change.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_unsetenv (DcDetachedCode *self,
+                           const char     *variable)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (variable != NULL && *variable != '\0' && strchr (variable, '=') == NULL);
+
+  add_env_op (self, variable, NULL, TRUE);
+}
+
+/**
+ * dc_detached_code_set_cwd:
+ * @self: a pool
+ * @cwd: (type filename) (nullable): the directory workers forked from now on
+ *   start in, or %NULL for the parent's
+ *
+ * Sets the working directory of new workers.  The parent's does not change.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_cwd (DcDetachedCode *self,
+                          const char     *cwd)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  g_free (self->cwd);
+  self->cwd = g_strdup (cwd);
+}
+
+/**
+ * dc_detached_code_get_cwd:
+ * @self: a pool
+ *
+ * Returns: (type filename) (nullable): the working directory set with
+ *   [method@DetachedCode.set_cwd]
+ *
+ * Since: 1.0
+ */
+const char *
+dc_detached_code_get_cwd (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), NULL);
+
+  return self->cwd;
+}
+
+/**
+ * dc_detached_code_set_worker_init_func:
+ * @self: a pool
+ * @func: (scope notified) (closure user_data) (destroy user_data_free) (nullable):
+ *   runs once in each worker before its first call
+ * @user_data: data for @func
+ * @user_data_free: (nullable): frees @user_data when replaced or when the
+ *   pool is finalized
+ *
+ * Sets a function that each worker forked from now on runs once, after
+ * its set-up and before its first call: a place to open what every call
+ * will use.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_worker_init_func (DcDetachedCode   *self,
+                                       DcWorkerInitFunc  func,
+                                       gpointer          user_data,
+                                       GDestroyNotify    user_data_free)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (self->init_data_free != NULL)
+    self->init_data_free (self->init_data);
+  self->init_func = func;
+  self->init_data = user_data;
+  self->init_data_free = user_data_free;
+}
+
+static gboolean
+workers_alive (DcDetachedCode *self)
+{
+  return self->workers != NULL;
+}
+
+/**
+ * dc_detached_code_get_min_workers:
+ * @self: a pool
+ *
+ * Returns: the value of [property@DetachedCode:min-workers]
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_min_workers (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return self->min_workers;
+}
+
+/**
+ * dc_detached_code_set_min_workers:
+ * @self: a pool
+ * @min_workers: the number of workers to keep
+ *
+ * Sets [property@DetachedCode:min-workers].  A started pool forks up to
+ * the new minimum as calls come.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_min_workers (DcDetachedCode *self,
+                                  guint           min_workers)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (self->min_workers == min_workers)
+    return;
+  self->min_workers = min_workers;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_MIN_WORKERS]);
+}
+
+/**
+ * dc_detached_code_get_max_workers:
+ * @self: a pool
+ *
+ * Returns: the value of [property@DetachedCode:max-workers]
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_max_workers (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return self->max_workers;
+}
+
+/**
+ * dc_detached_code_set_max_workers:
+ * @self: a pool
+ * @max_workers: the most workers the pool may grow to, at least 1
+ *
+ * Sets [property@DetachedCode:max-workers].
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_max_workers (DcDetachedCode *self,
+                                  guint           max_workers)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (max_workers >= 1);
+
+  if (self->max_workers == max_workers)
+    return;
+  self->max_workers = max_workers;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_MAX_WORKERS]);
+
+  /* More room: calls waiting may go now. */
+  if (in_owner_process (self) && g_main_context_acquire (self->context))
+    {
+      dispatch (self);
+      g_main_context_release (self->context);
+    }
+}
+
+/**
+ * dc_detached_code_get_stream:
+ * @self: a pool
+ *
+ * Returns: the value of [property@DetachedCode:stream]
+ *
+ * Since: 1.0
+ */
+DcStream
+dc_detached_code_get_stream (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), DC_STREAM_AUTO);
+
+  return self->stream;
+}
+
+/**
+ * dc_detached_code_set_stream:
+ * @self: a pool
+ * @stream: the kind of channel
+ *
+ * Sets [property@DetachedCode:stream].  Only while no worker runs.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_stream (DcDetachedCode *self,
+                             DcStream        stream)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (stream == DC_STREAM_AUTO || stream == DC_STREAM_SOCKET || stream == DC_STREAM_PIPE);
+  g_return_if_fail (!workers_alive (self));
+
+  if (self->stream == stream)
+    return;
+  self->stream = stream;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_STREAM]);
+}
+
+/**
+ * dc_detached_code_get_marshaller:
+ * @self: a pool
+ *
+ * Returns: the value of [property@DetachedCode:marshaller]
+ *
+ * Since: 1.0
+ */
+DcMarshaller
+dc_detached_code_get_marshaller (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), DC_MARSHALLER_VARIANT);
+
+  return self->marshaller;
+}
+
+/**
+ * dc_detached_code_set_marshaller:
+ * @self: a pool
+ * @marshaller: how values travel
+ *
+ * Sets [property@DetachedCode:marshaller].  Only while no worker runs and
+ * no call waits.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_marshaller (DcDetachedCode *self,
+                                 DcMarshaller    marshaller)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (marshaller == DC_MARSHALLER_VARIANT || marshaller == DC_MARSHALLER_FLAT);
+  g_return_if_fail (!workers_alive (self) && self->queue.length == 0);
+
+  if (self->marshaller == marshaller)
+    return;
+  self->marshaller = marshaller;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_MARSHALLER]);
+}
+
+/**
+ * dc_detached_code_get_exit_on_die:
+ * @self: a pool
+ *
+ * Returns: the value of [property@DetachedCode:exit-on-die]
+ *
+ * Since: 1.0
+ */
+gboolean
+dc_detached_code_get_exit_on_die (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), FALSE);
+
+  return self->exit_on_die;
+}
+
+/**
+ * dc_detached_code_set_exit_on_die:
+ * @self: a pool
+ * @exit_on_die: whether a worker exits after its code failed
+ *
+ * Sets [property@DetachedCode:exit-on-die], for workers forked from now on.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_exit_on_die (DcDetachedCode *self,
+                                  gboolean        exit_on_die)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  exit_on_die = !!exit_on_die;
+  if (self->exit_on_die == exit_on_die)
+    return;
+  self->exit_on_die = exit_on_die;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_EXIT_ON_DIE]);
+}
+
+/**
+ * dc_detached_code_get_setup_flags:
+ * @self: a pool
+ *
+ * Returns: the value of [property@DetachedCode:setup-flags]
+ *
+ * Since: 1.0
+ */
+DcSetupFlags
+dc_detached_code_get_setup_flags (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), DC_SETUP_NONE);
+
+  return self->setup_flags;
+}
+
+/**
+ * dc_detached_code_set_setup_flags:
+ * @self: a pool
+ * @flags: how the workers' standard descriptors are set up
+ *
+ * Sets [property@DetachedCode:setup-flags].  Only while no worker runs.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_setup_flags (DcDetachedCode *self,
+                                  DcSetupFlags    flags)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (!workers_alive (self));
+
+  if (self->setup_flags == flags)
+    return;
+  self->setup_flags = flags;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_SETUP_FLAGS]);
+}

@@ -1,0 +1,227 @@
+/*
+ * Copyright (C) 2026 The libdetached-code authors
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#pragma once
+
+#if !defined(DC_INSIDE) && !defined(DC_COMPILATION)
+#error "Only <detached-code.h> can be included directly."
+#endif
+
+#include <gio/gio.h>
+
+#include "dc-version-macros.h"
+
+G_BEGIN_DECLS
+
+/**
+ * DC_DETACHED_CODE_ERROR:
+ *
+ * The error domain of [class@DetachedCode] for failures of the pool itself
+ * (errors raised by the code keep their own domain).
+ *
+ * Since: 1.0
+ */
+#define DC_DETACHED_CODE_ERROR (dc_detached_code_error_quark ())
+
+/**
+ * DcDetachedCodeError:
+ * @DC_DETACHED_CODE_ERROR_FAILED: the code returned %NULL without setting an error
+ * @DC_DETACHED_CODE_ERROR_WORKER_DIED: the worker exited, was killed, or closed its
+ *   stream during the call; the message names the pid and the exit status or signal
+ * @DC_DETACHED_CODE_ERROR_SHUTDOWN: the pool was shut down (or finalized) before the
+ *   call completed
+ * @DC_DETACHED_CODE_ERROR_MARSHAL: a value the marshaller cannot carry, in either
+ *   direction
+ * @DC_DETACHED_CODE_ERROR_PROTOCOL: a malformed or oversized message came from a
+ *   worker; that worker was killed
+ * @DC_DETACHED_CODE_ERROR_TIMED_OUT: the call ran past its time limit
+ * @DC_DETACHED_CODE_ERROR_SPAWN: a worker could not be created (socketpair, pipe or
+ *   fork failed, or the worker could not set itself up)
+ *
+ * Error codes of the %DC_DETACHED_CODE_ERROR domain.
+ *
+ * Since: 1.0
+ */
+typedef enum
+{
+  DC_DETACHED_CODE_ERROR_FAILED,
+  DC_DETACHED_CODE_ERROR_WORKER_DIED,
+  DC_DETACHED_CODE_ERROR_SHUTDOWN,
+  DC_DETACHED_CODE_ERROR_MARSHAL,
+  DC_DETACHED_CODE_ERROR_PROTOCOL,
+  DC_DETACHED_CODE_ERROR_TIMED_OUT,
+  DC_DETACHED_CODE_ERROR_SPAWN,
+} DcDetachedCodeError;
+
+/**
+ * DcStream:
+ * @DC_STREAM_AUTO: the best the platform offers (a socket pair on Linux)
+ * @DC_STREAM_SOCKET: one socket pair per worker: one descriptor in the parent
+ * @DC_STREAM_PIPE: two pipes per worker: two descriptors in the parent
+ *
+ * The kind of channel between the parent and each worker.
+ *
+ * Since: 1.0
+ */
+typedef enum
+{
+  DC_STREAM_AUTO,
+  DC_STREAM_SOCKET,
+  DC_STREAM_PIPE,
+} DcStream;
+
+/**
+ * DcMarshaller:
+ * @DC_MARSHALLER_VARIANT: carries any [struct@GLib.Variant], in its serialized form
+ * @DC_MARSHALLER_FLAT: carries only tuples whose members are strings (`s`) or
+ *   maybe-strings (`ms`); small and fast, and refuses anything else with
+ *   %DC_DETACHED_CODE_ERROR_MARSHAL
+ *
+ * How arguments and results travel between the parent and the workers.
+ *
+ * Since: 1.0
+ */
+typedef enum
+{
+  DC_MARSHALLER_VARIANT,
+  DC_MARSHALLER_FLAT,
+} DcMarshaller;
+
+/**
+ * DcSetupFlags:
+ * @DC_SETUP_NONE: a worker's stdin and stdout are `/dev/null`; stderr is inherited
+ * @DC_SETUP_INHERIT_STDIN: the worker shares the parent's stdin
+ * @DC_SETUP_INHERIT_STDOUT: the worker shares the parent's stdout
+ * @DC_SETUP_SILENCE_STDERR: the worker's stderr is `/dev/null`
+ *
+ * How the standard descriptors of a worker are set up.
+ *
+ * Since: 1.0
+ */
+typedef enum /*< flags >*/
+{
+  DC_SETUP_NONE           = 0,
+  DC_SETUP_INHERIT_STDIN  = 1 << 0,
+  DC_SETUP_INHERIT_STDOUT = 1 << 1,
+  DC_SETUP_SILENCE_STDERR = 1 << 2,
+} DcSetupFlags;
+
+/**
+ * DcCodeFunc:
+ * @args: the arguments given to [method@DetachedCode.call_async]
+ * @user_data: the data given to [ctor@DetachedCode.new]
+ * @error: return location for an error
+ *
+ * The code a [class@DetachedCode] runs.  It runs inside a worker process,
+ * a copy of the parent made by `fork()`: nothing it changes is seen by the
+ * parent, and everything it needs must travel in @args.
+ *
+ * Returns: (transfer full) (nullable): the result, a new or floating variant,
+ *   or %NULL with @error set
+ *
+ * Since: 1.0
+ */
+typedef GVariant *(*DcCodeFunc) (GVariant  *args,
+                                 gpointer   user_data,
+                                 GError   **error);
+
+/**
+ * DcWorkerInitFunc:
+ * @user_data: the data given to [method@DetachedCode.set_worker_init_func]
+ *
+ * Runs once in each worker process, after its set-up and before its
+ * first call.
+ *
+ * Since: 1.0
+ */
+typedef void (*DcWorkerInitFunc) (gpointer user_data);
+
+#define DC_TYPE_DETACHED_CODE (dc_detached_code_get_type ())
+
+DC_AVAILABLE_IN_ALL
+G_DECLARE_FINAL_TYPE (DcDetachedCode, dc_detached_code, DC, DETACHED_CODE, GObject)
+
+DC_AVAILABLE_IN_ALL
+GQuark          dc_detached_code_error_quark       (void);
+
+DC_AVAILABLE_IN_ALL
+DcDetachedCode *dc_detached_code_new               (DcCodeFunc          func,
+                                                    gpointer            user_data,
+                                                    GDestroyNotify      user_data_free) G_GNUC_WARN_UNUSED_RESULT;
+DC_AVAILABLE_IN_ALL
+gboolean        dc_detached_code_start             (DcDetachedCode     *self,
+                                                    GError            **error);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_call_async        (DcDetachedCode     *self,
+                                                    GVariant           *args,
+                                                    int                 io_priority,
+                                                    GCancellable       *cancellable,
+                                                    GAsyncReadyCallback callback,
+                                                    gpointer            user_data);
+DC_AVAILABLE_IN_ALL
+GVariant       *dc_detached_code_call_finish       (DcDetachedCode     *self,
+                                                    GAsyncResult       *result,
+                                                    GError            **error);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_shutdown          (DcDetachedCode     *self);
+
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_n_workers     (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+GPid           *dc_detached_code_get_worker_pids   (DcDetachedCode     *self,
+                                                    guint              *n_pids);
+
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_setenv            (DcDetachedCode     *self,
+                                                    const char         *variable,
+                                                    const char         *value,
+                                                    gboolean            overwrite);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_unsetenv          (DcDetachedCode     *self,
+                                                    const char         *variable);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_cwd           (DcDetachedCode     *self,
+                                                    const char         *cwd);
+DC_AVAILABLE_IN_ALL
+const char     *dc_detached_code_get_cwd           (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_worker_init_func (DcDetachedCode  *self,
+                                                    DcWorkerInitFunc    func,
+                                                    gpointer            user_data,
+                                                    GDestroyNotify      user_data_free);
+
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_min_workers   (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_min_workers   (DcDetachedCode     *self,
+                                                    guint               min_workers);
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_max_workers   (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_max_workers   (DcDetachedCode     *self,
+                                                    guint               max_workers);
+DC_AVAILABLE_IN_ALL
+DcStream        dc_detached_code_get_stream        (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_stream        (DcDetachedCode     *self,
+                                                    DcStream            stream);
+DC_AVAILABLE_IN_ALL
+DcMarshaller    dc_detached_code_get_marshaller    (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_marshaller    (DcDetachedCode     *self,
+                                                    DcMarshaller        marshaller);
+DC_AVAILABLE_IN_ALL
+gboolean        dc_detached_code_get_exit_on_die   (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_exit_on_die   (DcDetachedCode     *self,
+                                                    gboolean            exit_on_die);
+DC_AVAILABLE_IN_ALL
+DcSetupFlags    dc_detached_code_get_setup_flags   (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_setup_flags   (DcDetachedCode     *self,
+                                                    DcSetupFlags        flags);
+
+G_END_DECLS

@@ -1,0 +1,166 @@
+/*
+ * Copyright (C) 2026 The libdetached-code authors
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+/* The wire format between the parent and its workers.
+ *
+ * Every message is a frame: a 16-byte header followed by @size bytes of
+ * payload.  Both ends are the same program on the same machine, so the
+ * header is in host byte order.
+ *
+ *   guint32 size     payload bytes, at most DC_WIRE_MAX_PAYLOAD
+ *   guint32 type     a DcWireType
+ *   guint64 serial   the call's serial number, echoed back in the reply
+ *
+ * Nothing here forks or touches a descriptor, so it can be tested and fuzzed
+ * in-process.  The parent never trusts what a worker sends: every decoder
+ * checks every length against the bytes it has.
+ */
+
+#pragma once
+
+#include "dc-detached-code.h"
+
+G_BEGIN_DECLS
+
+#define DC_WIRE_HEADER_SIZE 16
+/* Bounds what a worker can make the parent allocate. */
+#define DC_WIRE_MAX_PAYLOAD ((gsize) 1 << 30)
+
+typedef enum
+{
+  /* parent -> worker */
+  DC_WIRE_CALL = 1,          /* payload: the marshalled arguments */
+  /* worker -> parent */
+  DC_WIRE_RESULT,            /* payload: the marshalled result */
+  DC_WIRE_ERROR,             /* payload: "(sis)" domain, code, message */
+  DC_WIRE_NULL_RESULT,       /* no payload: the code returned NULL without an error */
+  DC_WIRE_MARSHAL_FAILED,    /* payload: type string of the value that could not travel */
+  DC_WIRE_SETUP_FAILED,      /* payload: guint32 step, guint32 errno */
+  DC_WIRE_LAST_TYPE = DC_WIRE_SETUP_FAILED,
+} DcWireType;
+
+/* Set-up steps a worker can report in a DC_WIRE_SETUP_FAILED frame. */
+typedef enum
+{
+  DC_WIRE_SETUP_STEP_DESCRIPTORS = 1,
+  DC_WIRE_SETUP_STEP_CWD,
+  DC_WIRE_SETUP_STEP_PARENT_GONE,
+} DcWireSetupStep;
+
+typedef struct
+{
+  guint32 size;
+  guint32 type;
+  guint64 serial;
+} DcWireHeader;
+
+G_STATIC_ASSERT (sizeof (DcWireHeader) == DC_WIRE_HEADER_SIZE);
+
+void      dc_wire_header_encode          (guint8             *buf,
+                                          DcWireType          type,
+                                          guint64             serial,
+                                          gsize               size);
+typedef enum
+{
+  DC_WIRE_HEADER_OK,
+  DC_WIRE_HEADER_BAD_TYPE,
+  DC_WIRE_HEADER_TOO_LARGE,
+  DC_WIRE_HEADER_NO_MEMORY,
+} DcWireHeaderStatus;
+
+DcWireHeaderStatus dc_wire_header_decode (const guint8       *buf,
+                                          DcWireHeader       *header);
+void      dc_wire_set_header_error       (GError            **error,
+                                          DcWireHeaderStatus  status,
+                                          const DcWireHeader *header);
+
+/* Appends a whole frame (header and payload) to @out. */
+void      dc_wire_append_frame           (GByteArray         *out,
+                                          DcWireType          type,
+                                          guint64             serial,
+                                          const void         *payload,
+                                          gsize               size);
+
+/* Marshalling.  The _raw variants compose no message (a worker never calls
+ * gettext); the parent turns their status into a GError. */
+typedef enum
+{
+  DC_WIRE_MARSHAL_OK,
+  DC_WIRE_MARSHAL_BAD_TYPE,     /* the flat marshaller cannot carry this type */
+  DC_WIRE_MARSHAL_TOO_LARGE,    /* larger than DC_WIRE_MAX_PAYLOAD */
+} DcWireMarshalStatus;
+
+GBytes   *dc_wire_marshal_raw            (DcMarshaller         marshaller,
+                                          GVariant            *value,
+                                          DcWireMarshalStatus *status);
+/* Returns NULL on a malformed payload. */
+GVariant *dc_wire_unmarshal_raw          (DcMarshaller         marshaller,
+                                          GBytes              *payload);
+void      dc_wire_set_marshal_error      (GError             **error,
+                                          DcWireMarshalStatus  status,
+                                          const char          *type_string);
+
+/* Set DC_DETACHED_CODE_ERROR_MARSHAL (marshal) or _PROTOCOL (unmarshal). */
+GBytes   *dc_wire_marshal                (DcMarshaller        marshaller,
+                                          GVariant           *value,
+                                          GError            **error);
+GVariant *dc_wire_unmarshal              (DcMarshaller        marshaller,
+                                          GBytes             *payload,
+                                          GError            **error);
+
+/* A GError as "(sis)": its domain's quark string, its code, its message. */
+GBytes   *dc_wire_encode_error           (const GError       *error);
+/* Returns the error the payload carries, or NULL and sets a PROTOCOL @error. */
+GError   *dc_wire_decode_error           (GBytes             *payload,
+                                          GError            **error);
+
+/* Incremental frame decoder.  Feed it bytes as they arrive; it hands out
+ * complete frames.  A payload is assembled in its own buffer, which becomes
+ * the frame's GBytes without a further copy.
+ */
+typedef struct
+{
+  guint8       header_buf[DC_WIRE_HEADER_SIZE];
+  gsize        header_len;
+  DcWireHeader header;
+  guint8      *payload;       /* allocated once the header is complete */
+  gsize        payload_len;
+  DcWireHeaderStatus status;  /* not OK once the stream is corrupt */
+} DcWireReader;
+
+typedef enum
+{
+  DC_WIRE_READ_NEED_MORE,   /* every byte fed was consumed, no complete frame */
+  DC_WIRE_READ_FRAME,       /* a frame is complete; more bytes may remain */
+  DC_WIRE_READ_ERROR,       /* the stream is corrupt; the reader stays failed,
+                             * dc_wire_reader_set_error() tells why */
+} DcWireReadStatus;
+
+void              dc_wire_reader_init    (DcWireReader       *reader);
+void              dc_wire_reader_clear   (DcWireReader       *reader);
+/* Consumes bytes from *@data (advancing it and reducing *@len) until a frame
+ * is complete or the bytes run out.  On DC_WIRE_READ_FRAME, @header and
+ * @payload (transfer full, never NULL) describe the frame. */
+DcWireReadStatus  dc_wire_reader_feed    (DcWireReader       *reader,
+                                          const guint8      **data,
+                                          gsize              *len,
+                                          DcWireHeader       *header,
+                                          GBytes            **payload);
+void              dc_wire_reader_set_error (DcWireReader     *reader,
+                                            GError          **error);
+/* Where the next bytes may be read straight into, to skip a copy while a
+ * large payload is being assembled; NULL when the reader wants a header.
+ * After reading n bytes there, call dc_wire_reader_advance(). */
+guint8           *dc_wire_reader_direct_buffer (DcWireReader *reader,
+                                                gsize        *space);
+void              dc_wire_reader_advance (DcWireReader       *reader,
+                                          gsize               n);
+gboolean          dc_wire_reader_frame_ready (DcWireReader   *reader);
+void              dc_wire_reader_take_frame (DcWireReader    *reader,
+                                             DcWireHeader    *header,
+                                             GBytes         **payload);
+
+G_END_DECLS

@@ -1,0 +1,518 @@
+/*
+ * Copyright (C) 2026 The libdetached-code authors
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include "config.h"
+
+#include <string.h>
+
+#include <glib/gi18n-lib.h>
+
+#include "dc-wire-private.h"
+
+/* This file runs on both sides.  In a worker it runs after the user's init
+ * function, like the user's code, so it may allocate; none of it is part of
+ * the async-signal-safe set-up in dc-worker.c. */
+
+void
+dc_wire_header_encode (guint8     *buf,
+                       DcWireType  type,
+                       guint64     serial,
+                       gsize       size)
+{
+  DcWireHeader header = { (guint32) size, (guint32) type, serial };
+
+  g_assert (size <= DC_WIRE_MAX_PAYLOAD);
+  memcpy (buf, &header, sizeof header);
+}
+
+DcWireHeaderStatus
+dc_wire_header_decode (const guint8  *buf,
+                       DcWireHeader  *header)
+{
+  memcpy (header, buf, sizeof *header);
+
+  if (header->type < DC_WIRE_CALL || header->type > DC_WIRE_LAST_TYPE)
+    return DC_WIRE_HEADER_BAD_TYPE;
+  if (header->size > DC_WIRE_MAX_PAYLOAD)
+    return DC_WIRE_HEADER_TOO_LARGE;
+  return DC_WIRE_HEADER_OK;
+}
+
+void
+dc_wire_set_header_error (GError             **error,
+                          DcWireHeaderStatus   status,
+                          const DcWireHeader  *header)
+{
+  switch (status)
+    {
+    case DC_WIRE_HEADER_BAD_TYPE:
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                   _("Unknown message type %u"), header->type);
+      break;
+    case DC_WIRE_HEADER_TOO_LARGE:
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                   _("Message of %u bytes exceeds the limit of %u MiB"),
+                   header->size, (guint) (DC_WIRE_MAX_PAYLOAD >> 20));
+      break;
+    case DC_WIRE_HEADER_NO_MEMORY:
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                   _("Cannot allocate %u bytes for a message"), header->size);
+      break;
+    case DC_WIRE_HEADER_OK:
+    default:
+      g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                           _("The message stream is corrupt"));
+      break;
+    }
+}
+
+void
+dc_wire_append_frame (GByteArray *out,
+                      DcWireType  type,
+                      guint64     serial,
+                      const void *payload,
+                      gsize       size)
+{
+  guint8 header[DC_WIRE_HEADER_SIZE];
+
+  dc_wire_header_encode (header, type, serial, size);
+  g_byte_array_append (out, header, sizeof header);
+  if (size > 0)
+    g_byte_array_append (out, payload, size);
+}
+
+/* ---- the flat marshaller ----
+ *
+ *   guint32 n_items
+ *   n_items times: guint8 tag, guint32 length, length bytes (no NUL)
+ *
+ * tag: 0 = "ms" holding nothing, 1 = "ms" holding a string, 2 = "s".
+ */
+
+enum { FLAT_NOTHING, FLAT_JUST, FLAT_STRING };
+
+static gboolean
+flat_type_ok (const GVariantType *type)
+{
+  const GVariantType *item;
+
+  if (!g_variant_type_is_tuple (type))
+    return FALSE;
+
+  for (item = g_variant_type_first (type); item; item = g_variant_type_next (item))
+    {
+      if (!g_variant_type_equal (item, G_VARIANT_TYPE_STRING) &&
+          !g_variant_type_equal (item, G_VARIANT_TYPE ("ms")))
+        return FALSE;
+    }
+
+  return TRUE;
+}
+
+static GBytes *
+flat_marshal (GVariant            *value,
+              DcWireMarshalStatus *status)
+{
+  GByteArray *out;
+  gsize n_items, i;
+  guint32 n32;
+
+  if (!flat_type_ok (g_variant_get_type (value)))
+    {
+      *status = DC_WIRE_MARSHAL_BAD_TYPE;
+      return NULL;
+    }
+
+  n_items = g_variant_n_children (value);
+  out = g_byte_array_sized_new (4 + 16 * n_items);
+  n32 = (guint32) n_items;
+  g_byte_array_append (out, (const guint8 *) &n32, 4);
+
+  for (i = 0; i < n_items; i++)
+    {
+      g_autoptr(GVariant) item = g_variant_get_child_value (value, i);
+      g_autoptr(GVariant) inner = NULL;
+      guint8 tag = FLAT_STRING;
+      const char *str = NULL;
+      gsize len = 0;
+      guint32 len32;
+
+      if (g_variant_is_of_type (item, G_VARIANT_TYPE ("ms")))
+        {
+          inner = g_variant_get_maybe (item);
+          tag = inner ? FLAT_JUST : FLAT_NOTHING;
+          if (inner)
+            str = g_variant_get_string (inner, &len);
+        }
+      else
+        str = g_variant_get_string (item, &len);
+
+      if (len > G_MAXUINT32 || out->len + len > DC_WIRE_MAX_PAYLOAD)
+        {
+          *status = DC_WIRE_MARSHAL_TOO_LARGE;
+          g_byte_array_unref (out);
+          return NULL;
+        }
+
+      len32 = (guint32) len;
+      g_byte_array_append (out, &tag, 1);
+      g_byte_array_append (out, (const guint8 *) &len32, 4);
+      if (len > 0)
+        g_byte_array_append (out, (const guint8 *) str, len);
+    }
+
+  *status = DC_WIRE_MARSHAL_OK;
+  return g_byte_array_free_to_bytes (out);
+}
+
+static GVariant *
+flat_unmarshal (GBytes *payload)
+{
+  gsize size, pos = 0;
+  const guint8 *data = g_bytes_get_data (payload, &size);
+  g_autoptr(GPtrArray) items = g_ptr_array_new_with_free_func ((GDestroyNotify) g_variant_unref);
+  guint32 n_items, i;
+
+  if (size < 4)
+    goto corrupt;
+  memcpy (&n_items, data, 4);
+  pos = 4;
+
+  /* Each item takes at least five bytes, so a lying count fails here
+   * rather than after a huge allocation. */
+  if (n_items > (size - pos) / 5)
+    goto corrupt;
+
+  for (i = 0; i < n_items; i++)
+    {
+      guint8 tag;
+      guint32 len;
+      GVariant *str = NULL;
+
+      if (size - pos < 5)
+        goto corrupt;
+      tag = data[pos];
+      memcpy (&len, data + pos + 1, 4);
+      pos += 5;
+
+      if (len > size - pos || tag > FLAT_STRING || (tag == FLAT_NOTHING && len != 0))
+        goto corrupt;
+      /* GVariant strings are UTF-8 without NUL; g_utf8_validate_len()
+       * refuses both bad sequences and NUL bytes. */
+      if (!g_utf8_validate_len ((const char *) data + pos, len, NULL))
+        goto corrupt;
+
+      if (tag != FLAT_NOTHING)
+        str = g_variant_new_take_string (g_strndup ((const char *) data + pos, len));
+      pos += len;
+
+      if (tag == FLAT_STRING)
+        g_ptr_array_add (items, g_variant_ref_sink (str));
+      else
+        g_ptr_array_add (items, g_variant_ref_sink (g_variant_new_maybe (G_VARIANT_TYPE_STRING, str)));
+    }
+
+  if (pos != size)
+    goto corrupt;
+
+  return g_variant_ref_sink (g_variant_new_tuple ((GVariant **) items->pdata, items->len));
+
+corrupt:
+  return NULL;
+}
+
+/* ---- the variant marshaller ----
+ *
+ * The payload is the serialized form of a "v" holding the value: GVariant's
+ * own format, which carries the type string after the data.  Loading it as
+ * untrusted and taking the child is O(1) whatever the size, and the child
+ * shares the payload's memory.
+ */
+
+static GBytes *
+variant_marshal (GVariant            *value,
+                 DcWireMarshalStatus *status)
+{
+  g_autoptr(GVariant) boxed = g_variant_ref_sink (g_variant_new_variant (value));
+  gsize size = g_variant_get_size (boxed);
+  gpointer data;
+
+  if (size > DC_WIRE_MAX_PAYLOAD)
+    {
+      *status = DC_WIRE_MARSHAL_TOO_LARGE;
+      return NULL;
+    }
+
+  *status = DC_WIRE_MARSHAL_OK;
+  data = g_malloc (size);
+  g_variant_store (boxed, data);
+  return g_bytes_new_take (data, size);
+}
+
+static GVariant *
+variant_unmarshal (GBytes *payload)
+{
+  g_autoptr(GVariant) boxed = NULL;
+  GVariant *value;
+
+  /* An empty "v" is not a valid serialization; GLib would hand back "()"
+   * and hide the corruption. */
+  if (g_bytes_get_size (payload) < 2)
+    return NULL;
+
+  boxed = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE_VARIANT, payload, FALSE));
+  value = g_variant_get_variant (boxed);
+  return value;
+}
+
+GBytes *
+dc_wire_marshal_raw (DcMarshaller         marshaller,
+                     GVariant            *value,
+                     DcWireMarshalStatus *status)
+{
+  switch (marshaller)
+    {
+    case DC_MARSHALLER_FLAT:
+      return flat_marshal (value, status);
+    case DC_MARSHALLER_VARIANT:
+    default:
+      return variant_marshal (value, status);
+    }
+}
+
+GVariant *
+dc_wire_unmarshal_raw (DcMarshaller  marshaller,
+                       GBytes       *payload)
+{
+  switch (marshaller)
+    {
+    case DC_MARSHALLER_FLAT:
+      return flat_unmarshal (payload);
+    case DC_MARSHALLER_VARIANT:
+    default:
+      return variant_unmarshal (payload);
+    }
+}
+
+void
+dc_wire_set_marshal_error (GError              **error,
+                           DcWireMarshalStatus   status,
+                           const char           *type_string)
+{
+  switch (status)
+    {
+    case DC_WIRE_MARSHAL_BAD_TYPE:
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL,
+                   _("The flat marshaller carries only tuples of strings or maybe-strings, "
+                     "not a value of type “%s”"), type_string);
+      break;
+    case DC_WIRE_MARSHAL_TOO_LARGE:
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL,
+                   _("A value of type “%s” is larger than the limit of %u MiB"),
+                   type_string, (guint) (DC_WIRE_MAX_PAYLOAD >> 20));
+      break;
+    case DC_WIRE_MARSHAL_OK:
+    default:
+      g_assert_not_reached ();
+    }
+}
+
+GBytes *
+dc_wire_marshal (DcMarshaller   marshaller,
+                 GVariant      *value,
+                 GError       **error)
+{
+  DcWireMarshalStatus status;
+  GBytes *bytes = dc_wire_marshal_raw (marshaller, value, &status);
+
+  if (bytes == NULL)
+    dc_wire_set_marshal_error (error, status, g_variant_get_type_string (value));
+  return bytes;
+}
+
+GVariant *
+dc_wire_unmarshal (DcMarshaller   marshaller,
+                   GBytes        *payload,
+                   GError       **error)
+{
+  GVariant *value = dc_wire_unmarshal_raw (marshaller, payload);
+
+  if (value == NULL)
+    g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                         marshaller == DC_MARSHALLER_FLAT ? _("Malformed flat message")
+                                                          : _("Malformed variant message"));
+  return value;
+}
+
+/* ---- errors ---- */
+
+GBytes *
+dc_wire_encode_error (const GError *error)
+{
+  /* The domain travels by its name: a quark's number means nothing in
+   * another process. */
+  g_autoptr(GVariant) v = g_variant_ref_sink (g_variant_new ("(sis)",
+                                                             g_quark_to_string (error->domain),
+                                                             error->code,
+                                                             error->message ? error->message : ""));
+  return g_variant_get_data_as_bytes (v);
+}
+
+GError *
+dc_wire_decode_error (GBytes  *payload,
+                      GError **error)
+{
+  g_autoptr(GVariant) v = NULL;
+  const char *domain, *message;
+  gint32 code;
+
+  v = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE ("(sis)"), payload, FALSE));
+  /* Untrusted bytes that are not in normal form read back as "" and 0 on
+   * the bad parts; an empty domain is the sign. */
+  g_variant_get (v, "(&si&s)", &domain, &code, &message);
+
+  if (domain[0] == '\0')
+    {
+      g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                           _("Malformed error message"));
+      return NULL;
+    }
+
+  return g_error_new_literal (g_quark_from_string (domain), code, message);
+}
+
+/* ---- the frame reader ---- */
+
+void
+dc_wire_reader_init (DcWireReader *reader)
+{
+  memset (reader, 0, sizeof *reader);
+  reader->status = DC_WIRE_HEADER_OK;
+}
+
+void
+dc_wire_reader_clear (DcWireReader *reader)
+{
+  g_clear_pointer (&reader->payload, g_free);
+  reader->header_len = 0;
+  reader->payload_len = 0;
+}
+
+static gboolean
+reader_in_payload (DcWireReader *reader)
+{
+  return reader->header_len == DC_WIRE_HEADER_SIZE;
+}
+
+gboolean
+dc_wire_reader_frame_ready (DcWireReader *reader)
+{
+  return reader_in_payload (reader) && reader->payload_len == reader->header.size;
+}
+
+void
+dc_wire_reader_take_frame (DcWireReader  *reader,
+                           DcWireHeader  *header,
+                           GBytes       **payload)
+{
+  g_assert (dc_wire_reader_frame_ready (reader));
+
+  *header = reader->header;
+  if (reader->payload != NULL)
+    *payload = g_bytes_new_take (g_steal_pointer (&reader->payload), reader->payload_len);
+  else
+    *payload = g_bytes_new_static ("", 0);
+  reader->header_len = 0;
+  reader->payload_len = 0;
+}
+
+guint8 *
+dc_wire_reader_direct_buffer (DcWireReader *reader,
+                              gsize        *space)
+{
+  if (reader->status != DC_WIRE_HEADER_OK || !reader_in_payload (reader) || reader->payload == NULL)
+    {
+      *space = 0;
+      return NULL;
+    }
+
+  *space = reader->header.size - reader->payload_len;
+  return reader->payload + reader->payload_len;
+}
+
+void
+dc_wire_reader_advance (DcWireReader *reader,
+                        gsize         n)
+{
+  g_assert (reader_in_payload (reader));
+  g_assert (n <= reader->header.size - reader->payload_len);
+  reader->payload_len += n;
+}
+
+void
+dc_wire_reader_set_error (DcWireReader  *reader,
+                          GError       **error)
+{
+  dc_wire_set_header_error (error, reader->status, &reader->header);
+}
+
+DcWireReadStatus
+dc_wire_reader_feed (DcWireReader   *reader,
+                     const guint8  **data,
+                     gsize          *len,
+                     DcWireHeader   *header,
+                     GBytes        **payload)
+{
+  if (reader->status != DC_WIRE_HEADER_OK)
+    return DC_WIRE_READ_ERROR;
+
+  if (!reader_in_payload (reader))
+    {
+      gsize want = DC_WIRE_HEADER_SIZE - reader->header_len;
+      gsize take = MIN (want, *len);
+
+      memcpy (reader->header_buf + reader->header_len, *data, take);
+      reader->header_len += take;
+      *data += take;
+      *len -= take;
+
+      if (!reader_in_payload (reader))
+        return DC_WIRE_READ_NEED_MORE;
+
+      reader->status = dc_wire_header_decode (reader->header_buf, &reader->header);
+      if (reader->status != DC_WIRE_HEADER_OK)
+        return DC_WIRE_READ_ERROR;
+
+      reader->payload_len = 0;
+      /* g_try_malloc: a size under the limit may still be more than this
+       * machine can give, and that must fail the worker, not the parent. */
+      if (reader->header.size > 0)
+        {
+          reader->payload = g_try_malloc (reader->header.size);
+          if (reader->payload == NULL)
+            {
+              reader->status = DC_WIRE_HEADER_NO_MEMORY;
+              return DC_WIRE_READ_ERROR;
+            }
+        }
+    }
+
+  if (reader->payload_len < reader->header.size)
+    {
+      gsize take = MIN (reader->header.size - reader->payload_len, *len);
+
+      memcpy (reader->payload + reader->payload_len, *data, take);
+      reader->payload_len += take;
+      *data += take;
+      *len -= take;
+    }
+
+  if (!dc_wire_reader_frame_ready (reader))
+    return DC_WIRE_READ_NEED_MORE;
+
+  dc_wire_reader_take_frame (reader, header, payload);
+  return DC_WIRE_READ_FRAME;
+}
