@@ -1,0 +1,476 @@
+/*
+ * Copyright (C) 2026 The libdetached-code authors
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+/* The wire format, exercised in-process: no fork, no descriptor. */
+
+#include "config.h"
+
+#include <string.h>
+
+#include "dc-wire-private.h"
+
+/* Feeds @data to a fresh reader in chunks of @chunk bytes and collects the
+ * frames.  Returns FALSE if the reader reported corruption. */
+static gboolean
+feed_all (const guint8  *data,
+          gsize          len,
+          gsize          chunk,
+          GPtrArray     *frames,
+          GError       **error)
+{
+  DcWireReader reader;
+  gboolean ok = TRUE;
+
+  dc_wire_reader_init (&reader);
+  while (ok && len > 0)
+    {
+      gsize n = MIN (chunk, len);
+      const guint8 *p = data;
+      gsize left = n;
+
+      while (left > 0)
+        {
+          DcWireHeader header;
+          GBytes *payload = NULL;
+          DcWireReadStatus status = dc_wire_reader_feed (&reader, &p, &left, &header, &payload);
+
+          if (status == DC_WIRE_READ_FRAME)
+            {
+              DcWireHeader *copy = g_new (DcWireHeader, 1);
+              *copy = header;
+              g_ptr_array_add (frames, copy);
+              g_ptr_array_add (frames, payload);
+            }
+          else if (status == DC_WIRE_READ_ERROR)
+            {
+              dc_wire_reader_set_error (&reader, error);
+              ok = FALSE;
+              break;
+            }
+        }
+      data += n;
+      len -= n;
+    }
+  dc_wire_reader_clear (&reader);
+  return ok;
+}
+
+static void
+test_frames_roundtrip (void)
+{
+  g_autoptr(GByteArray) out = g_byte_array_new ();
+  const char *payloads[] = { "", "a", "hello world", "" };
+  gsize chunks[] = { 1, 3, 16, 17, 4096 };
+  guint c, i;
+
+  for (i = 0; i < G_N_ELEMENTS (payloads); i++)
+    dc_wire_append_frame (out, DC_WIRE_RESULT, 100 + i, payloads[i], strlen (payloads[i]));
+
+  /* Whatever way the bytes are split, the same frames come out. */
+  for (c = 0; c < G_N_ELEMENTS (chunks); c++)
+    {
+      g_autoptr(GPtrArray) frames = g_ptr_array_new ();
+      g_autoptr(GError) error = NULL;
+
+      g_assert_true (feed_all (out->data, out->len, chunks[c], frames, &error));
+      g_assert_no_error (error);
+      g_assert_cmpuint (frames->len, ==, 2 * G_N_ELEMENTS (payloads));
+      for (i = 0; i < G_N_ELEMENTS (payloads); i++)
+        {
+          DcWireHeader *header = frames->pdata[2 * i];
+          GBytes *payload = frames->pdata[2 * i + 1];
+          gsize size;
+          const char *data = g_bytes_get_data (payload, &size);
+
+          g_assert_cmpuint (header->type, ==, DC_WIRE_RESULT);
+          g_assert_cmpuint (header->serial, ==, 100 + i);
+          g_assert_cmpuint (size, ==, strlen (payloads[i]));
+          g_assert_true (size == 0 || memcmp (data, payloads[i], size) == 0);
+          g_free (header);
+          g_bytes_unref (payload);
+        }
+    }
+}
+
+static void
+test_frames_truncated (void)
+{
+  g_autoptr(GByteArray) out = g_byte_array_new ();
+  gsize cut;
+
+  dc_wire_append_frame (out, DC_WIRE_RESULT, 7, "0123456789", 10);
+
+  /* A frame cut anywhere yields nothing, and no error: the rest may come. */
+  for (cut = 0; cut < out->len; cut++)
+    {
+      g_autoptr(GPtrArray) frames = g_ptr_array_new ();
+      g_autoptr(GError) error = NULL;
+
+      g_assert_true (feed_all (out->data, cut, 5, frames, &error));
+      g_assert_no_error (error);
+      g_assert_cmpuint (frames->len, ==, 0);
+    }
+}
+
+static void
+test_frames_bad_header (void)
+{
+  guint8 frame[DC_WIRE_HEADER_SIZE];
+  DcWireHeader header;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GPtrArray) frames = g_ptr_array_new ();
+
+  /* Unknown type. */
+  header.size = 0;
+  header.type = 99;
+  header.serial = 1;
+  memcpy (frame, &header, sizeof header);
+  g_assert_false (feed_all (frame, sizeof frame, 64, frames, &error));
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+  g_clear_error (&error);
+
+  header.type = 0;
+  memcpy (frame, &header, sizeof header);
+  g_assert_false (feed_all (frame, sizeof frame, 64, frames, &error));
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+  g_clear_error (&error);
+
+  /* Oversized: refused from the header alone, before any allocation. */
+  header.type = DC_WIRE_RESULT;
+  header.size = (guint32) DC_WIRE_MAX_PAYLOAD + 1;
+  memcpy (frame, &header, sizeof header);
+  g_assert_false (feed_all (frame, sizeof frame, 64, frames, &error));
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, "exceeds"));
+  g_assert_cmpuint (frames->len, ==, 0);
+}
+
+static void
+test_reader_stays_failed (void)
+{
+  DcWireReader reader;
+  guint8 junk[DC_WIRE_HEADER_SIZE];
+  g_autoptr(GByteArray) good = g_byte_array_new ();
+  const guint8 *p = junk;
+  gsize len = sizeof junk;
+  DcWireHeader header;
+  GBytes *payload = NULL;
+
+  memset (junk, 0xff, sizeof junk);
+  dc_wire_reader_init (&reader);
+  g_assert_cmpint (dc_wire_reader_feed (&reader, &p, &len, &header, &payload), ==, DC_WIRE_READ_ERROR);
+
+  /* A valid frame after garbage is not believed: framing is lost. */
+  dc_wire_append_frame (good, DC_WIRE_RESULT, 1, "x", 1);
+  p = good->data;
+  len = good->len;
+  g_assert_cmpint (dc_wire_reader_feed (&reader, &p, &len, &header, &payload), ==, DC_WIRE_READ_ERROR);
+  g_assert_null (payload);
+  dc_wire_reader_clear (&reader);
+}
+
+static void
+test_reader_direct_buffer (void)
+{
+  DcWireReader reader;
+  g_autoptr(GByteArray) out = g_byte_array_new ();
+  g_autofree guint8 *big = g_malloc (300000);
+  const guint8 *p;
+  gsize len, space, i, pos;
+  guint8 *direct;
+  DcWireHeader header;
+  GBytes *payload = NULL;
+
+  for (i = 0; i < 300000; i++)
+    big[i] = (guint8) (i * 7);
+  dc_wire_append_frame (out, DC_WIRE_CALL, 5, big, 300000);
+
+  dc_wire_reader_init (&reader);
+  g_assert_null (dc_wire_reader_direct_buffer (&reader, &space));
+
+  /* Header and a little payload through feed(), the rest straight in. */
+  p = out->data;
+  len = DC_WIRE_HEADER_SIZE + 10;
+  g_assert_cmpint (dc_wire_reader_feed (&reader, &p, &len, &header, &payload), ==, DC_WIRE_READ_NEED_MORE);
+  pos = DC_WIRE_HEADER_SIZE + 10;
+  while (!dc_wire_reader_frame_ready (&reader))
+    {
+      gsize n;
+
+      direct = dc_wire_reader_direct_buffer (&reader, &space);
+      g_assert_nonnull (direct);
+      n = MIN (space, 65536);
+      memcpy (direct, out->data + pos, n);
+      dc_wire_reader_advance (&reader, n);
+      pos += n;
+    }
+  g_assert_cmpuint (pos, ==, out->len);
+  dc_wire_reader_take_frame (&reader, &header, &payload);
+  g_assert_cmpuint (header.serial, ==, 5);
+  g_assert_cmpmem (g_bytes_get_data (payload, NULL), g_bytes_get_size (payload), big, 300000);
+  g_bytes_unref (payload);
+  dc_wire_reader_clear (&reader);
+}
+
+static void
+test_variant_roundtrip (void)
+{
+  const char *texts[] = {
+    "()",
+    "(t)", /* filled below */
+    "([1, 2, 3], {'a': <'b'>}, @ms nothing, 'x')",
+    "'a bare string'",
+    "<(1, 2.5)>",
+  };
+  guint i;
+
+  for (i = 0; i < G_N_ELEMENTS (texts); i++)
+    {
+      g_autoptr(GVariant) value = NULL;
+      g_autoptr(GVariant) back = NULL;
+      g_autoptr(GBytes) bytes = NULL;
+      g_autoptr(GError) error = NULL;
+
+      if (i == 1)
+        value = g_variant_ref_sink (g_variant_new ("(t)", G_GUINT64_CONSTANT (123454321)));
+      else
+        value = g_variant_parse (NULL, texts[i], NULL, NULL, &error);
+      g_assert_no_error (error);
+
+      bytes = dc_wire_marshal (DC_MARSHALLER_VARIANT, value, &error);
+      g_assert_no_error (error);
+      back = dc_wire_unmarshal (DC_MARSHALLER_VARIANT, bytes, &error);
+      g_assert_no_error (error);
+      g_assert_true (g_variant_equal (value, back));
+    }
+}
+
+static void
+test_variant_large_is_shared (void)
+{
+  g_autofree guint8 *data = g_malloc (1 << 20);
+  g_autoptr(GVariant) value = NULL;
+  g_autoptr(GVariant) back = NULL;
+  g_autoptr(GVariant) child = NULL;
+  g_autoptr(GBytes) bytes = NULL;
+  gsize n;
+
+  memset (data, 0x5a, 1 << 20);
+  value = g_variant_ref_sink (g_variant_new ("(@ay)",
+                                             g_variant_new_fixed_array (G_VARIANT_TYPE_BYTE, data,
+                                                                        1 << 20, 1)));
+  bytes = dc_wire_marshal (DC_MARSHALLER_VARIANT, value, NULL);
+  back = dc_wire_unmarshal (DC_MARSHALLER_VARIANT, bytes, NULL);
+  child = g_variant_get_child_value (back, 0);
+
+  /* The decoded array points into the received buffer: no copy. */
+  {
+    const guint8 *p = g_variant_get_fixed_array (child, &n, 1);
+    const guint8 *start = g_bytes_get_data (bytes, NULL);
+
+    g_assert_cmpuint (n, ==, 1 << 20);
+    g_assert_true (p >= start && p < start + g_bytes_get_size (bytes));
+  }
+}
+
+static void
+test_variant_garbage (void)
+{
+  guint seed;
+
+  /* Any bytes at all decode to some value or to an error; never a crash.
+   * (Run under ASan/UBSan in CI.) */
+  for (seed = 0; seed < 2000; seed++)
+    {
+      GRand *rand = g_rand_new_with_seed (seed);
+      gsize len = g_rand_int_range (rand, 0, 64), i;
+      guint8 *buf = g_malloc (len + 1);
+      g_autoptr(GBytes) bytes = NULL;
+      g_autoptr(GVariant) value = NULL;
+      g_autoptr(GError) error = NULL;
+
+      for (i = 0; i < len; i++)
+        buf[i] = (guint8) g_rand_int (rand);
+      /* Sometimes make the tail look like a type string. */
+      if (len > 3 && seed % 3 == 0)
+        {
+          buf[len - 3] = 0;
+          buf[len - 2] = "asiv(){}"[seed % 8];
+          buf[len - 1] = ")}ai"[seed % 4];
+        }
+      bytes = g_bytes_new_take (buf, len);
+      value = dc_wire_unmarshal (DC_MARSHALLER_VARIANT, bytes, &error);
+      if (value != NULL)
+        {
+          g_autofree char *text = g_variant_print (value, TRUE);
+          g_assert_nonnull (text);
+        }
+      else
+        g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+
+      value = NULL;
+      g_clear_error (&error);
+      value = dc_wire_unmarshal (DC_MARSHALLER_FLAT, bytes, &error);
+      if (value != NULL)
+        g_assert_true (g_variant_is_of_type (value, G_VARIANT_TYPE_TUPLE));
+      else
+        g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+      g_rand_free (rand);
+    }
+}
+
+static void
+test_flat_roundtrip (void)
+{
+  const char *texts[] = {
+    "@() ()",
+    "('one',)",
+    "('a', @ms nothing, @ms 'b', '')",
+    "('ünïcödé', @ms '')",
+  };
+  guint i;
+
+  for (i = 0; i < G_N_ELEMENTS (texts); i++)
+    {
+      g_autoptr(GError) error = NULL;
+      g_autoptr(GVariant) value = g_variant_parse (NULL, texts[i], NULL, NULL, &error);
+      g_autoptr(GBytes) bytes = NULL;
+      g_autoptr(GVariant) back = NULL;
+
+      g_assert_no_error (error);
+      bytes = dc_wire_marshal (DC_MARSHALLER_FLAT, value, &error);
+      g_assert_no_error (error);
+      back = dc_wire_unmarshal (DC_MARSHALLER_FLAT, bytes, &error);
+      g_assert_no_error (error);
+      g_assert_cmpstr (g_variant_get_type_string (back), ==, g_variant_get_type_string (value));
+      g_assert_true (g_variant_equal (value, back));
+    }
+}
+
+static void
+test_flat_refuses (void)
+{
+  const char *texts[] = { "(1,)", "'bare'", "(['a'],)", "('a', 2)", "(@mi nothing,)", "((('a',),),)" };
+  guint i;
+
+  for (i = 0; i < G_N_ELEMENTS (texts); i++)
+    {
+      g_autoptr(GError) error = NULL;
+      g_autoptr(GVariant) value = g_variant_parse (NULL, texts[i], NULL, NULL, &error);
+      g_autoptr(GBytes) bytes = NULL;
+
+      g_assert_no_error (error);
+      bytes = dc_wire_marshal (DC_MARSHALLER_FLAT, value, &error);
+      g_assert_null (bytes);
+      g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL);
+      g_assert_nonnull (strstr (error->message, g_variant_get_type_string (value)));
+    }
+}
+
+static void
+test_flat_corrupt (void)
+{
+  g_autoptr(GVariant) value = g_variant_ref_sink (g_variant_new ("(ss)", "hello", "world"));
+  g_autoptr(GBytes) good = dc_wire_marshal (DC_MARSHALLER_FLAT, value, NULL);
+  gsize size, cut, i;
+  const guint8 *data = g_bytes_get_data (good, &size);
+
+  /* Every truncation is refused. */
+  for (cut = 0; cut < size; cut++)
+    {
+      g_autoptr(GBytes) bytes = g_bytes_new (data, cut);
+      g_autoptr(GError) error = NULL;
+      g_autoptr(GVariant) back = dc_wire_unmarshal (DC_MARSHALLER_FLAT, bytes, &error);
+
+      g_assert_null (back);
+      g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+    }
+
+  /* Trailing bytes, a lying count, a lying length, a bad tag, invalid
+   * UTF-8 and an embedded NUL are refused. */
+  for (i = 0; i < 6; i++)
+    {
+      g_autofree guint8 *copy = g_memdup2 (data, size + 1);
+      gsize len = size;
+      g_autoptr(GBytes) bytes = NULL;
+      g_autoptr(GError) error = NULL;
+      g_autoptr(GVariant) back = NULL;
+      guint32 big = 0x7fffffff;
+
+      switch (i)
+        {
+        case 0: copy[size] = 'x'; len = size + 1; break;
+        case 1: memcpy (copy, &big, 4); break;
+        case 2: memcpy (copy + 5, &big, 4); break;
+        case 3: copy[4] = 9; break;
+        case 4: copy[9] = 0xff; break;
+        default: copy[10] = 0; break;
+        }
+      bytes = g_bytes_new (copy, len);
+      back = dc_wire_unmarshal (DC_MARSHALLER_FLAT, bytes, &error);
+      g_assert_null (back);
+      g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+    }
+}
+
+static void
+test_error_roundtrip (void)
+{
+  g_autoptr(GError) original = g_error_new_literal (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "no such thing");
+  g_autoptr(GError) custom = g_error_new_literal (g_quark_from_static_string ("my-app-error-quark"),
+                                                  42, "custom");
+  g_autoptr(GBytes) bytes = dc_wire_encode_error (original);
+  g_autoptr(GBytes) custom_bytes = dc_wire_encode_error (custom);
+  g_autoptr(GError) decoded = dc_wire_decode_error (bytes, NULL);
+  g_autoptr(GError) custom_decoded = dc_wire_decode_error (custom_bytes, NULL);
+
+  g_assert_error (decoded, G_IO_ERROR, G_IO_ERROR_NOT_FOUND);
+  g_assert_cmpstr (decoded->message, ==, "no such thing");
+  g_assert_cmpstr (g_quark_to_string (custom_decoded->domain), ==, "my-app-error-quark");
+  g_assert_cmpint (custom_decoded->code, ==, 42);
+  g_assert_cmpstr (custom_decoded->message, ==, "custom");
+}
+
+static void
+test_error_malformed (void)
+{
+  const guint8 junk[] = { 1, 2, 3 };
+  g_autoptr(GBytes) bytes = g_bytes_new (junk, sizeof junk);
+  g_autoptr(GBytes) empty = g_bytes_new (NULL, 0);
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GError) decoded = dc_wire_decode_error (bytes, &error);
+
+  g_assert_null (decoded);
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+  g_clear_error (&error);
+
+  decoded = dc_wire_decode_error (empty, &error);
+  g_assert_null (decoded);
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+}
+
+int
+main (int   argc,
+      char *argv[])
+{
+  g_test_init (&argc, &argv, NULL);
+
+  g_test_add_func ("/detached-code/wire/frames/round-trip", test_frames_roundtrip);
+  g_test_add_func ("/detached-code/wire/frames/truncated", test_frames_truncated);
+  g_test_add_func ("/detached-code/wire/frames/bad-header", test_frames_bad_header);
+  g_test_add_func ("/detached-code/wire/reader/stays-failed", test_reader_stays_failed);
+  g_test_add_func ("/detached-code/wire/reader/direct-buffer", test_reader_direct_buffer);
+  g_test_add_func ("/detached-code/wire/variant/round-trip", test_variant_roundtrip);
+  g_test_add_func ("/detached-code/wire/variant/large-is-shared", test_variant_large_is_shared);
+  g_test_add_func ("/detached-code/wire/variant/garbage", test_variant_garbage);
+  g_test_add_func ("/detached-code/wire/flat/round-trip", test_flat_roundtrip);
+  g_test_add_func ("/detached-code/wire/flat/refuses", test_flat_refuses);
+  g_test_add_func ("/detached-code/wire/flat/corrupt", test_flat_corrupt);
+  g_test_add_func ("/detached-code/wire/error/round-trip", test_error_roundtrip);
+  g_test_add_func ("/detached-code/wire/error/malformed", test_error_malformed);
+
+  return g_test_run ();
+}
