@@ -67,7 +67,7 @@
  *
  * DcDetachedCode *code = dc_detached_code_new (is_prime, NULL, NULL);
  * dc_detached_code_start (code, NULL);   // early: before the program makes threads
- * dc_detached_code_call_async (code, g_variant_new ("(t)", 123454321),
+ * dc_detached_code_call_async (code, g_variant_new ("(t)", (guint64) 123454321),
  *                              G_PRIORITY_DEFAULT, NULL, on_result, NULL);
  * ```
  *
@@ -96,10 +96,16 @@ typedef struct _DcCall DcCall;
 struct _DcCall
 {
   GList           link;      /* in the pool's queue or a worker's in-flight list */
-  GTask          *task;      /* owned; NULL once completed */
-  GBytes         *payload;   /* marshalled arguments; dropped once written */
+  GTask          *task;      /* owned; NULL once completed (a cancelled call
+                              * stays in flight until its reply is dropped) */
+  GBytes         *payload;   /* marshalled arguments, kept until completion so
+                              * the call can be sent again */
   guint64         serial;
   int             priority;
+  GCancellable   *cancellable;
+  gulong          cancel_id;
+  DcWorker       *worker;    /* unowned; set while in flight */
+  enum { CALL_QUEUED, CALL_IN_FLIGHT, CALL_LOCAL } where;  /* which list holds link */
 };
 
 struct _DcWorker
@@ -147,6 +153,9 @@ struct _DcDetachedCode
   GMainContext     *context;
   /* A worker is a copy of us; in any other process this object is inert. */
   pid_t             owner_pid;
+  /* Forks happen only in the thread that runs (or owns) the context: a
+   * worker dies with the thread that forked it (PR_SET_PDEATHSIG). */
+  GThread          *owner_thread;
 
   guint             min_workers;
   guint             max_workers;
@@ -159,6 +168,7 @@ struct _DcDetachedCode
 
   gboolean          started;
   GQueue            queue;      /* DcCall, by priority then FIFO */
+  GHashTable       *cancellable_calls; /* GTask -> DcCall, for calls with a cancellable */
   GList            *workers;    /* DcWorker (one ref each), every state */
   guint             n_workers;  /* those RUNNING */
   guint64           next_serial;
@@ -231,24 +241,69 @@ call_free (DcCall *call)
   g_free (call);
 }
 
+/* Detaches the task from @call, which stays behind (if in flight) only to
+ * have its reply dropped. */
+static GTask *
+call_steal_task (DcCall *call)
+{
+  GTask *task = g_steal_pointer (&call->task);
+
+  if (task != NULL && call->cancellable != NULL)
+    {
+      DcDetachedCode *self = g_task_get_source_object (task);
+
+      g_hash_table_remove (self->cancellable_calls, task);
+      /* Never from inside the handler: it only queues an idle. */
+      g_cancellable_disconnect (call->cancellable, call->cancel_id);
+      call->cancel_id = 0;
+      g_clear_object (&call->cancellable);
+    }
+  return task;
+}
+
 /* Completes @call exactly once with either @value or @error (both
- * transfer full) and frees it.  The callback may run right here, and may
+ * transfer full) and frees it.  A call whose task already completed
+ * (cancelled) drops them.  The callback may run right here, and may
  * re-enter the pool. */
 static void
 call_complete (DcCall   *call,
                GVariant *value,
                GError   *error)
 {
-  g_autoptr(GTask) task = g_steal_pointer (&call->task);
+  g_autoptr(GTask) task = call_steal_task (call);
 
-  g_assert (task != NULL);
   g_assert ((value == NULL) != (error == NULL));
 
   call_free (call);
-  if (value != NULL)
+  if (task == NULL)
+    {
+      g_clear_pointer (&value, g_variant_unref);
+      g_clear_error (&error);
+    }
+  else if (value != NULL)
     g_task_return_pointer (task, value, (GDestroyNotify) g_variant_unref);
   else
     g_task_return_error (task, error);
+}
+
+/* Returns CANCELLED to @call's caller now.  A queued call is gone; one in
+ * flight stays on its worker until the reply comes, and is dropped then. */
+static void
+call_cancel (DcCall *call)
+{
+  g_autoptr(GTask) task = call_steal_task (call);
+  DcDetachedCode *self = g_task_get_source_object (task);
+
+  /* In flight, the reply is dropped when it comes; in a local list, its
+   * owner frees it. */
+  if (call->where == CALL_QUEUED)
+    {
+      g_queue_unlink (&self->queue, &call->link);
+      call_free (call);
+    }
+
+  g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CANCELLED, "%s",
+                           _("The call was cancelled"));
 }
 
 static void
@@ -258,6 +313,8 @@ queue_insert (GQueue *queue,
   GList *sibling;
 
   call->link.data = call;
+  call->where = CALL_QUEUED;
+  call->worker = NULL;
   /* Walk from the tail: equal priorities, the common case, stop at once. */
   for (sibling = queue->tail; sibling != NULL; sibling = sibling->prev)
     if (((DcCall *) sibling->data)->priority <= call->priority)
@@ -287,6 +344,10 @@ fail_calls (GQueue       *calls,
 {
   GList *link;
 
+  /* Callbacks may run a nested loop, where a cancellation looks the
+   * others up: they are in nobody's queue now. */
+  for (link = calls->head; link != NULL; link = link->next)
+    ((DcCall *) link->data)->where = CALL_LOCAL;
   while ((link = g_queue_pop_head_link (calls)) != NULL)
     call_complete (link->data, NULL, g_error_copy (error));
 }
@@ -516,7 +577,7 @@ protocol_error (DcWorker   *worker,
                 const char *why)
 {
   return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
-                      _("Worker process %d sent a malformed message (%s) and was killed"),
+                      _("Worker process %d sent a malformed message and was killed: %s"),
                       (int) worker->pid, why);
 }
 
@@ -531,7 +592,16 @@ requeue_inflight (DcWorker *worker)
   /* A call keeps its payload until it completes, so it can be sent
    * again as it is. */
   while ((link = g_queue_pop_tail_link (&worker->inflight)) != NULL)
-    g_queue_push_head_link (&self->queue, link);
+    {
+      DcCall *call = link->data;
+
+      call->worker = NULL;
+      call->where = CALL_QUEUED;
+      if (call->task == NULL)
+        call_free (call);   /* cancelled meanwhile: nobody waits for it */
+      else
+        g_queue_push_head_link (&self->queue, link);
+    }
   g_byte_array_set_size (worker->outbuf, 0);
   worker->out_pos = 0;
 }
@@ -577,7 +647,7 @@ worker_handle_frame (DcWorker           *worker,
 
       if (g_bytes_get_size (payload) != 8 || worker->setup_step != 0)
         {
-          worker_kill (worker, protocol_error (worker, "setup report"));
+          worker_kill (worker, protocol_error (worker, _("a malformed set-up report")));
           return FALSE;
         }
       worker->setup_step = MAX (words[0], 1);
@@ -590,9 +660,9 @@ worker_handle_frame (DcWorker           *worker,
   call = g_queue_peek_head (&worker->inflight);
   if (call == NULL || header->serial != call->serial || header->type == DC_WIRE_CALL)
     {
-      worker_kill (worker, protocol_error (worker, call == NULL ? "reply without a call"
-                                                   : header->type == DC_WIRE_CALL ? "unexpected type"
-                                                   : "reply out of order"));
+      worker_kill (worker, protocol_error (worker, call == NULL ? _("a reply without a call")
+                                                   : header->type == DC_WIRE_CALL ? _("a message of the wrong type")
+                                                   : _("a reply out of order")));
       return FALSE;
     }
 
@@ -613,7 +683,7 @@ worker_handle_frame (DcWorker           *worker,
       error = dc_wire_decode_error (payload, NULL);
       if (error == NULL)
         {
-          worker_kill (worker, protocol_error (worker, "error report"));
+          worker_kill (worker, protocol_error (worker, _("a malformed error report")));
           return FALSE;
         }
       break;
@@ -627,7 +697,7 @@ worker_handle_frame (DcWorker           *worker,
       error = marshal_failed_error (worker, payload);
       if (error == NULL)
         {
-          worker_kill (worker, protocol_error (worker, "marshal report"));
+          worker_kill (worker, protocol_error (worker, _("a malformed marshalling report")));
           return FALSE;
         }
       break;
@@ -824,6 +894,8 @@ send_call (DcWorker *worker,
   gsize size;
   const guint8 *data = g_bytes_get_data (call->payload, &size);
 
+  call->worker = worker;
+  call->where = CALL_IN_FLIGHT;
   g_queue_push_tail_link (&worker->inflight, &call->link);
   dc_wire_append_frame (worker->outbuf, DC_WIRE_CALL, call->serial, data, size);
 }
@@ -1068,13 +1140,88 @@ dispatch (DcDetachedCode *self)
 
 /* ---- submission ---- */
 
+typedef struct
+{
+  DcDetachedCode *self;
+  GTask          *task;
+} CancelData;
+
+static void
+cancel_data_free (gpointer data)
+{
+  CancelData *cancel = data;
+
+  g_object_unref (cancel->task);
+  g_object_unref (cancel->self);
+  g_free (cancel);
+}
+
+/* On the pool's context. */
+static gboolean
+cancel_idle_cb (gpointer data)
+{
+  CancelData *cancel = data;
+  DcCall *call = g_hash_table_lookup (cancel->self->cancellable_calls, cancel->task);
+
+  /* Not there: it completed already, or it is still on its way in from
+   * another thread, and submit() will see the cancellable. */
+  if (call != NULL)
+    call_cancel (call);
+  return G_SOURCE_REMOVE;
+}
+
+/* In whichever thread cancelled: hand over to the pool's context. */
+static void
+cancelled_cb (GCancellable *cancellable,
+              gpointer      data)
+{
+  CancelData *template = data;
+  CancelData *cancel = g_new (CancelData, 1);
+  GSource *source = g_idle_source_new ();
+
+  cancel->self = g_object_ref (template->self);
+  cancel->task = g_object_ref (template->task);
+  g_source_set_priority (source, G_PRIORITY_DEFAULT);
+  g_source_set_callback (source, cancel_idle_cb, cancel, cancel_data_free);
+  g_source_attach (source, cancel->self->context);
+  g_source_unref (source);
+}
+
 /* With the context acquired. */
 static void
 submit (DcDetachedCode *self,
         DcCall         *call)
 {
+  GCancellable *cancellable = g_task_get_cancellable (call->task);
+
   self->started = TRUE;
   call->serial = self->next_serial++;
+
+  if (cancellable != NULL)
+    {
+      CancelData *template;
+
+      if (g_cancellable_is_cancelled (cancellable))
+        {
+          g_autoptr(GTask) task = g_steal_pointer (&call->task);
+
+          call_free (call);
+          g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CANCELLED, "%s",
+                                   _("The call was cancelled"));
+          return;
+        }
+
+      call->cancellable = g_object_ref (cancellable);
+      g_hash_table_insert (self->cancellable_calls, call->task, call);
+      /* The template is only read by the handler; the tasks it refs are
+       * the idle's.  It lives as long as the connection. */
+      template = g_new (CancelData, 1);
+      template->self = self;
+      template->task = call->task;
+      call->cancel_id = g_cancellable_connect (cancellable, G_CALLBACK (cancelled_cb),
+                                               template, g_free);
+    }
+
   queue_insert (&self->queue, call);
 }
 
@@ -1172,6 +1319,7 @@ dc_detached_code_finalize (GObject *object)
 
   g_free (self->cwd);
   g_array_unref (self->env_ops);
+  g_hash_table_unref (self->cancellable_calls);
   g_mutex_clear (&self->incoming_lock);
 
   G_OBJECT_CLASS (dc_detached_code_parent_class)->finalize (object);
@@ -1378,6 +1526,8 @@ dc_detached_code_init (DcDetachedCode *self)
 {
   self->context = g_main_context_ref_thread_default ();
   self->owner_pid = getpid ();
+  self->owner_thread = g_thread_self ();
+  self->cancellable_calls = g_hash_table_new (NULL, NULL);
   self->min_workers = 1;
   self->max_workers = 1;
   self->stream = DC_STREAM_AUTO;
@@ -1432,7 +1582,7 @@ dc_detached_code_new (DcCodeFunc     func,
  * @error: return location for an error
  *
  * Forks [property@DetachedCode:min-workers] workers now.  Call it early,
- * before the program creates threads: see the fork-safety notes.  Calls
+ * before the program creates threads: see [Fork safety](fork-safety.html).  Calls
  * start the pool by themselves when nobody did.
  *
  * Returns: %TRUE if the workers were forked; %FALSE with a
@@ -1540,7 +1690,8 @@ dc_detached_code_call_async (DcDetachedCode     *self,
   call->payload = payload;
   call->priority = io_priority;
 
-  if (g_main_context_acquire (self->context))
+  if ((g_thread_self () == self->owner_thread || g_main_context_is_owner (self->context)) &&
+      g_main_context_acquire (self->context))
     {
       submit (self, call);
       dispatch (self);
@@ -1548,7 +1699,8 @@ dc_detached_code_call_async (DcDetachedCode     *self,
       return;
     }
 
-  /* Another thread runs the pool's context: hand the call over. */
+  /* Another thread runs (or owns) the pool's context: hand the call over,
+   * so that workers are forked only there. */
   g_mutex_lock (&self->incoming_lock);
   call->link.data = call;
   g_queue_push_tail_link (&self->incoming, &call->link);
@@ -1651,6 +1803,9 @@ dc_detached_code_shutdown (DcDetachedCode *self)
 /**
  * dc_detached_code_get_n_workers:
  * @self: a pool
+ *
+ * Gets how many workers are alive and taking calls, the value of
+ * [property@DetachedCode:n-workers].
  *
  * Returns: how many workers are alive and taking calls
  *
@@ -1782,6 +1937,8 @@ dc_detached_code_set_cwd (DcDetachedCode *self,
  * dc_detached_code_get_cwd:
  * @self: a pool
  *
+ * Gets the working directory that workers forked from now on start in.
+ *
  * Returns: (type filename) (nullable): the working directory set with
  *   [method@DetachedCode.set_cwd]
  *
@@ -1835,6 +1992,9 @@ workers_alive (DcDetachedCode *self)
  * dc_detached_code_get_min_workers:
  * @self: a pool
  *
+ * Gets the number of workers forked by [method@DetachedCode.start] and
+ * kept while idle.
+ *
  * Returns: the value of [property@DetachedCode:min-workers]
  *
  * Since: 1.0
@@ -1872,6 +2032,8 @@ dc_detached_code_set_min_workers (DcDetachedCode *self,
 /**
  * dc_detached_code_get_max_workers:
  * @self: a pool
+ *
+ * Gets the number of workers the pool may grow to while calls wait.
  *
  * Returns: the value of [property@DetachedCode:max-workers]
  *
@@ -1918,6 +2080,8 @@ dc_detached_code_set_max_workers (DcDetachedCode *self,
  * dc_detached_code_get_stream:
  * @self: a pool
  *
+ * Gets the kind of channel used between the parent and each worker.
+ *
  * Returns: the value of [property@DetachedCode:stream]
  *
  * Since: 1.0
@@ -1956,6 +2120,8 @@ dc_detached_code_set_stream (DcDetachedCode *self,
 /**
  * dc_detached_code_get_marshaller:
  * @self: a pool
+ *
+ * Gets how arguments and results travel between the parent and the workers.
  *
  * Returns: the value of [property@DetachedCode:marshaller]
  *
@@ -1997,6 +2163,8 @@ dc_detached_code_set_marshaller (DcDetachedCode *self,
  * dc_detached_code_get_exit_on_die:
  * @self: a pool
  *
+ * Gets whether a worker whose code failed exits after replying.
+ *
  * Returns: the value of [property@DetachedCode:exit-on-die]
  *
  * Since: 1.0
@@ -2034,6 +2202,8 @@ dc_detached_code_set_exit_on_die (DcDetachedCode *self,
 /**
  * dc_detached_code_get_setup_flags:
  * @self: a pool
+ *
+ * Gets how the standard descriptors of each worker are set up.
  *
  * Returns: the value of [property@DetachedCode:setup-flags]
  *

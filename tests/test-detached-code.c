@@ -251,6 +251,11 @@ test_code (GVariant  *args,
       return g_variant_new ("(@ay)", g_variant_new_from_data (G_VARIANT_TYPE_BYTESTRING, data, n,
                                                                TRUE, g_free, data));
     }
+  if (g_str_equal (command, "touch"))
+    {
+      g_assert_true (g_file_set_contents (g_variant_get_string (arg, NULL), "", 0, NULL));
+      return g_variant_new ("()");
+    }
   if (g_str_equal (command, "shutdown-copy"))
     {
       /* user_data is another pool, copied into this worker. */
@@ -1391,6 +1396,152 @@ test_spawn_error (void)
   g_test_trap_assert_passed ();
 }
 
+static gboolean
+cancel_cb (gpointer data)
+{
+  g_cancellable_cancel (data);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+test_cancel (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  g_autoptr(GCancellable) running = g_cancellable_new ();
+  g_autoptr(GCancellable) queued = g_cancellable_new ();
+  g_autoptr(GCancellable) early = g_cancellable_new ();
+  g_autofree char *dir = g_dir_make_tmp ("dc-test-XXXXXX", NULL);
+  g_autofree char *marker = g_build_filename (dir, "ran", NULL);
+  Result r_running = { 0, }, r_queued = { 0, }, r_early = { 0, }, r_after = { 0, };
+  gint64 start;
+  GPid pid = call_pid (code);
+  gint32 after_pid;
+
+  /* A running call: back at once, not when the worker finishes. */
+  dc_detached_code_call_async (code, cmd ("sleep", g_variant_new_int32 (3000)),
+                               G_PRIORITY_DEFAULT, running, result_cb, &r_running);
+  /* A queued call: never reaches a worker. */
+  dc_detached_code_call_async (code, cmd ("touch", g_variant_new_string (marker)),
+                               G_PRIORITY_DEFAULT, queued, result_cb, &r_queued);
+  g_cancellable_cancel (queued);
+  start = g_get_monotonic_time ();
+  g_timeout_add (100, cancel_cb, running);
+  wait_for_flag (&r_running.done, "a cancelled call");
+  g_assert_error (r_running.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  /* Well before the 3 s the call would take, even on a loaded machine. */
+  g_assert_cmpint (g_get_monotonic_time () - start, <, 2500 * G_TIME_SPAN_MILLISECOND);
+  wait_for_flag (&r_queued.done, "a cancelled queued call");
+  g_assert_error (r_queued.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+
+  /* Cancelled before the call: fails, but only from the loop. */
+  g_cancellable_cancel (early);
+  dc_detached_code_call_async (code, cmd ("pid", NULL), G_PRIORITY_DEFAULT, early,
+                               result_cb, &r_early);
+  g_assert_false (r_early.done);
+  wait_for_flag (&r_early.done, "a call cancelled in advance");
+  g_assert_error (r_early.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+
+  /* The worker finishes the abandoned call, drops its result, and serves
+   * the next one. */
+  call_sync (code, cmd ("pid", NULL), &r_after);
+  g_assert_no_error (r_after.error);
+  g_variant_get (r_after.value, "(i)", &after_pid);
+  g_assert_cmpint (after_pid, ==, pid);
+  g_assert_false (g_file_test (marker, G_FILE_TEST_EXISTS));
+  g_assert_cmpuint (r_running.times_called + r_queued.times_called + r_early.times_called, ==, 3);
+
+  result_clear (&r_running);
+  result_clear (&r_queued);
+  result_clear (&r_early);
+  result_clear (&r_after);
+  g_rmdir (dir);
+  destroy_pool (code);
+}
+
+typedef struct
+{
+  DcDetachedCode *code;
+  guint           n_calls;
+  guint           n_ok;
+  gboolean        wrong_thread;
+  GThread        *thread;
+} ThreadCalls;
+
+static void
+thread_result_cb (GObject      *source,
+                  GAsyncResult *res,
+                  gpointer      data)
+{
+  ThreadCalls *t = data;
+  g_autoptr(GVariant) value = dc_detached_code_call_finish (DC_DETACHED_CODE (source), res, NULL);
+
+  /* GTask semantics: the caller's thread and context. */
+  if (g_thread_self () != t->thread)
+    t->wrong_thread = TRUE;
+  if (value != NULL)
+    t->n_ok++;
+}
+
+static gpointer
+thread_calls (gpointer data)
+{
+  ThreadCalls *t = data;
+  GMainContext *context = g_main_context_new ();
+  guint i, done = 0;
+
+  g_main_context_push_thread_default (context);
+  for (i = 0; i < t->n_calls; i++)
+    dc_detached_code_call_async (t->code, cmd ("index", g_variant_new_int32 ((gint32) i)),
+                                 G_PRIORITY_DEFAULT, NULL, thread_result_cb, t);
+  while (t->n_ok < t->n_calls && done++ < 1000000)
+    g_main_context_iteration (context, TRUE);
+  g_main_context_pop_thread_default (context);
+  g_main_context_unref (context);
+  return NULL;
+}
+
+static gboolean
+threads_done (gpointer data)
+{
+  ThreadCalls *t = data;
+  guint i;
+
+  for (i = 0; i < 4; i++)
+    if (t[i].n_ok < t[i].n_calls)
+      return FALSE;
+  return TRUE;
+}
+
+static void
+test_threads (void)
+{
+  DcDetachedCode *code = new_pool (2, 2);
+  ThreadCalls t[4];
+  guint i;
+
+  /* Fork before any thread exists. */
+  g_assert_true (dc_detached_code_start (code, NULL));
+  for (i = 0; i < 4; i++)
+    {
+      t[i].code = code;
+      t[i].n_calls = 300;
+      t[i].n_ok = 0;
+      t[i].wrong_thread = FALSE;
+      t[i].thread = g_thread_new ("caller", thread_calls, &t[i]);
+    }
+  /* The owner context runs the pool meanwhile. */
+  wait_until (threads_done, t, "calls from threads");
+  for (i = 0; i < 4; i++)
+    {
+      g_thread_join (t[i].thread);
+      g_assert_cmpuint (t[i].n_ok, ==, t[i].n_calls);
+      g_assert_false (t[i].wrong_thread);
+    }
+  /* No worker was forked from a caller thread. */
+  g_assert_cmpuint (dc_detached_code_get_n_workers (code), ==, 2);
+  destroy_pool (code);
+}
+
 static void
 count_notify (GObject    *object,
               GParamSpec *pspec,
@@ -1489,6 +1640,8 @@ main (int   argc,
   g_test_add_func ("/detached-code/protocol/oversized", test_protocol_oversized);
   g_test_add_func ("/detached-code/stream/pipe", test_stream_pipe);
   g_test_add_func ("/detached-code/properties", test_properties);
+  g_test_add_func ("/detached-code/call/cancel", test_cancel);
+  g_test_add_func ("/detached-code/call/threads", test_threads);
 
   return g_test_run ();
 }
