@@ -1,0 +1,447 @@
+// SPDX-License-Identifier: LGPL-2.1-or-later
+//
+// Drives DcDetachedCode through GJS and the built typelib.  Every worker
+// function below runs in a forked copy of this gjs process, so it can only
+// report back through its return value or a thrown error.
+
+imports.gi.versions.GLib = '2.0';
+imports.gi.versions.Gio = '2.0';
+imports.gi.versions.Dc = '1.0';
+const {Dc, Gio, GLib} = imports.gi;
+
+// Waits are bounded by this, never by how fast a worker is: a loaded
+// two-core machine may take seconds to schedule a fork.
+const TIMEOUT_S = 60;
+
+const OWN_PID = new Gio.Credentials().get_unix_pid();
+
+function ownPid() {
+    return new Gio.Credentials().get_unix_pid();
+}
+
+function isPrime(n) {
+    if (n < 2)
+        return false;
+    for (let d = 2; d * d <= n; d++) {
+        if (n % d === 0)
+            return false;
+    }
+    return true;
+}
+
+// ---- assertions ----
+
+class AssertionError extends Error {
+    constructor(message) {
+        super(message);
+        this.name = 'AssertionError';
+    }
+}
+
+function assert(cond, message) {
+    if (!cond)
+        throw new AssertionError(message ?? 'assertion failed');
+}
+
+function assertEqual(actual, expected, message) {
+    const a = JSON.stringify(actual);
+    const e = JSON.stringify(expected);
+    if (a !== e)
+        throw new AssertionError(`${message ?? 'not equal'}: got ${a}, expected ${e}`);
+}
+
+function describe(outcome) {
+    if (outcome.error) {
+        const e = outcome.error;
+        return `error ${e.constructor.name} domain=${e.domain} code=${e.code}: ${e.message}`;
+    }
+    return `value ${outcome.value.print(true)}`;
+}
+
+function assertValue(outcome) {
+    assert(!outcome.error, `call failed: ${outcome.error && describe(outcome)}`);
+    return outcome.value.deepUnpack();
+}
+
+function assertDcError(outcome, code) {
+    assert(outcome.error, `call succeeded: ${outcome.value && describe(outcome)}`);
+    assert(outcome.error instanceof GLib.Error, `not a GLib.Error: ${describe(outcome)}`);
+    assert(outcome.error.matches(Dc.DetachedCodeError, code),
+        `expected DcDetachedCodeError ${code}, got ${describe(outcome)}`);
+    assertEqual(GLib.quark_to_string(outcome.error.domain), 'dc-detached-code-error-quark');
+}
+
+// ---- main loop helpers ----
+
+function spinUntil(predicate, what, timeout = TIMEOUT_S) {
+    const deadline = GLib.get_monotonic_time() + timeout * 1000000;
+    const context = GLib.MainContext.default();
+    // Bounds how long a blocking iteration may sleep when no pool source
+    // fires; it costs latency, never correctness.
+    const wakeup = GLib.timeout_add(GLib.PRIORITY_DEFAULT, 20, () => GLib.SOURCE_CONTINUE);
+    try {
+        while (!predicate()) {
+            if (GLib.get_monotonic_time() > deadline)
+                throw new AssertionError(`timed out after ${timeout} s waiting for ${what}`);
+            context.iteration(true);
+        }
+    } finally {
+        GLib.source_remove(wakeup);
+    }
+}
+
+const cleanups = [];
+
+function makePool(func) {
+    const pool = Dc.DetachedCode.new(func);
+    cleanups.push(() => pool.shutdown());
+    return pool;
+}
+
+// The callback only records: an exception thrown inside it would be logged
+// by gjs rather than fail the test.
+function call(pool, args, sink = [], priority = GLib.PRIORITY_DEFAULT) {
+    pool.call_async(args, priority, null, (source, result) => {
+        try {
+            sink.push({value: source.call_finish(result)});
+        } catch (e) {
+            sink.push({error: e});
+        }
+    });
+    return sink;
+}
+
+function callSync(pool, args) {
+    const sink = call(pool, args);
+    spinUntil(() => sink.length === 1, 'one call to complete');
+    return sink[0];
+}
+
+function waitReaped(pid) {
+    // A zombie keeps its /proc entry until the pool's child watch reaps it;
+    // afterwards the pid may be reused, but not by a child of ours.
+    spinUntil(() => {
+        let stat;
+        try {
+            stat = new TextDecoder().decode(GLib.file_get_contents(`/proc/${pid}/stat`)[1]);
+        } catch (e) {
+            return true;
+        }
+        const ppid = parseInt(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+        return ppid !== OWN_PID;
+    }, `worker ${pid} to be reaped`);
+}
+
+// ---- worker functions ----
+
+function workerIsPrime(args) {
+    const [n] = args.deepUnpack();
+    return new GLib.Variant('(bi)', [isPrime(n), ownPid()]);
+}
+
+function workerEchoPid(args) {
+    const [i] = args.deepUnpack();
+    return new GLib.Variant('(ii)', [i, ownPid()]);
+}
+
+function workerBehave(args) {
+    const [what] = args.deepUnpack();
+    switch (what) {
+    case 'gerror':
+        throw new GLib.Error(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND, 'nope');
+    case 'js-error':
+        throw new RangeError('not a GLib.Error');
+    case 'null':
+        return null;
+    case 'die':
+        // System.exit() would run the host's exit handlers, and gjs's wait
+        // for SpiderMonkey helper threads that were not forked: the worker
+        // hangs.  A signal ends it without running anything.
+        GLib.spawn_sync(null, ['kill', '-KILL', `${ownPid()}`], null,
+            GLib.SpawnFlags.SEARCH_PATH, null);
+        throw new Error('still alive after SIGKILL');
+    case 'env':
+        return new GLib.Variant('(msms)', [GLib.getenv('DC_TEST_VAR'), GLib.getenv('DC_TEST_GONE')]);
+    default:
+        return new GLib.Variant('(si)', [what, ownPid()]);
+    }
+}
+
+function workerSleepForever(args) {
+    const [path] = args.deepUnpack();
+    GLib.file_set_contents(path, 'started');
+    // Only shutdown() ends this; bounded so that a broken shutdown leaves no
+    // worker behind for long.
+    GLib.usleep(TIMEOUT_S * 1000000);
+    return new GLib.Variant('(s)', [path]);
+}
+
+function workerIdentity(args) {
+    return args;
+}
+
+// ---- tests ----
+
+const tests = [];
+
+function test(name, func) {
+    tests.push({name, func});
+}
+
+test('synopsis: is_prime in a worker', () => {
+    const pool = makePool(workerIsPrime);
+    const notPrime = call(pool, new GLib.Variant('(t)', [123454321]));
+    const prime = call(pool, new GLib.Variant('(t)', [1000003]));
+    spinUntil(() => notPrime.length && prime.length, 'both calls');
+
+    const [isP, pid] = assertValue(notPrime[0]);
+    assertEqual(isP, false, '123454321 = 11111 * 11111 is not prime');
+    assert(pid !== OWN_PID, 'the code ran in this process');
+    const [isP2, pid2] = assertValue(prime[0]);
+    assertEqual(isP2, true, '1000003 is prime');
+    assertEqual(pid2, pid, 'one worker by default');
+    assertEqual(pool.get_worker_pids(), [pid]);
+});
+
+test('several workers', () => {
+    const pool = makePool(workerEchoPid);
+    pool.min_workers = 2;
+    pool.max_workers = 4;
+    const spawned = [];
+    pool.connect('worker-spawned', (_pool, pid) => spawned.push(pid));
+    assert(pool.start());
+    assertEqual(pool.n_workers, 2);
+
+    const sink = [];
+    const nCalls = 60;
+    for (let i = 0; i < nCalls; i++)
+        call(pool, new GLib.Variant('(i)', [i]), sink);
+    spinUntil(() => sink.length === nCalls, `all ${nCalls} calls`);
+
+    const values = sink.map(assertValue);
+    assertEqual(values.map(([i]) => i).sort((a, b) => a - b), [...Array(nCalls).keys()]);
+    const used = new Set(values.map(([, pid]) => pid));
+    assert(!used.has(OWN_PID), 'a call ran in this process');
+    // With one call per worker, calls queued at once cannot all land on a
+    // single worker.
+    assert(used.size >= 2, `only ${used.size} worker took calls`);
+    for (const pid of used)
+        assert(spawned.includes(pid), `${pid} was never announced by worker-spawned`);
+
+    const pids = pool.get_worker_pids();
+    assertEqual(new Set(pids).size, pids.length, 'pids are distinct');
+    assert(pids.length >= 2 && pids.length <= 4, `${pids.length} workers`);
+    assertEqual(pids.length, pool.n_workers);
+    assert(!pids.includes(OWN_PID));
+});
+
+test('results in call order with one worker', () => {
+    const pool = makePool(workerEchoPid);
+    const sink = [];
+    const nCalls = 40;
+    for (let i = 0; i < nCalls; i++)
+        call(pool, new GLib.Variant('(i)', [i]), sink);
+    spinUntil(() => sink.length === nCalls, `all ${nCalls} calls`);
+    assertEqual(sink.map(o => assertValue(o)[0]), [...Array(nCalls).keys()]);
+});
+
+test('a thrown GLib.Error keeps domain, code and message', () => {
+    const pool = makePool(workerBehave);
+    const outcome = callSync(pool, new GLib.Variant('(s)', ['gerror']));
+    assert(outcome.error instanceof GLib.Error, describe(outcome));
+    assert(outcome.error.matches(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND), describe(outcome));
+    assertEqual(GLib.quark_to_string(outcome.error.domain), 'g-io-error-quark');
+    assertEqual(outcome.error.code, Gio.IOErrorEnum.NOT_FOUND);
+    assertEqual(outcome.error.message, 'nope');
+});
+
+test('a thrown JS Error comes back as that JS Error', () => {
+    // gjs turns a JS exception leaving a throwing callback into a GError of
+    // its own domain (gjs-js-error-quark, code = the error class); the
+    // domain travels by name, and gjs in the parent rebuilds the class.
+    const pool = makePool(workerBehave);
+    const [, before] = assertValue(callSync(pool, new GLib.Variant('(s)', ['ok'])));
+    const outcome = callSync(pool, new GLib.Variant('(s)', ['js-error']));
+    assert(outcome.error, describe(outcome));
+    assert(outcome.error instanceof RangeError, describe(outcome));
+    assertEqual(outcome.error.message, 'not a GLib.Error');
+    const [, after] = assertValue(callSync(pool, new GLib.Variant('(s)', ['ok'])));
+    assertEqual(after, before, 'the worker survives a failed call');
+});
+
+test('returning null is FAILED', () => {
+    const pool = makePool(workerBehave);
+    const outcome = callSync(pool, new GLib.Variant('(s)', ['null']));
+    assertDcError(outcome, Dc.DetachedCodeError.FAILED);
+    assertValue(callSync(pool, new GLib.Variant('(s)', ['ok'])));
+});
+
+test('a worker that dies fails its call with WORKER_DIED', () => {
+    const pool = makePool(workerBehave);
+    const exited = [];
+    pool.connect('worker-exited', (_pool, pid, status) => exited.push([pid, status]));
+    assert(pool.start());
+    const [pid] = pool.get_worker_pids();
+
+    const outcome = callSync(pool, new GLib.Variant('(s)', ['die']));
+    assertDcError(outcome, Dc.DetachedCodeError.WORKER_DIED);
+    assert(outcome.error.message.includes(`${pid}`), outcome.error.message);
+    assert(outcome.error.message.includes('signal 9'), outcome.error.message);
+    assertEqual(pool.n_workers, 0);
+    assertEqual(exited.length, 1, 'worker-exited before the call failed');
+    assertEqual(exited[0][0], pid);
+    // A wait status for SIGKILL, without core dump.
+    assertEqual(exited[0][1] & 0x7f, 9);
+    waitReaped(pid);
+
+    const [what, newPid] = assertValue(callSync(pool, new GLib.Variant('(s)', ['ok'])));
+    assertEqual(what, 'ok');
+    assert(newPid !== pid, 'a fresh worker took the call');
+    assertEqual(pool.get_worker_pids(), [newPid]);
+});
+
+test('setenv and unsetenv reach the worker only', () => {
+    GLib.setenv('DC_TEST_GONE', 'parent', true);
+    cleanups.push(() => GLib.unsetenv('DC_TEST_GONE'));
+    const pool = makePool(workerBehave);
+    pool.setenv('DC_TEST_VAR', 'hello', true);
+    pool.unsetenv('DC_TEST_GONE');
+    const values = assertValue(callSync(pool, new GLib.Variant('(s)', ['env'])));
+    assertEqual(values, ['hello', null]);
+    assertEqual(GLib.getenv('DC_TEST_VAR'), null);
+    assertEqual(GLib.getenv('DC_TEST_GONE'), 'parent');
+});
+
+test('shutdown fails every call with SHUTDOWN', () => {
+    const dir = GLib.dir_make_tmp('dc-gjs-XXXXXX');
+    const started = i => `${dir}/started-${i}`;
+    cleanups.push(() => {
+        for (let i = 0; i < 5; i++)
+            GLib.unlink(started(i));
+        GLib.rmdir(dir);
+    });
+
+    const pool = makePool(workerSleepForever);
+    pool.max_workers = 2;
+    const spawned = [];
+    pool.connect('worker-spawned', (_pool, pid) => spawned.push(pid));
+    const sink = [];
+    for (let i = 0; i < 5; i++)
+        call(pool, new GLib.Variant('(s)', [started(i)]), sink);
+
+    // Shut down only once two calls really run, so both the in-flight and
+    // the queued paths are exercised.
+    const nStarted = () => [0, 1, 2, 3, 4].filter(i => GLib.file_test(started(i), GLib.FileTest.EXISTS)).length;
+    spinUntil(() => nStarted() >= 2, 'two calls to start in the workers');
+    assertEqual(sink.length, 0, 'no call can have completed yet');
+    pool.shutdown();
+    assertEqual(pool.n_workers, 0);
+    assertEqual(pool.get_worker_pids(), []);
+
+    spinUntil(() => sink.length === 5, 'all calls to fail');
+    for (const outcome of sink)
+        assertDcError(outcome, Dc.DetachedCodeError.SHUTDOWN);
+    assertEqual(nStarted(), 2, 'queued calls never reached a worker');
+    assertEqual(spawned.length, 2);
+    spawned.forEach(waitReaped);
+});
+
+test('flat marshaller', () => {
+    const pool = makePool(workerIdentity);
+    pool.marshaller = Dc.Marshaller.FLAT;
+    assertEqual(pool.marshaller, Dc.Marshaller.FLAT);
+
+    for (const args of [['abc', null], ['', 'x y\nz'], ['\u00e9t\u00e9', '']]) {
+        const outcome = callSync(pool, new GLib.Variant('(sms)', args));
+        assert(!outcome.error, describe(outcome));
+        assertEqual(outcome.value.get_type_string(), '(sms)');
+        assertEqual(outcome.value.deepUnpack(), args);
+    }
+
+    assertDcError(callSync(pool, new GLib.Variant('(i)', [1])), Dc.DetachedCodeError.MARSHAL);
+    assertEqual(assertValue(callSync(pool, new GLib.Variant('(s)', ['still']))), ['still']);
+});
+
+test('properties and notify', () => {
+    const pool = makePool(workerEchoPid);
+    assertEqual(pool.min_workers, 1);
+    assertEqual(pool.max_workers, 1);
+    assertEqual(pool.stream, Dc.Stream.AUTO);
+    assertEqual(pool.marshaller, Dc.Marshaller.VARIANT);
+    assertEqual(pool.exit_on_die, false);
+    assertEqual(pool.setup_flags, Dc.SetupFlags.NONE);
+    assertEqual(pool.n_workers, 0);
+
+    const notified = [];
+    pool.connect('notify', (_pool, pspec) => notified.push(pspec.name));
+    const spawned = [];
+    pool.connect('worker-spawned', (_pool, pid) => spawned.push(pid));
+
+    pool.min_workers = 2;
+    pool.set_max_workers(3);
+    pool.max_workers = 3;   // unchanged: explicit notify stays quiet
+    assertEqual(notified, ['min-workers', 'max-workers']);
+
+    notified.length = 0;
+    assert(pool.start());
+    assert(notified.includes('n-workers'), `notified: ${notified}`);
+    assertEqual(pool.n_workers, 2);
+    assertEqual(spawned.length, 2);
+    assertEqual([...pool.get_worker_pids()].sort(), [...spawned].sort());
+});
+
+test('the pool copy inside a worker is inert', () => {
+    // The worker holds a copy of this pool and of the default main context;
+    // disposing or shutting down the copy, or waking the copied context,
+    // must not reach the parent's processes or the channel.
+    //
+    // No System.gc() here: a full collection in a forked gjs signals
+    // SpiderMonkey helper threads that were not forked and never returns.
+    let pool = null;
+    let meddled = false;   // per worker: each has its own copy
+    pool = makePool(() => {
+        if (!meddled) {
+            meddled = true;
+            pool.shutdown();
+            // gjs refuses (with a critical) any later use of a disposed
+            // wrapper, hence only once.
+            pool.run_dispose();
+            GLib.idle_add(GLib.PRIORITY_DEFAULT, () => GLib.SOURCE_REMOVE);
+            GLib.MainContext.default().wakeup();
+        }
+        return new GLib.Variant('(i)', [ownPid()]);
+    });
+    const [pid1] = assertValue(callSync(pool, null));
+    const [pid2] = assertValue(callSync(pool, null));
+    assertEqual(pid2, pid1, 'the worker survived its meddling');
+    assertEqual(pool.get_worker_pids(), [pid1]);
+    assertEqual(pool.n_workers, 1);
+});
+
+// ---- TAP ----
+
+// Arguments, if any, pick the tests whose names contain one of them.
+const selected = ARGV.length ? tests.filter(t => ARGV.some(a => t.name.includes(a))) : tests;
+print(`1..${selected.length}`);
+let failed = 0;
+selected.forEach(({name, func}, index) => {
+    try {
+        func();
+        print(`ok ${index + 1} - ${name}`);
+    } catch (e) {
+        failed++;
+        print(`not ok ${index + 1} - ${name}`);
+        for (const line of `${e}\n${e.stack ?? ''}`.trimEnd().split('\n'))
+            print(`# ${line}`);
+    } finally {
+        for (const cleanup of cleanups.splice(0).reverse()) {
+            try {
+                cleanup();
+            } catch (e) {
+                print(`# cleanup: ${e}`);
+            }
+        }
+    }
+});
+
+imports.system.exit(failed ? 1 : 0);

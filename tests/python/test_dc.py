@@ -1,0 +1,554 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# Drives DcDetachedCode through PyGObject and the built typelib.  The code
+# under test runs in forked copies of this interpreter, so every worker
+# function below executes in another process: it can only report back
+# through its return value or an error.
+
+import gc
+import os
+import resource
+import sys
+import tempfile
+import time
+import traceback
+import unittest
+
+import gi
+
+gi.require_version('GLib', '2.0')
+gi.require_version('Gio', '2.0')
+gi.require_version('Dc', '1.0')
+from gi.repository import Dc, Gio, GLib  # noqa: E402
+
+# Waits are bounded by this, never by how fast a worker is: a loaded
+# two-core machine may take seconds to schedule a fork.
+TIMEOUT_S = 60
+
+# Some cases crash a worker on purpose; keep their core files out of the
+# build tree.  Workers inherit the limit.
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def is_prime(n):
+    if n < 2:
+        return False
+    d = 2
+    while d * d <= n:
+        if n % d == 0:
+            return False
+        d += 1
+    return True
+
+
+class Outcome:
+    """What one call_async ended with: a value or a GLib.Error."""
+
+    def __init__(self, value=None, error=None):
+        self.value = value
+        self.error = error
+
+    def __repr__(self):
+        if self.error is not None:
+            return 'Outcome(error=%s:%d:%r)' % (self.error.domain, self.error.code,
+                                               self.error.message)
+        return 'Outcome(value=%r)' % (self.value,)
+
+
+class DcTestCase(unittest.TestCase):
+
+    def make_pool(self, func, *user_data):
+        pool = Dc.DetachedCode.new(func, *user_data)
+        self.addCleanup(pool.shutdown)
+        return pool
+
+    def spin_until(self, predicate, what, timeout=TIMEOUT_S):
+        """Runs the main loop until predicate() holds; fails after timeout."""
+        deadline = time.monotonic() + timeout
+        context = GLib.MainContext.default()
+        # The wake-up bounds how long a blocking iteration may sleep when no
+        # source of the pool fires; it costs latency, never correctness.
+        wakeup = GLib.timeout_add(20, lambda: GLib.SOURCE_CONTINUE)
+        try:
+            while not predicate():
+                if time.monotonic() > deadline:
+                    self.fail('timed out after %d s waiting for %s' % (timeout, what))
+                context.iteration(True)
+        finally:
+            GLib.source_remove(wakeup)
+
+    def call(self, pool, args, priority=GLib.PRIORITY_DEFAULT, sink=None):
+        """Starts a call; returns the list its Outcome will be appended to."""
+        if sink is None:
+            sink = []
+
+        # Assertions inside a PyGObject callback would only be printed, so
+        # the callback just records and the test asserts afterwards.
+        def done(source, result):
+            try:
+                sink.append(Outcome(value=source.call_finish(result)))
+            except GLib.Error as e:
+                sink.append(Outcome(error=e))
+
+        pool.call_async(args, priority, None, done)
+        return sink
+
+    def call_sync(self, pool, args):
+        sink = self.call(pool, args)
+        self.spin_until(lambda: len(sink) == 1, 'one call to complete')
+        return sink[0]
+
+    def assertValue(self, outcome):
+        if outcome.error is not None:
+            self.fail('call failed: %s (%s, %d)' % (outcome.error.message,
+                                                    outcome.error.domain,
+                                                    outcome.error.code))
+        return outcome.value.unpack()
+
+    def assertDcError(self, outcome, code):
+        self.assertIsNotNone(outcome.error, 'call succeeded: %r' % (outcome,))
+        self.assertEqual(outcome.error.domain, 'dc-detached-code-error-quark')
+        self.assertTrue(outcome.error.matches(Dc.DetachedCodeError.quark(), code),
+                        'expected code %d, got %r' % (int(code), outcome))
+
+    def wait_reaped(self, pid):
+        # A zombie keeps its /proc entry until the pool's child watch reaps
+        # it on the main loop; after that the pid may be reused, but not by
+        # a child of ours.
+        def gone():
+            try:
+                with open('/proc/%d/stat' % pid) as f:
+                    stat = f.read()
+            except FileNotFoundError:
+                return True
+            ppid = int(stat[stat.rindex(')') + 2:].split()[1])
+            return ppid != os.getpid()
+
+        self.spin_until(gone, 'worker %d to be reaped' % pid)
+
+
+def worker_is_prime(args, tag):
+    (n,) = args.unpack()
+    return GLib.Variant('(bis)', (is_prime(n), os.getpid(), tag))
+
+
+def worker_echo_pid(args):
+    (i, delay_ms) = args.unpack()
+    if delay_ms:
+        time.sleep(delay_ms / 1000.0)
+    return GLib.Variant('(ii)', (i, os.getpid()))
+
+
+def worker_behave(args):
+    (what,) = args.unpack()
+    if what == 'gerror':
+        raise GLib.Error.new_literal(Gio.io_error_quark(), 'nope',
+                                     Gio.IOErrorEnum.NOT_FOUND)
+    if what == 'value-error':
+        raise ValueError('not a GLib.Error')
+    if what == 'none':
+        return None
+    if what == 'exit3':
+        os._exit(3)
+    return GLib.Variant('(si)', (what, os.getpid()))
+
+
+def worker_environment(args):
+    # os.environ is a dict the interpreter filled at start-up; the pool's
+    # setenv() acts on the C environment after the fork, which only
+    # getenv(3) (here GLib.getenv) sees.
+    names = args.unpack()[0]
+    return GLib.Variant('(ams)', ([GLib.getenv(name) for name in names],))
+
+
+def worker_cwd(args):
+    return GLib.Variant('(s)', (os.getcwd(),))
+
+
+def worker_touch_then_sleep(args):
+    (directory, i) = args.unpack()
+    with open(os.path.join(directory, 'started-%d' % i), 'w'):
+        pass
+    # Only shutdown() ends this; the sleep is bounded so that a broken
+    # shutdown leaves no worker behind for long.
+    time.sleep(TIMEOUT_S)
+    return GLib.Variant('(i)', (i,))
+
+
+def worker_identity(args):
+    return args
+
+
+def worker_meddle(args, holder):
+    # The worker holds a copy of the parent's pool object and default main
+    # context, and a binding's garbage collector may dispose the copy at any
+    # time; none of this may reach the parent's processes or the channel.
+    pool = holder[0]
+    pool.shutdown()
+    pool.run_dispose()
+    GLib.idle_add(lambda: GLib.SOURCE_REMOVE)
+    GLib.MainContext.default().wakeup()
+    gc.collect()
+    return GLib.Variant('(i)', (os.getpid(),))
+
+
+class TestPython(DcTestCase):
+
+    def test_01_synopsis_is_prime(self):
+        # (closure user_data): extra arguments to new() reach the function.
+        pool = self.make_pool(worker_is_prime, 'user data')
+        not_prime = self.call(pool, GLib.Variant('(t)', (123454321,)))
+        prime = self.call(pool, GLib.Variant('(t)', (1000003,)))
+        self.spin_until(lambda: not_prime and prime, 'both calls')
+
+        is_p, pid, tag = self.assertValue(not_prime[0])
+        self.assertFalse(is_p, '123454321 = 11111 * 11111 is not prime')
+        self.assertNotEqual(pid, os.getpid())
+        self.assertEqual(tag, 'user data')
+        is_p, pid2, _ = self.assertValue(prime[0])
+        self.assertTrue(is_p, '1000003 is prime')
+        self.assertEqual(pid, pid2, 'one worker by default')
+        self.assertEqual(pool.get_worker_pids(), [pid])
+
+    def test_02_several_workers(self):
+        pool = self.make_pool(worker_echo_pid)
+        pool.props.min_workers = 2
+        pool.props.max_workers = 4
+        spawned = []
+        pool.connect('worker-spawned', lambda _pool, pid: spawned.append(pid))
+        self.assertTrue(pool.start())
+        self.assertEqual(pool.props.n_workers, 2)
+
+        n_calls = 60
+        sink = []
+        for i in range(n_calls):
+            self.call(pool, GLib.Variant('(ii)', (i, 5)), sink=sink)
+        self.spin_until(lambda: len(sink) == n_calls, 'all %d calls' % n_calls)
+
+        values = [self.assertValue(o) for o in sink]
+        self.assertEqual(sorted(i for i, _ in values), list(range(n_calls)))
+        used = {pid for _, pid in values}
+        self.assertNotIn(os.getpid(), used)
+        # With one call per worker, calls queued at once cannot all land on
+        # a single worker.
+        self.assertGreaterEqual(len(used), 2)
+        self.assertTrue(used <= set(spawned), '%r not all in %r' % (used, spawned))
+
+        pids = pool.get_worker_pids()
+        self.assertEqual(len(pids), len(set(pids)))
+        self.assertTrue(2 <= len(pids) <= 4, pids)
+        self.assertEqual(len(pids), pool.props.n_workers)
+        self.assertNotIn(os.getpid(), pids)
+        self.assertTrue(set(pids) <= set(spawned))
+
+    def test_03_call_order_one_worker(self):
+        pool = self.make_pool(worker_echo_pid)
+        sink = []
+        n_calls = 40
+        for i in range(n_calls):
+            # Early calls are the slowest: out-of-order completion would
+            # show if the pool ever used a second worker.
+            self.call(pool, GLib.Variant('(ii)', (i, 5 if i < 3 else 0)), sink=sink)
+        self.spin_until(lambda: len(sink) == n_calls, 'all %d calls' % n_calls)
+        values = [self.assertValue(o) for o in sink]
+        self.assertEqual([i for i, _ in values], list(range(n_calls)))
+        self.assertEqual(len({pid for _, pid in values}), 1)
+
+    def test_04_glib_error_keeps_domain_code_message(self):
+        pool = self.make_pool(worker_behave)
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('gerror',)))
+        self.assertIsNotNone(outcome.error)
+        self.assertEqual(outcome.error.domain, 'g-io-error-quark')
+        self.assertEqual(outcome.error.code, Gio.IOErrorEnum.NOT_FOUND)
+        self.assertEqual(outcome.error.message, 'nope')
+        self.assertTrue(outcome.error.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NOT_FOUND))
+
+    def test_05_python_exception_is_failed(self):
+        pool = self.make_pool(worker_behave)
+        # PyGObject prints the worker's traceback; it is expected noise.
+        pool.props.setup_flags = Dc.SetupFlags.SILENCE_STDERR
+        before = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('value-error',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.FAILED)
+        self.assertTrue(outcome.error.message)
+
+        # A plain None return is the same case: NULL without an error.
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('none',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.FAILED)
+
+        after = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
+        self.assertEqual(after, before, 'the worker survives a failed call')
+
+    def test_06_worker_exit_is_worker_died(self):
+        pool = self.make_pool(worker_behave)
+        exited = []
+        pool.connect('worker-exited', lambda _pool, pid, status: exited.append((pid, status)))
+        self.assertTrue(pool.start())
+        [pid] = pool.get_worker_pids()
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('exit3',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.WORKER_DIED)
+        self.assertIn(str(pid), outcome.error.message)
+        self.assertIn('status 3', outcome.error.message)
+        self.assertEqual(pool.props.n_workers, 0)
+        self.assertEqual(pool.get_worker_pids(), [])
+
+        # The pool reports the exit before failing the call.
+        self.assertEqual(len(exited), 1)
+        self.assertEqual(exited[0][0], pid)
+        self.assertTrue(os.WIFEXITED(exited[0][1]))
+        self.assertEqual(os.WEXITSTATUS(exited[0][1]), 3)
+        self.wait_reaped(pid)
+
+        what, new_pid = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
+        self.assertEqual(what, 'ok')
+        self.assertNotEqual(new_pid, pid, 'a fresh worker took the call')
+        self.assertEqual(pool.get_worker_pids(), [new_pid])
+
+    def test_07_setenv(self):
+        keep = 'DC_TEST_KEEP'
+        gone = 'DC_TEST_GONE'
+        os.environ[keep] = 'parent'
+        os.environ[gone] = 'parent'
+        self.addCleanup(os.environ.pop, keep, None)
+        self.addCleanup(os.environ.pop, gone, None)
+
+        pool = self.make_pool(worker_environment)
+        pool.setenv('DC_TEST_VAR', 'hello', True)
+        pool.setenv(keep, 'worker', False)
+        pool.unsetenv(gone)
+
+        outcome = self.call_sync(pool, GLib.Variant('(as)', ([
+            'DC_TEST_VAR', keep, gone],)))
+        (values,) = self.assertValue(outcome)
+        self.assertEqual(values, ['hello', 'parent', None])
+
+        self.assertNotIn('DC_TEST_VAR', os.environ)
+        self.assertIsNone(GLib.getenv('DC_TEST_VAR'))
+        self.assertEqual(GLib.getenv(gone), 'parent')
+
+    def test_07b_set_cwd(self):
+        pool = self.make_pool(worker_cwd)
+        with tempfile.TemporaryDirectory() as directory:
+            pool.set_cwd(directory)
+            self.assertEqual(pool.get_cwd(), directory)
+            here = os.getcwd()
+            (cwd,) = self.assertValue(self.call_sync(pool, None))
+            self.assertEqual(os.path.realpath(cwd), os.path.realpath(directory))
+            self.assertEqual(os.getcwd(), here)
+
+    def test_08_shutdown_fails_every_call(self):
+        pool = self.make_pool(worker_touch_then_sleep)
+        pool.props.max_workers = 2
+        spawned = []
+        pool.connect('worker-spawned', lambda _pool, pid: spawned.append(pid))
+
+        with tempfile.TemporaryDirectory() as directory:
+            sink = []
+            n_calls = 5
+            for i in range(n_calls):
+                self.call(pool, GLib.Variant('(si)', (directory, i)), sink=sink)
+
+            # Shut down only once two calls are really running, so both the
+            # in-flight and the queued paths are exercised.
+            self.spin_until(lambda: len(os.listdir(directory)) >= 2,
+                            'two calls to start in the workers')
+            self.assertEqual(sink, [], 'no call can have completed yet')
+            pool.shutdown()
+            self.assertEqual(pool.props.n_workers, 0)
+            self.assertEqual(pool.get_worker_pids(), [])
+
+            self.spin_until(lambda: len(sink) == n_calls, 'all calls to fail')
+            for outcome in sink:
+                self.assertDcError(outcome, Dc.DetachedCodeError.SHUTDOWN)
+            self.assertEqual(len(os.listdir(directory)), 2,
+                             'queued calls never reached a worker')
+
+        self.assertEqual(len(spawned), 2)
+        for pid in spawned:
+            self.wait_reaped(pid)
+
+    def test_09_flat_marshaller(self):
+        pool = self.make_pool(worker_identity)
+        pool.props.marshaller = Dc.Marshaller.FLAT
+        self.assertEqual(pool.props.marshaller, Dc.Marshaller.FLAT)
+
+        for args in [('abc', None), ('', 'x y\nz'), ('\u00e9t\u00e9', '')]:
+            value = self.call_sync(pool, GLib.Variant('(sms)', args)).value
+            self.assertIsNotNone(value)
+            self.assertEqual(value.get_type_string(), '(sms)')
+            self.assertEqual(value.unpack(), args)
+
+        outcome = self.call_sync(pool, GLib.Variant('(i)', (1,)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.MARSHAL)
+
+        # The refusal happened in the parent; the pool still works.
+        value = self.call_sync(pool, GLib.Variant('(s)', ('still',))).value
+        self.assertEqual(value.unpack(), ('still',))
+
+    def test_09b_flat_marshaller_refuses_result(self):
+        pool = self.make_pool(lambda args: GLib.Variant('(i)', (7,)))
+        pool.props.marshaller = Dc.Marshaller.FLAT
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('x',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.MARSHAL)
+
+    def test_10_properties_and_notify(self):
+        pool = self.make_pool(worker_echo_pid)
+        self.assertEqual(pool.props.min_workers, 1)
+        self.assertEqual(pool.props.max_workers, 1)
+        self.assertEqual(pool.props.stream, Dc.Stream.AUTO)
+        self.assertEqual(pool.props.marshaller, Dc.Marshaller.VARIANT)
+        self.assertFalse(pool.props.exit_on_die)
+        self.assertEqual(pool.props.setup_flags, Dc.SetupFlags.NONE)
+        self.assertEqual(pool.props.n_workers, 0)
+        self.assertEqual(pool.get_worker_pids(), [])
+
+        notified = []
+        pool.connect('notify', lambda _pool, pspec: notified.append(pspec.name))
+        spawned = []
+        pool.connect('worker-spawned', lambda _pool, pid: spawned.append(pid))
+
+        pool.props.min_workers = 2
+        pool.set_max_workers(3)
+        pool.props.max_workers = 3   # unchanged: explicit notify stays quiet
+        pool.props.stream = Dc.Stream.PIPE
+        pool.props.exit_on_die = True
+        self.assertEqual(notified, ['min-workers', 'max-workers', 'stream', 'exit-on-die'])
+        self.assertEqual(pool.get_min_workers(), 2)
+        self.assertEqual(pool.get_max_workers(), 3)
+        self.assertEqual(pool.get_stream(), Dc.Stream.PIPE)
+        self.assertTrue(pool.get_exit_on_die())
+
+        del notified[:]
+        self.assertTrue(pool.start())
+        self.assertIn('n-workers', notified)
+        self.assertEqual(pool.props.n_workers, 2)
+        self.assertEqual(len(spawned), 2)
+        self.assertTrue(all(pid > 0 and pid != os.getpid() for pid in spawned))
+        self.assertEqual(sorted(pool.get_worker_pids()), sorted(spawned))
+
+        # The pipe stream carries calls as well as the socket one.
+        i, pid = self.assertValue(self.call_sync(pool, GLib.Variant('(ii)', (9, 0))))
+        self.assertEqual(i, 9)
+        self.assertIn(pid, spawned)
+
+        del notified[:]
+        pool.shutdown()
+        self.assertIn('n-workers', notified)
+        self.assertEqual(pool.props.n_workers, 0)
+
+    def test_11_exit_on_die(self):
+        pool = self.make_pool(worker_behave)
+        pool.props.exit_on_die = True
+        spawned = []
+        pool.connect('worker-spawned', lambda _pool, pid: spawned.append(pid))
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('gerror',)))
+        self.assertTrue(outcome.error.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NOT_FOUND))
+        # Whenever the failed worker leaves, the next call must not notice.
+        what, pid = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
+        self.assertEqual(what, 'ok')
+        self.assertEqual(len(spawned), 2)
+        self.assertEqual(pid, spawned[1])
+        self.wait_reaped(spawned[0])
+
+    def test_12_priority_order(self):
+        pool = self.make_pool(worker_echo_pid)
+        self.assertTrue(pool.start())
+        sink = []
+        # call_async dispatches at once: the first call occupies the only
+        # worker, and the rest queue whatever the worker's speed.
+        self.call(pool, GLib.Variant('(ii)', (0, 0)), sink=sink)
+        for i, prio in [(1, GLib.PRIORITY_LOW), (2, GLib.PRIORITY_DEFAULT),
+                        (3, GLib.PRIORITY_HIGH), (4, GLib.PRIORITY_DEFAULT)]:
+            self.call(pool, GLib.Variant('(ii)', (i, 0)), priority=prio, sink=sink)
+        self.spin_until(lambda: len(sink) == 5, 'all calls')
+        self.assertEqual([self.assertValue(o)[0] for o in sink], [0, 3, 2, 4, 1])
+
+    def test_13_bare_gobject_constructor(self):
+        # Dc.DetachedCode() bypasses new() and so has no function; whatever
+        # the pool does about it, the call must end with a pool error.
+        pool = Dc.DetachedCode()
+        self.addCleanup(pool.shutdown)
+        outcome = self.call_sync(pool, None)
+        self.assertIsNotNone(outcome.error)
+        self.assertEqual(outcome.error.domain, 'dc-detached-code-error-quark')
+
+
+    def test_14_pool_copy_in_worker_is_inert(self):
+        holder = []
+        pool = self.make_pool(worker_meddle, holder)
+        holder.append(pool)
+        self.addCleanup(holder.clear)
+        pid1 = self.assertValue(self.call_sync(pool, None))[0]
+        pid2 = self.assertValue(self.call_sync(pool, None))[0]
+        self.assertEqual(pid1, pid2, 'the worker survived its meddling')
+        self.assertEqual(pool.get_worker_pids(), [pid1])
+        self.assertEqual(pool.props.n_workers, 1)
+
+
+class TAPResult(unittest.TestResult):
+    """Prints one TAP line per test case as it ends."""
+
+    def __init__(self, stream):
+        super().__init__()
+        self.stream = stream
+        self.number = 0
+
+    def _line(self, text, diagnostics=None):
+        self.number += 1
+        self.stream.write(text % self.number + '\n')
+        if diagnostics:
+            for line in diagnostics.rstrip('\n').split('\n'):
+                self.stream.write('# ' + line + '\n')
+        self.stream.flush()
+
+    def addSuccess(self, test):
+        super().addSuccess(test)
+        self._line('ok %d - ' + test.id())
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self._line('not ok %d - ' + test.id(), self.failures[-1][1])
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self._line('not ok %d - ' + test.id(), self.errors[-1][1])
+
+    def addSkip(self, test, reason):
+        super().addSkip(test, reason)
+        self._line('ok %d - ' + test.id() + ' # SKIP ' + reason)
+
+    def addExpectedFailure(self, test, err):
+        super().addExpectedFailure(test, err)
+        self._line('ok %d - ' + test.id() + ' # TODO expected failure')
+
+    def addUnexpectedSuccess(self, test):
+        super().addUnexpectedSuccess(test)
+        self._line('not ok %d - ' + test.id() + ' # unexpected success')
+
+
+def main():
+    loader = unittest.TestLoader()
+    if len(sys.argv) > 1:
+        suite = loader.loadTestsFromNames(sys.argv[1:], sys.modules[__name__])
+    else:
+        suite = loader.loadTestsFromModule(sys.modules[__name__])
+    # Workers are forks of this process: anything buffered here would be
+    # duplicated if a worker ever flushed it.
+    sys.stdout.flush()
+    sys.stdout.write('1..%d\n' % suite.countTestCases())
+    sys.stdout.flush()
+    result = TAPResult(sys.stdout)
+    try:
+        suite.run(result)
+    except Exception:
+        traceback.print_exc()
+        return 1
+    return 0 if result.wasSuccessful() else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
