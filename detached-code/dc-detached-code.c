@@ -1543,6 +1543,15 @@ dc_detached_code_init (DcDetachedCode *self)
 
 /* ---- public API ---- */
 
+/* A pool made with g_object_new() (as a binding's plain constructor does)
+ * has no code to run: refuse, rather than fork workers that crash. */
+static void
+set_no_func_error (GError **error)
+{
+  g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_FAILED,
+                       _("This pool has no code to run: create it with dc_detached_code_new()"));
+}
+
 /**
  * dc_detached_code_new: (constructor)
  * @func: (scope notified) (closure user_data) (destroy user_data_free): the
@@ -1604,6 +1613,11 @@ dc_detached_code_start (DcDetachedCode  *self,
     {
       g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                    _("This pool belongs to process %d"), (int) self->owner_pid);
+      return FALSE;
+    }
+  if (self->func == NULL)
+    {
+      set_no_func_error (error);
       return FALSE;
     }
 
@@ -1673,6 +1687,12 @@ dc_detached_code_call_async (DcDetachedCode     *self,
     {
       g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SHUTDOWN,
                                _("This pool belongs to process %d"), (int) self->owner_pid);
+      return;
+    }
+  if (self->func == NULL)
+    {
+      set_no_func_error (&error);
+      g_task_return_error (task, g_steal_pointer (&error));
       return;
     }
 

@@ -1370,17 +1370,25 @@ test_spawn_error (void)
       g_autoptr(GError) error = NULL;
       struct rlimit rl, saved;
       Result r = { 0, };
-      int top;
+      g_autoptr(GArray) fillers = g_array_new (FALSE, FALSE, sizeof (int));
+      guint i;
+      int top, fd;
 
       /* GLib's own descriptors first (the main context's wake-up). */
       g_main_context_iteration (NULL, FALSE);
       top = highest_fd ();
 
-      /* Room for one descriptor, not for a channel: socketpair() fails. */
+      /* Fill every free number under a low limit, then free one: room for
+       * one descriptor, not for a channel, so socketpair() fails. */
       g_assert_cmpint (getrlimit (RLIMIT_NOFILE, &saved), ==, 0);
-      rl.rlim_cur = (rlim_t) top + 2;
+      rl.rlim_cur = (rlim_t) top + 8;
       rl.rlim_max = saved.rlim_max;
       g_assert_cmpint (setrlimit (RLIMIT_NOFILE, &rl), ==, 0);
+      while ((fd = open ("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+        g_array_append_val (fillers, fd);
+      g_assert_cmpuint (fillers->len, >, 0);
+      close (g_array_index (fillers, int, fillers->len - 1));
+      g_array_set_size (fillers, fillers->len - 1);
 
       g_assert_false (dc_detached_code_start (code, &error));
       g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN);
@@ -1391,6 +1399,8 @@ test_spawn_error (void)
       result_clear (&r);
       g_object_unref (code);
       /* Leak checkers need descriptors at exit. */
+      for (i = 0; i < fillers->len; i++)
+        close (g_array_index (fillers, int, i));
       setrlimit (RLIMIT_NOFILE, &saved);
       return;
     }
@@ -1546,6 +1556,25 @@ test_threads (void)
 }
 
 static void
+test_no_func (void)
+{
+  /* What a binding's plain constructor makes. */
+  DcDetachedCode *code = g_object_new (DC_TYPE_DETACHED_CODE, NULL);
+  g_autoptr(GError) error = NULL;
+  Result r = { 0, };
+
+  g_assert_false (dc_detached_code_start (code, &error));
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_FAILED);
+  call (code, cmd ("pid", NULL), &r);
+  g_assert_false (r.done);
+  wait_for_flag (&r.done, "a call on a pool without code");
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_FAILED);
+  g_assert_cmpuint (dc_detached_code_get_n_workers (code), ==, 0);
+  result_clear (&r);
+  g_object_unref (code);
+}
+
+static void
 count_notify (GObject    *object,
               GParamSpec *pspec,
               gpointer    data)
@@ -1645,6 +1674,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/properties", test_properties);
   g_test_add_func ("/detached-code/call/cancel", test_cancel);
   g_test_add_func ("/detached-code/call/threads", test_threads);
+  g_test_add_func ("/detached-code/error/no-func", test_no_func);
 
   return g_test_run ();
 }
