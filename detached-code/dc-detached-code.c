@@ -106,6 +106,7 @@ struct _DcCall
   gulong          cancel_id;
   DcWorker       *worker;    /* unowned; set while in flight */
   enum { CALL_QUEUED, CALL_IN_FLIGHT, CALL_LOCAL } where;  /* which list holds link */
+  GSource        *timeout_source;  /* call-timeout, armed when written to a worker */
 };
 
 struct _DcWorker
@@ -128,6 +129,10 @@ struct _DcWorker
   guint32          setup_step;  /* from a SETUP_FAILED frame */
   guint32          setup_errno;
   gboolean         exit_on_die; /* as it was when this worker was forked */
+  gboolean         close_when_idle; /* retired: closed once its calls are done */
+  guint            n_calls;     /* calls written to it */
+  gint64           idle_since;  /* monotonic time it last became idle */
+  GSource         *idle_source; /* idle-timeout timer */
 };
 
 typedef struct
@@ -163,6 +168,13 @@ struct _DcDetachedCode
   DcMarshaller      marshaller;
   DcSetupFlags      setup_flags;
   gboolean          exit_on_die;
+  gboolean          kill_on_cancel;
+  guint             idle_timeout;      /* ms, 0 = never */
+  guint             max_worker_calls;  /* 0 = unlimited */
+  guint             call_timeout;      /* ms, 0 = none */
+  guint             pipeline_depth;    /* >= 1 */
+  guint             n_busy;            /* last notified */
+  guint             n_queued;          /* last notified */
   char             *cwd;
   GArray           *env_ops;    /* EnvOp, applied in order at each fork */
 
@@ -189,6 +201,13 @@ enum
   PROP_EXIT_ON_DIE,
   PROP_SETUP_FLAGS,
   PROP_N_WORKERS,
+  PROP_IDLE_TIMEOUT,
+  PROP_MAX_WORKER_CALLS,
+  PROP_CALL_TIMEOUT,
+  PROP_KILL_ON_CANCEL,
+  PROP_PIPELINE_DEPTH,
+  PROP_N_BUSY,
+  PROP_N_QUEUED,
   N_PROPS
 };
 
@@ -234,9 +253,20 @@ in_owner_process (DcDetachedCode *self)
 /* ---- calls ---- */
 
 static void
+call_clear_timeout (DcCall *call)
+{
+  if (call->timeout_source != NULL)
+    {
+      g_source_destroy (call->timeout_source);
+      g_clear_pointer (&call->timeout_source, g_source_unref);
+    }
+}
+
+static void
 call_free (DcCall *call)
 {
   g_assert (call->task == NULL);
+  call_clear_timeout (call);
   g_clear_pointer (&call->payload, g_bytes_unref);
   g_free (call);
 }
@@ -288,22 +318,52 @@ call_complete (DcCall   *call,
 
 /* Returns CANCELLED to @call's caller now.  A queued call is gone; one in
  * flight stays on its worker until the reply comes, and is dropped then. */
+static void worker_kill (DcWorker *worker, GError *reason);
+static void update_stats (DcDetachedCode *self);
+
+/* The call at the head of a worker's in-flight list is the one it runs. */
+static gboolean
+call_is_running (DcCall *call)
+{
+  return call->where == CALL_IN_FLIGHT && call->worker->inflight.head == &call->link;
+}
+
+/* Kills the worker running @call, which already completed.  Calls written
+ * behind it fail with @reason: whether the worker had read them is not
+ * known, and running them twice would be worse. */
+static void
+call_kill_worker (DcCall *call,
+                  GError *reason)
+{
+  DcWorker *worker = call->worker;
+
+  g_queue_unlink (&worker->inflight, &call->link);
+  call->where = CALL_LOCAL;
+  call_free (call);
+  worker_kill (worker, reason);
+}
+
 static void
 call_cancel (DcCall *call)
 {
   g_autoptr(GTask) task = call_steal_task (call);
   DcDetachedCode *self = g_task_get_source_object (task);
 
-  /* In flight, the reply is dropped when it comes; in a local list, its
-   * owner frees it. */
   if (call->where == CALL_QUEUED)
     {
       g_queue_unlink (&self->queue, &call->link);
       call_free (call);
     }
+  else if (self->kill_on_cancel && call_is_running (call))
+    call_kill_worker (call, g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED,
+                                         _("Worker process %d was killed: the call it was running was cancelled"),
+                                         (int) call->worker->pid));
+  /* Otherwise: in flight, its reply is dropped when it comes; in a local
+   * list, its owner frees it. */
 
   g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CANCELLED, "%s",
                            _("The call was cancelled"));
+  update_stats (self);
 }
 
 static void
@@ -401,6 +461,11 @@ worker_leave_service (DcWorker    *worker,
 static void
 worker_close_channel (DcWorker *worker)
 {
+  if (worker->idle_source != NULL)
+    {
+      g_source_destroy (worker->idle_source);
+      g_clear_pointer (&worker->idle_source, g_source_unref);
+    }
   if (worker->read_source != NULL)
     {
       g_source_destroy (worker->read_source);
@@ -414,6 +479,68 @@ worker_close_channel (DcWorker *worker)
   g_clear_pointer (&worker->channel, dc_channel_free);
   g_byte_array_set_size (worker->outbuf, 0);
   worker->out_pos = 0;
+}
+
+/* Takes @worker out of service for good: it finishes the calls it has,
+ * then its channel is closed and it leaves on its own. */
+static void
+worker_retire (DcWorker *worker)
+{
+  worker_leave_service (worker, WORKER_RETIRING);
+  worker->close_when_idle = TRUE;
+  if (worker->inflight.length == 0)
+    worker_close_channel (worker);
+}
+
+static void worker_note_idle (DcWorker *worker);
+
+static gboolean
+worker_idle_timeout_cb (gpointer data)
+{
+  DcWorker *worker = data;
+  DcDetachedCode *self = worker->pool;
+
+  g_clear_pointer (&worker->idle_source, g_source_unref);
+
+  if (self == NULL || worker->state != WORKER_RUNNING || worker->inflight.length > 0)
+    return G_SOURCE_REMOVE;
+
+  /* Busy and idle again meanwhile: wait out the rest. */
+  if (g_get_monotonic_time () - worker->idle_since <
+      (gint64) self->idle_timeout * G_TIME_SPAN_MILLISECOND)
+    {
+      worker_note_idle (worker);
+      return G_SOURCE_REMOVE;
+    }
+
+  if (self->n_workers > self->min_workers)
+    {
+      worker_retire (worker);
+      update_stats (self);
+    }
+  return G_SOURCE_REMOVE;
+}
+
+/* @worker has no call: start counting towards idle-timeout. */
+static void
+worker_note_idle (DcWorker *worker)
+{
+  DcDetachedCode *self = worker->pool;
+  gint64 remaining;
+
+  if (self == NULL || self->idle_timeout == 0 || worker->state != WORKER_RUNNING)
+    return;
+
+  if (worker->idle_source == NULL)
+    worker->idle_since = g_get_monotonic_time ();
+  else
+    return;
+
+  remaining = (gint64) self->idle_timeout * G_TIME_SPAN_MILLISECOND -
+              (g_get_monotonic_time () - worker->idle_since);
+  worker->idle_source = g_timeout_source_new ((guint) MAX (remaining / 1000, 1));
+  g_source_set_callback (worker->idle_source, worker_idle_timeout_cb, worker, NULL);
+  g_source_attach (worker->idle_source, self->context);
 }
 
 /* Kills @worker for a reason of ours; its in-flight calls will fail with
@@ -519,6 +646,7 @@ worker_finish (DcWorker *worker)
   dispatch (self);
   if (error != NULL)
     fail_calls (&calls, error);
+  update_stats (self);
   g_object_unref (self);
 }
 
@@ -597,6 +725,7 @@ requeue_inflight (DcWorker *worker)
 
       call->worker = NULL;
       call->where = CALL_QUEUED;
+      call_clear_timeout (call);
       if (call->task == NULL)
         call_free (call);   /* cancelled meanwhile: nobody waits for it */
       else
@@ -717,8 +846,13 @@ worker_handle_frame (DcWorker           *worker,
       requeue_inflight (worker);
     }
 
+  if (worker->inflight.length == 0 && worker->close_when_idle)
+    worker_close_channel (worker);   /* retired: it sees the end and leaves */
+
   /* Give the worker its next call before running this one's callback. */
   dispatch (self);
+  if (worker->inflight.length == 0 && worker->channel != NULL)
+    worker_note_idle (worker);
   call_complete (call, value, error);
 
   return worker->channel != NULL;
@@ -887,17 +1021,72 @@ worker_writable_cb (GIOCondition condition,
   return G_SOURCE_CONTINUE;
 }
 
+static gboolean
+call_timeout_cb (gpointer data)
+{
+  DcCall *call = data;
+  DcWorker *worker = call->worker;
+  DcDetachedCode *self = worker->pool;
+  g_autoptr(GTask) task = NULL;
+  g_autoptr(GObject) keep = g_object_ref (G_OBJECT (self));
+  gboolean running = call_is_running (call);
+  GPid pid = worker->pid;
+
+  g_clear_pointer (&call->timeout_source, g_source_unref);
+  task = call_steal_task (call);
+
+  /* A call still waiting behind another on the same worker has not
+   * started: it fails, and its reply will be dropped. */
+  if (running)
+    call_kill_worker (call, g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED,
+                                         _("Worker process %d was killed: a call it was running took longer than %u ms"),
+                                         (int) pid, self->call_timeout));
+
+  if (task != NULL)
+    {
+      if (running)
+        g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
+                                 _("The call took longer than %u ms; worker process %d was killed"),
+                                 self->call_timeout, (int) pid);
+      else
+        g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
+                                 _("The call did not complete within %u ms on worker process %d"),
+                                 self->call_timeout, (int) pid);
+    }
+  update_stats (self);
+  return G_SOURCE_REMOVE;
+}
+
 static void
 send_call (DcWorker *worker,
            DcCall   *call)
 {
+  DcDetachedCode *self = worker->pool;
   gsize size;
   const guint8 *data = g_bytes_get_data (call->payload, &size);
+
+  if (worker->idle_source != NULL)
+    {
+      g_source_destroy (worker->idle_source);
+      g_clear_pointer (&worker->idle_source, g_source_unref);
+    }
+
+  /* The limit counts from the write, not from the queue. */
+  if (self->call_timeout > 0)
+    {
+      call->timeout_source = g_timeout_source_new (self->call_timeout);
+      g_source_set_callback (call->timeout_source, call_timeout_cb, call, NULL);
+      g_source_attach (call->timeout_source, self->context);
+    }
 
   call->worker = worker;
   call->where = CALL_IN_FLIGHT;
   g_queue_push_tail_link (&worker->inflight, &call->link);
   dc_wire_append_frame (worker->outbuf, DC_WIRE_CALL, call->serial, data, size);
+
+  /* Its last call: a replacement may fork at once, while it finishes. */
+  if (self->max_worker_calls > 0 && ++worker->n_calls >= self->max_worker_calls)
+    worker_retire (worker);
 }
 
 static char **
@@ -1057,6 +1246,7 @@ spawn_worker (DcDetachedCode  *self,
 
   self->workers = g_list_prepend (self->workers, worker);
   set_n_workers (self, self->n_workers + 1);
+  worker_note_idle (worker);
   g_signal_emit (self, signals[SIGNAL_WORKER_SPAWNED], 0, (gint) pid);
 
   return worker;
@@ -1089,6 +1279,48 @@ find_idle_worker (DcDetachedCode *self)
   return NULL;
 }
 
+/* With pipeline-depth > 1: the least loaded worker that has room. */
+static DcWorker *
+find_worker_with_room (DcDetachedCode *self)
+{
+  DcWorker *best = NULL;
+  GList *l;
+
+  for (l = self->workers; l != NULL; l = l->next)
+    {
+      DcWorker *worker = l->data;
+
+      if (worker->state == WORKER_RUNNING && worker->inflight.length < self->pipeline_depth &&
+          (best == NULL || worker->inflight.length < best->inflight.length))
+        best = worker;
+    }
+  return best;
+}
+
+static void
+update_stats (DcDetachedCode *self)
+{
+  guint n_busy = 0;
+  GList *l;
+
+  for (l = self->workers; l != NULL; l = l->next)
+    if (((DcWorker *) l->data)->inflight.length > 0)
+      n_busy++;
+
+  g_object_freeze_notify (G_OBJECT (self));
+  if (self->n_busy != n_busy)
+    {
+      self->n_busy = n_busy;
+      g_object_notify_by_pspec (G_OBJECT (self), props[PROP_N_BUSY]);
+    }
+  if (self->n_queued != self->queue.length)
+    {
+      self->n_queued = self->queue.length;
+      g_object_notify_by_pspec (G_OBJECT (self), props[PROP_N_QUEUED]);
+    }
+  g_object_thaw_notify (G_OBJECT (self));
+}
+
 /* Sends queued calls to idle workers, forking more while the pool may
  * grow.  Safe to re-enter. */
 static void
@@ -1103,12 +1335,11 @@ dispatch (DcDetachedCode *self)
       DcWorker *worker = find_idle_worker (self);
       DcCall *call;
 
-      if (worker == NULL && self->n_workers < effective_max (self))
-        {
-          worker = spawn_worker (self, &spawn_error);
-          if (worker == NULL)
-            break;
-        }
+      if (worker == NULL && self->n_workers < effective_max (self) && spawn_error == NULL)
+        worker = spawn_worker (self, &spawn_error);
+      /* Idle workers first, new ones next, then a place in a pipeline. */
+      if (worker == NULL && self->pipeline_depth > 1)
+        worker = find_worker_with_room (self);
       if (worker == NULL)
         break;
 
@@ -1136,6 +1367,8 @@ dispatch (DcDetachedCode *self)
       g_queue_init (&self->queue);
       fail_calls (&calls, spawn_error);
     }
+
+  update_stats (self);
 }
 
 /* ---- submission ---- */
@@ -1356,6 +1589,27 @@ dc_detached_code_get_property (GObject    *object,
     case PROP_N_WORKERS:
       g_value_set_uint (value, self->n_workers);
       break;
+    case PROP_IDLE_TIMEOUT:
+      g_value_set_uint (value, self->idle_timeout);
+      break;
+    case PROP_MAX_WORKER_CALLS:
+      g_value_set_uint (value, self->max_worker_calls);
+      break;
+    case PROP_CALL_TIMEOUT:
+      g_value_set_uint (value, self->call_timeout);
+      break;
+    case PROP_KILL_ON_CANCEL:
+      g_value_set_boolean (value, self->kill_on_cancel);
+      break;
+    case PROP_PIPELINE_DEPTH:
+      g_value_set_uint (value, self->pipeline_depth);
+      break;
+    case PROP_N_BUSY:
+      g_value_set_uint (value, self->n_busy);
+      break;
+    case PROP_N_QUEUED:
+      g_value_set_uint (value, self->n_queued);
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
     }
@@ -1388,6 +1642,21 @@ dc_detached_code_set_property (GObject      *object,
       break;
     case PROP_SETUP_FLAGS:
       dc_detached_code_set_setup_flags (self, g_value_get_flags (value));
+      break;
+    case PROP_IDLE_TIMEOUT:
+      dc_detached_code_set_idle_timeout (self, g_value_get_uint (value));
+      break;
+    case PROP_MAX_WORKER_CALLS:
+      dc_detached_code_set_max_worker_calls (self, g_value_get_uint (value));
+      break;
+    case PROP_CALL_TIMEOUT:
+      dc_detached_code_set_call_timeout (self, g_value_get_uint (value));
+      break;
+    case PROP_KILL_ON_CANCEL:
+      dc_detached_code_set_kill_on_cancel (self, g_value_get_boolean (value));
+      break;
+    case PROP_PIPELINE_DEPTH:
+      dc_detached_code_set_pipeline_depth (self, g_value_get_uint (value));
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -1489,6 +1758,94 @@ dc_detached_code_class_init (DcDetachedCodeClass *klass)
     g_param_spec_uint ("n-workers", NULL, NULL, 0, G_MAXUINT, 0,
                        G_PARAM_READABLE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
 
+  /**
+   * DcDetachedCode:idle-timeout:
+   *
+   * Milliseconds after which an idle worker above
+   * [property@DetachedCode:min-workers] exits; 0 keeps idle workers.
+   *
+   * Since: 1.0
+   */
+  props[PROP_IDLE_TIMEOUT] =
+    g_param_spec_uint ("idle-timeout", NULL, NULL, 0, G_MAXUINT, 0,
+                       G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:max-worker-calls:
+   *
+   * How many calls a worker serves before it exits, to bound what long
+   * runs leak or fragment; 0 is unlimited.  A replacement is forked as
+   * soon as calls need it, while the old worker finishes.
+   *
+   * Since: 1.0
+   */
+  props[PROP_MAX_WORKER_CALLS] =
+    g_param_spec_uint ("max-worker-calls", NULL, NULL, 0, G_MAXUINT, 0,
+                       G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:call-timeout:
+   *
+   * Milliseconds a call may run, counted from when it is written to a
+   * worker (time in the queue does not count); 0 is no limit.  A call past
+   * its limit fails with %DC_DETACHED_CODE_ERROR_TIMED_OUT and its worker
+   * is killed.
+   *
+   * Since: 1.0
+   */
+  props[PROP_CALL_TIMEOUT] =
+    g_param_spec_uint ("call-timeout", NULL, NULL, 0, G_MAXUINT, 0,
+                       G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:kill-on-cancel:
+   *
+   * Whether cancelling a running call kills its worker.  Either way the
+   * call completes at once with %G_IO_ERROR_CANCELLED; without this, the
+   * worker finishes the call and its result is dropped.
+   *
+   * Since: 1.0
+   */
+  props[PROP_KILL_ON_CANCEL] =
+    g_param_spec_boolean ("kill-on-cancel", NULL, NULL, FALSE,
+                          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:pipeline-depth:
+   *
+   * How many calls may be outstanding on one worker.  Idle workers are
+   * always chosen first, then new workers while the pool may grow, then
+   * the least loaded.  Deeper pipelines trade fairness for throughput of
+   * many small calls.
+   *
+   * Since: 1.0
+   */
+  props[PROP_PIPELINE_DEPTH] =
+    g_param_spec_uint ("pipeline-depth", NULL, NULL, 1, G_MAXUINT16, 1,
+                       G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:n-busy:
+   *
+   * How many workers are running calls.
+   *
+   * Since: 1.0
+   */
+  props[PROP_N_BUSY] =
+    g_param_spec_uint ("n-busy", NULL, NULL, 0, G_MAXUINT, 0,
+                       G_PARAM_READABLE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:n-queued:
+   *
+   * How many calls wait for a worker.
+   *
+   * Since: 1.0
+   */
+  props[PROP_N_QUEUED] =
+    g_param_spec_uint ("n-queued", NULL, NULL, 0, G_MAXUINT, 0,
+                       G_PARAM_READABLE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
   g_object_class_install_properties (object_class, N_PROPS, props);
 
   /**
@@ -1533,6 +1890,7 @@ dc_detached_code_init (DcDetachedCode *self)
   self->stream = DC_STREAM_AUTO;
   self->marshaller = DC_MARSHALLER_VARIANT;
   self->setup_flags = DC_SETUP_NONE;
+  self->pipeline_depth = 1;
   self->env_ops = g_array_new (FALSE, FALSE, sizeof (EnvOp));
   g_array_set_clear_func (self->env_ops, (GDestroyNotify) env_op_clear);
   g_queue_init (&self->queue);
@@ -1808,6 +2166,7 @@ dc_detached_code_shutdown (DcDetachedCode *self)
     g_queue_push_tail_link (&calls, link);
   set_n_workers (self, 0);
 
+  update_stats (self);
   if (calls.length > 0)
     {
       error = g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SHUTDOWN,
@@ -2257,4 +2616,300 @@ dc_detached_code_set_setup_flags (DcDetachedCode *self,
     return;
   self->setup_flags = flags;
   g_object_notify_by_pspec (G_OBJECT (self), props[PROP_SETUP_FLAGS]);
+}
+
+/**
+ * dc_detached_code_restart:
+ * @self: a pool
+ *
+ * Replaces every worker: each finishes the calls it has and exits, and new
+ * workers fork from the parent as it is now, so that state the parent
+ * changed since the workers were forked is seen by later calls.  No call
+ * fails because of a restart.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_restart (DcDetachedCode *self)
+{
+  g_autoptr(GError) error = NULL;
+  GList *l, *workers;
+  gboolean acquired;
+
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (!in_owner_process (self))
+    return;
+
+  acquired = g_main_context_acquire (self->context);
+  g_object_ref (self);
+
+  /* Retiring may close channels; hold them meanwhile. */
+  workers = g_list_copy (self->workers);
+  for (l = workers; l != NULL; l = l->next)
+    worker_ref (l->data);
+  for (l = workers; l != NULL; l = l->next)
+    {
+      DcWorker *worker = l->data;
+
+      if (worker->state == WORKER_RUNNING)
+        worker_retire (worker);
+    }
+  g_list_free_full (workers, (GDestroyNotify) worker_unref);
+
+  if (self->started && self->func != NULL)
+    while (self->n_workers < self->min_workers)
+      if (spawn_worker (self, &error) == NULL)
+        {
+          /* Calls fork their own worker, or fail with SPAWN. */
+          g_debug ("restart: %s", error->message);
+          break;
+        }
+  dispatch (self);
+
+  if (acquired)
+    g_main_context_release (self->context);
+  g_object_unref (self);
+}
+
+/**
+ * dc_detached_code_get_n_busy:
+ * @self: a pool
+ *
+ * Gets how many workers are running calls, the value of
+ * [property@DetachedCode:n-busy].
+ *
+ * Returns: the number of busy workers
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_n_busy (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return self->n_busy;
+}
+
+/**
+ * dc_detached_code_get_n_queued:
+ * @self: a pool
+ *
+ * Gets how many calls wait for a worker, the value of
+ * [property@DetachedCode:n-queued].
+ *
+ * Returns: the number of queued calls
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_n_queued (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return self->n_queued;
+}
+
+/**
+ * dc_detached_code_get_idle_timeout:
+ * @self: a pool
+ *
+ * Gets how long, in milliseconds, a worker above the minimum stays idle before it exits.
+ *
+ * Returns: the value of [property@DetachedCode:idle-timeout]
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_idle_timeout (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return self->idle_timeout;
+}
+
+/**
+ * dc_detached_code_set_idle_timeout:
+ * @self: a pool
+ * @idle_timeout: milliseconds, or 0 to keep idle workers
+ *
+ * Sets [property@DetachedCode:idle-timeout].
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_idle_timeout (DcDetachedCode *self,
+                                   guint           idle_timeout)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (self->idle_timeout == idle_timeout)
+    return;
+  self->idle_timeout = idle_timeout;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_IDLE_TIMEOUT]);
+}
+
+/**
+ * dc_detached_code_get_max_worker_calls:
+ * @self: a pool
+ *
+ * Gets how many calls a worker serves before it exits.
+ *
+ * Returns: the value of [property@DetachedCode:max-worker-calls]
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_max_worker_calls (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return self->max_worker_calls;
+}
+
+/**
+ * dc_detached_code_set_max_worker_calls:
+ * @self: a pool
+ * @max_worker_calls: calls per worker, or 0 for no limit
+ *
+ * Sets [property@DetachedCode:max-worker-calls].
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_max_worker_calls (DcDetachedCode *self,
+                                       guint           max_worker_calls)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (self->max_worker_calls == max_worker_calls)
+    return;
+  self->max_worker_calls = max_worker_calls;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_MAX_WORKER_CALLS]);
+}
+
+/**
+ * dc_detached_code_get_call_timeout:
+ * @self: a pool
+ *
+ * Gets how long, in milliseconds, a call may run on its worker.
+ *
+ * Returns: the value of [property@DetachedCode:call-timeout]
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_call_timeout (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return self->call_timeout;
+}
+
+/**
+ * dc_detached_code_set_call_timeout:
+ * @self: a pool
+ * @call_timeout: milliseconds from the write to the worker, or 0 for no limit; applies to calls written from now on
+ *
+ * Sets [property@DetachedCode:call-timeout].
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_call_timeout (DcDetachedCode *self,
+                                   guint           call_timeout)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (self->call_timeout == call_timeout)
+    return;
+  self->call_timeout = call_timeout;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_CALL_TIMEOUT]);
+}
+
+/**
+ * dc_detached_code_get_pipeline_depth:
+ * @self: a pool
+ *
+ * Gets how many calls may be outstanding on one worker.
+ *
+ * Returns: the value of [property@DetachedCode:pipeline-depth]
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_pipeline_depth (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return self->pipeline_depth;
+}
+
+/**
+ * dc_detached_code_set_pipeline_depth:
+ * @self: a pool
+ * @pipeline_depth: calls per worker, at least 1
+ *
+ * Sets [property@DetachedCode:pipeline-depth].
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_pipeline_depth (DcDetachedCode *self,
+                                     guint           pipeline_depth)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (pipeline_depth >= 1);
+
+  if (self->pipeline_depth == pipeline_depth)
+    return;
+  self->pipeline_depth = pipeline_depth;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_PIPELINE_DEPTH]);
+
+  /* More room: calls waiting may go now. */
+  if (in_owner_process (self) && g_main_context_acquire (self->context))
+    {
+      dispatch (self);
+      g_main_context_release (self->context);
+    }
+}
+
+/**
+ * dc_detached_code_get_kill_on_cancel:
+ * @self: a pool
+ *
+ * Gets whether cancelling a running call kills its worker.
+ *
+ * Returns: the value of [property@DetachedCode:kill-on-cancel]
+ *
+ * Since: 1.0
+ */
+gboolean
+dc_detached_code_get_kill_on_cancel (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), FALSE);
+
+  return self->kill_on_cancel;
+}
+
+/**
+ * dc_detached_code_set_kill_on_cancel:
+ * @self: a pool
+ * @kill_on_cancel: whether cancelling a running call kills its worker
+ *
+ * Sets [property@DetachedCode:kill-on-cancel].
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_kill_on_cancel (DcDetachedCode *self,
+                                     gboolean        kill_on_cancel)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  kill_on_cancel = !!kill_on_cancel;
+  if (self->kill_on_cancel == kill_on_cancel)
+    return;
+  self->kill_on_cancel = kill_on_cancel;
+  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_KILL_ON_CANCEL]);
 }

@@ -224,4 +224,37 @@ DC_AVAILABLE_IN_ALL
 void            dc_detached_code_set_setup_flags   (DcDetachedCode     *self,
                                                     DcSetupFlags        flags);
 
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_restart           (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_n_busy        (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_n_queued      (DcDetachedCode     *self);
+
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_idle_timeout  (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_idle_timeout  (DcDetachedCode     *self,
+                                                    guint               idle_timeout);
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_max_worker_calls (DcDetachedCode  *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_max_worker_calls (DcDetachedCode  *self,
+                                                    guint               max_worker_calls);
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_call_timeout  (DcDetachedCode     *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_call_timeout  (DcDetachedCode     *self,
+                                                    guint               call_timeout);
+DC_AVAILABLE_IN_ALL
+gboolean        dc_detached_code_get_kill_on_cancel (DcDetachedCode    *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_kill_on_cancel (DcDetachedCode    *self,
+                                                    gboolean            kill_on_cancel);
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_pipeline_depth (DcDetachedCode    *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_pipeline_depth (DcDetachedCode    *self,
+                                                    guint               pipeline_depth);
+
 G_END_DECLS

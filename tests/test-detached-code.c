@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <glib/gstdio.h>
@@ -84,6 +85,7 @@ assert_process_gone (GPid pid)
 /* ---- the code the workers run ---- */
 
 static int init_runs;   /* set in each worker by its init function */
+static int parent_state = 1;   /* changed in the parent, seen by workers forked after */
 
 static void
 worker_init (gpointer user_data)
@@ -204,6 +206,8 @@ test_code (GVariant  *args,
       g_autofree char *cwd = g_get_current_dir ();
       return g_variant_new ("(s)", cwd);
     }
+  if (g_str_equal (command, "parent-state"))
+    return g_variant_new ("(ii)", parent_state, (gint32) getpid ());
   if (g_str_equal (command, "init-runs"))
     return g_variant_new ("(i)", init_runs);
   if (g_str_equal (command, "signals"))
@@ -1577,6 +1581,345 @@ test_no_func (void)
 static void
 count_notify (GObject    *object,
               GParamSpec *pspec,
+              gpointer    data);
+
+static gboolean
+n_workers_is_one (gpointer data)
+{
+  return dc_detached_code_get_n_workers (data) == 1;
+}
+
+static gboolean
+two_of_three_gone (gpointer data)
+{
+  GHashTableIter iter;
+  gpointer pid;
+  guint gone = 0;
+
+  g_hash_table_iter_init (&iter, data);
+  while (g_hash_table_iter_next (&iter, &pid, NULL))
+    if (process_gone (pid))
+      gone++;
+  return gone == 2;
+}
+
+static void
+test_pool_idle_timeout (void)
+{
+  DcDetachedCode *code = new_pool (1, 3);
+  Result r[3] = { { 0, }, };
+  g_autoptr(GHashTable) pids = g_hash_table_new (NULL, NULL);
+  guint i;
+
+  dc_detached_code_set_idle_timeout (code, 200);
+  g_assert_cmpuint (dc_detached_code_get_idle_timeout (code), ==, 200);
+  for (i = 0; i < 3; i++)
+    call (code, cmd ("sleep", g_variant_new_int32 (300)), &r[i]);
+  g_assert_cmpuint (dc_detached_code_get_n_workers (code), ==, 3);
+  for (i = 0; i < 3; i++)
+    {
+      gint32 p;
+
+      wait_for_flag (&r[i].done, "slow calls");
+      g_assert_no_error (r[i].error);
+      g_variant_get (r[i].value, "(i)", &p);
+      g_hash_table_add (pids, GINT_TO_POINTER (p));
+      result_clear (&r[i]);
+    }
+
+  /* Down to the minimum, and no lower; the two that left are reaped. */
+  g_assert_cmpuint (g_hash_table_size (pids), ==, 3);
+  wait_until (n_workers_is_one, code, "idle workers to leave");
+  wait_until (two_of_three_gone, pids, "idle workers to be reaped");
+  g_usleep (400 * G_TIME_SPAN_MILLISECOND);
+  g_main_context_iteration (NULL, FALSE);
+  g_assert_cmpuint (dc_detached_code_get_n_workers (code), ==, 1);
+  g_assert_cmpint (call_pid (code), >, 0);
+  destroy_pool (code);
+}
+
+static void
+test_pool_max_worker_calls (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  Result r[10] = { { 0, }, };
+  g_autoptr(GHashTable) counts = g_hash_table_new (NULL, NULL);
+  GHashTableIter iter;
+  gpointer pid, count;
+  guint i;
+
+  dc_detached_code_set_max_worker_calls (code, 3);
+  for (i = 0; i < 10; i++)
+    call (code, cmd ("index", g_variant_new_int32 ((gint32) i)), &r[i]);
+  for (i = 0; i < 10; i++)
+    {
+      gint32 index, p;
+
+      wait_for_flag (&r[i].done, "recycled calls");
+      /* Recycling strands nothing and fails nothing. */
+      g_assert_no_error (r[i].error);
+      g_variant_get (r[i].value, "(ii)", &index, &p);
+      g_assert_cmpint (index, ==, (gint32) i);
+      g_hash_table_insert (counts, GINT_TO_POINTER (p),
+                           GUINT_TO_POINTER (GPOINTER_TO_UINT (g_hash_table_lookup (counts, GINT_TO_POINTER (p))) + 1));
+      result_clear (&r[i]);
+    }
+  g_assert_cmpuint (g_hash_table_size (counts), ==, 4);
+  g_hash_table_iter_init (&iter, counts);
+  while (g_hash_table_iter_next (&iter, &pid, &count))
+    {
+      g_assert_cmpuint (GPOINTER_TO_UINT (count), <=, 3);
+      if (GPOINTER_TO_UINT (count) == 3)
+        assert_process_gone (GPOINTER_TO_INT (pid));
+    }
+  destroy_pool (code);
+}
+
+static void
+test_pool_restart (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  Result slow = { 0, }, r = { 0, };
+  gint32 state, pid, old_pid;
+
+  parent_state = 1;
+  g_assert_true (dc_detached_code_start (code, NULL));
+  call_sync (code, cmd ("parent-state", NULL), &r);
+  g_variant_get (r.value, "(ii)", &state, &old_pid);
+  g_assert_cmpint (state, ==, 1);
+  result_clear (&r);
+
+  /* The old worker sees the parent as it was at its fork. */
+  parent_state = 2;
+  call_sync (code, cmd ("parent-state", NULL), &r);
+  g_variant_get (r.value, "(ii)", &state, &pid);
+  g_assert_cmpint (state, ==, 1);
+  result_clear (&r);
+
+  /* A call running across the restart completes normally. */
+  call (code, cmd ("sleep", g_variant_new_int32 (300)), &slow);
+  dc_detached_code_restart (code);
+  call_sync (code, cmd ("parent-state", NULL), &r);
+  g_assert_no_error (r.error);
+  g_variant_get (r.value, "(ii)", &state, &pid);
+  g_assert_cmpint (state, ==, 2);
+  g_assert_cmpint (pid, !=, old_pid);
+  result_clear (&r);
+
+  wait_for_flag (&slow.done, "the call across the restart");
+  g_assert_no_error (slow.error);
+  g_variant_get (slow.value, "(i)", &pid);
+  g_assert_cmpint (pid, ==, old_pid);
+  result_clear (&slow);
+  assert_process_gone (old_pid);
+  parent_state = 1;
+  destroy_pool (code);
+}
+
+static void
+test_call_timeout (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  Result r = { 0, }, a = { 0, }, b = { 0, };
+  GPid pid = call_pid (code);
+  g_autofree char *pid_text = g_strdup_printf ("%d", (int) pid);
+
+  dc_detached_code_set_call_timeout (code, 300);
+  g_assert_cmpuint (dc_detached_code_get_call_timeout (code), ==, 300);
+  call_sync (code, cmd ("sleep", g_variant_new_int32 (60000)), &r);
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT);
+  g_assert_nonnull (strstr (r.error->message, "300 ms"));
+  g_assert_nonnull (strstr (r.error->message, pid_text));
+  result_clear (&r);
+  assert_process_gone (pid);
+
+  /* Time in the queue does not count: each runs 2 s of a 3 s limit, the
+   * second after waiting 2 s for the first. */
+  dc_detached_code_set_call_timeout (code, 3000);
+  call (code, cmd ("sleep", g_variant_new_int32 (2000)), &a);
+  call (code, cmd ("sleep", g_variant_new_int32 (2000)), &b);
+  wait_for_flag (&b.done, "queued calls under a time limit");
+  g_assert_no_error (a.error);
+  g_assert_no_error (b.error);
+  result_clear (&a);
+  result_clear (&b);
+  destroy_pool (code);
+}
+
+static void
+test_call_kill_on_cancel (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  Result r = { 0, };
+  GPid pid = call_pid (code);
+
+  dc_detached_code_set_kill_on_cancel (code, TRUE);
+  g_assert_true (dc_detached_code_get_kill_on_cancel (code));
+  dc_detached_code_call_async (code, cmd ("sleep", g_variant_new_int32 (60000)),
+                               G_PRIORITY_DEFAULT, cancellable, result_cb, &r);
+  g_timeout_add (100, cancel_cb, cancellable);
+  wait_for_flag (&r.done, "a cancelled call");
+  g_assert_error (r.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  result_clear (&r);
+
+  /* Really gone, reaped, and replaced when needed. */
+  assert_process_gone (pid);
+  g_assert_cmpint (call_pid (code), !=, pid);
+  destroy_pool (code);
+}
+
+static void
+test_pool_stats (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  Result r[3] = { { 0, }, };
+  guint busy_notified = 0, queued_notified = 0, i;
+
+  g_signal_connect (code, "notify::n-busy", G_CALLBACK (count_notify), &busy_notified);
+  g_signal_connect (code, "notify::n-queued", G_CALLBACK (count_notify), &queued_notified);
+  g_assert_cmpuint (dc_detached_code_get_n_busy (code), ==, 0);
+  g_assert_cmpuint (dc_detached_code_get_n_queued (code), ==, 0);
+
+  for (i = 0; i < 3; i++)
+    call (code, cmd ("sleep", g_variant_new_int32 (100)), &r[i]);
+  g_assert_cmpuint (dc_detached_code_get_n_busy (code), ==, 1);
+  g_assert_cmpuint (dc_detached_code_get_n_queued (code), ==, 2);
+  for (i = 0; i < 3; i++)
+    wait_for_flag (&r[i].done, "calls");
+  g_assert_cmpuint (dc_detached_code_get_n_busy (code), ==, 0);
+  g_assert_cmpuint (dc_detached_code_get_n_queued (code), ==, 0);
+  g_assert_cmpuint (busy_notified, >=, 2);
+  g_assert_cmpuint (queued_notified, >=, 3);
+  for (i = 0; i < 3; i++)
+    result_clear (&r[i]);
+  destroy_pool (code);
+}
+
+typedef struct
+{
+  GPid pid;
+  int  status;
+  guint n;
+} Exited;
+
+static void
+on_worker_exited (DcDetachedCode *code,
+                  gint            pid,
+                  gint            status,
+                  gpointer        data)
+{
+  Exited *e = data;
+
+  e->pid = pid;
+  e->status = status;
+  e->n++;
+}
+
+static void
+test_pool_signals (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  Exited e = { 0, };
+  guint spawned = 0;
+  GPid pid;
+  Result r = { 0, };
+
+  g_signal_connect (code, "worker-spawned", G_CALLBACK (count_spawned), &spawned);
+  g_signal_connect (code, "worker-exited", G_CALLBACK (on_worker_exited), &e);
+  pid = call_pid (code);
+  g_assert_cmpuint (spawned, ==, 1);
+
+  call_sync (code, cmd ("segv", NULL), &r);
+  result_clear (&r);
+  /* Emitted before the failed call's callback. */
+  g_assert_cmpuint (e.n, ==, 1);
+  g_assert_cmpint (e.pid, ==, pid);
+  g_assert_true (WIFSIGNALED (e.status));
+  g_assert_cmpint (WTERMSIG (e.status), ==, SIGSEGV);
+  destroy_pool (code);
+}
+
+static void
+test_pool_pipeline (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  const guint n = 2000;
+  Result *r = g_new0 (Result, n);
+  Result slow = { 0, }, after[3] = { { 0, }, };
+  guint i, previous = 0;
+
+  dc_detached_code_set_pipeline_depth (code, 16);
+  g_assert_cmpuint (dc_detached_code_get_pipeline_depth (code), ==, 16);
+  for (i = 0; i < n; i++)
+    call (code, cmd ("index", g_variant_new_int32 ((gint32) i)), &r[i]);
+  /* Sixteen went to the worker at once; the rest wait. */
+  g_assert_cmpuint (dc_detached_code_get_n_queued (code), ==, n - 16);
+  for (i = 0; i < n; i++)
+    {
+      gint32 index, p;
+
+      wait_for_flag (&r[i].done, "pipelined calls");
+      g_assert_no_error (r[i].error);
+      g_variant_get (r[i].value, "(ii)", &index, &p);
+      g_assert_cmpint (index, ==, (gint32) i);
+      /* Still in call order with one worker. */
+      if (i > 0)
+        g_assert_cmpuint (r[i].order, ==, previous + 1);
+      previous = r[i].order;
+      result_clear (&r[i]);
+    }
+  g_free (r);
+
+  /* A worker killed for a timeout fails what was pipelined behind it, each
+   * once, with its own error. */
+  dc_detached_code_set_call_timeout (code, 300);
+  call (code, cmd ("sleep", g_variant_new_int32 (60000)), &slow);
+  for (i = 0; i < 3; i++)
+    call (code, cmd ("pid", NULL), &after[i]);
+  wait_for_flag (&slow.done, "the slow call");
+  g_assert_error (slow.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT);
+  for (i = 0; i < 3; i++)
+    {
+      wait_for_flag (&after[i].done, "calls behind the slow one");
+      g_assert_cmpuint (after[i].times_called, ==, 1);
+      g_assert_nonnull (after[i].error);
+      g_assert_true (g_error_matches (after[i].error, DC_DETACHED_CODE_ERROR,
+                                      DC_DETACHED_CODE_ERROR_WORKER_DIED) ||
+                     g_error_matches (after[i].error, DC_DETACHED_CODE_ERROR,
+                                      DC_DETACHED_CODE_ERROR_TIMED_OUT));
+      result_clear (&after[i]);
+    }
+  result_clear (&slow);
+  destroy_pool (code);
+}
+
+static void
+test_pool_pipeline_prefers_idle (void)
+{
+  DcDetachedCode *code = new_pool (2, 2);
+  Result r[2] = { { 0, }, };
+  gint32 a, b;
+
+  dc_detached_code_set_pipeline_depth (code, 8);
+  g_assert_true (dc_detached_code_start (code, NULL));
+  /* Two calls, two idle workers: one each, not both on one. */
+  call (code, cmd ("sleep", g_variant_new_int32 (200)), &r[0]);
+  call (code, cmd ("sleep", g_variant_new_int32 (200)), &r[1]);
+  g_assert_cmpuint (dc_detached_code_get_n_busy (code), ==, 2);
+  wait_for_flag (&r[0].done, "calls");
+  wait_for_flag (&r[1].done, "calls");
+  g_variant_get (r[0].value, "(i)", &a);
+  g_variant_get (r[1].value, "(i)", &b);
+  g_assert_cmpint (a, !=, b);
+  result_clear (&r[0]);
+  result_clear (&r[1]);
+  destroy_pool (code);
+}
+
+static void
+count_notify (GObject    *object,
+              GParamSpec *pspec,
               gpointer    data)
 {
   (*(guint *) data)++;
@@ -1675,6 +2018,15 @@ main (int   argc,
   g_test_add_func ("/detached-code/call/cancel", test_cancel);
   g_test_add_func ("/detached-code/call/threads", test_threads);
   g_test_add_func ("/detached-code/error/no-func", test_no_func);
+  g_test_add_func ("/detached-code/pool/idle-timeout", test_pool_idle_timeout);
+  g_test_add_func ("/detached-code/pool/max-worker-calls", test_pool_max_worker_calls);
+  g_test_add_func ("/detached-code/pool/restart", test_pool_restart);
+  g_test_add_func ("/detached-code/pool/stats", test_pool_stats);
+  g_test_add_func ("/detached-code/pool/signals", test_pool_signals);
+  g_test_add_func ("/detached-code/pool/pipeline", test_pool_pipeline);
+  g_test_add_func ("/detached-code/pool/pipeline-prefers-idle", test_pool_pipeline_prefers_idle);
+  g_test_add_func ("/detached-code/call/timeout", test_call_timeout);
+  g_test_add_func ("/detached-code/call/kill-on-cancel", test_call_kill_on_cancel);
 
   return g_test_run ();
 }
