@@ -1307,7 +1307,7 @@ update_stats (DcDetachedCode *self)
     if (((DcWorker *) l->data)->inflight.length > 0)
       n_busy++;
 
-  g_object_freeze_notify (G_OBJECT (self));
+  /* Called after every reply: compare first, notify only on change. */
   if (self->n_busy != n_busy)
     {
       self->n_busy = n_busy;
@@ -1318,7 +1318,6 @@ update_stats (DcDetachedCode *self)
       self->n_queued = self->queue.length;
       g_object_notify_by_pspec (G_OBJECT (self), props[PROP_N_QUEUED]);
     }
-  g_object_thaw_notify (G_OBJECT (self));
 }
 
 /* Sends queued calls to idle workers, forking more while the pool may
@@ -1327,7 +1326,11 @@ static void
 dispatch (DcDetachedCode *self)
 {
   g_autoptr(GError) spawn_error = NULL;
-  g_autoptr(GPtrArray) to_flush = g_ptr_array_new_with_free_func ((GDestroyNotify) worker_unref);
+  /* Workers that got a first frame this round; dispatch runs after every
+   * reply, so no allocation unless the pool is large. */
+  DcWorker *to_flush_local[16];
+  DcWorker **to_flush = to_flush_local;
+  guint n_to_flush = 0, to_flush_size = G_N_ELEMENTS (to_flush_local);
   guint i;
 
   while (self->queue.length > 0)
@@ -1345,19 +1348,31 @@ dispatch (DcDetachedCode *self)
 
       call = g_queue_pop_head_link (&self->queue)->data;
       if (worker->outbuf->len == 0)
-        g_ptr_array_add (to_flush, worker_ref (worker));
+        {
+          if (n_to_flush == to_flush_size)
+            {
+              to_flush_size *= 2;
+              if (to_flush == to_flush_local)
+                to_flush = g_memdup2 (to_flush_local, sizeof to_flush_local);
+              to_flush = g_renew (DcWorker *, to_flush, to_flush_size);
+            }
+          to_flush[n_to_flush++] = worker_ref (worker);
+        }
       send_call (worker, call);
     }
 
   /* Write in one go what each worker was given.  A write may re-enter
    * (a broken channel), hence the references. */
-  for (i = 0; i < to_flush->len; i++)
+  for (i = 0; i < n_to_flush; i++)
     {
-      DcWorker *worker = g_ptr_array_index (to_flush, i);
+      DcWorker *worker = to_flush[i];
 
       if (worker->channel != NULL && worker->write_source == NULL)
         worker_flush (worker);
+      worker_unref (worker);
     }
+  if (to_flush != to_flush_local)
+    g_free (to_flush);
 
   /* Queued calls never wait on a dead pool. */
   if (spawn_error != NULL && self->n_workers == 0 && self->queue.length > 0)

@@ -226,46 +226,88 @@ corrupt:
 
 /* ---- the variant marshaller ----
  *
- * The payload is the serialized form of a "v" holding the value: GVariant's
- * own format, which carries the type string after the data.  Loading it as
- * untrusted and taking the child is O(1) whatever the size, and the child
- * shares the payload's memory.
+ *   guint32 type_len
+ *   type string, NUL, NUL padding up to a multiple of 8 bytes from the start
+ *   the value's serialized data
+ *
+ * The data starts 8-aligned in the received buffer, so it is loaded in
+ * place (no copy, whatever its size) as an untrusted variant.  One type
+ * lookup each way; no boxing "v".
  */
+
+static gsize
+variant_data_offset (gsize type_len)
+{
+  return (4 + type_len + 1 + 7) & ~(gsize) 7;
+}
 
 static GBytes *
 variant_marshal (GVariant            *value,
                  DcWireMarshalStatus *status)
 {
-  g_autoptr(GVariant) boxed = g_variant_ref_sink (g_variant_new_variant (value));
-  gsize size = g_variant_get_size (boxed);
-  gpointer data;
+  const char *type_string = g_variant_get_type_string (value);
+  gsize type_len = strlen (type_string);
+  gsize offset = variant_data_offset (type_len);
+  gsize size = g_variant_get_size (value);
+  guint32 type_len32 = (guint32) type_len;
+  guint8 *data;
 
-  if (size > DC_WIRE_MAX_PAYLOAD)
+  if (size > DC_WIRE_MAX_PAYLOAD - offset)
     {
       *status = DC_WIRE_MARSHAL_TOO_LARGE;
       return NULL;
     }
 
   *status = DC_WIRE_MARSHAL_OK;
-  data = g_malloc (size);
-  g_variant_store (boxed, data);
-  return g_bytes_new_take (data, size);
+  data = g_malloc (offset + size);
+  memcpy (data, &type_len32, 4);
+  memcpy (data + 4, type_string, type_len);
+  memset (data + 4 + type_len, 0, offset - 4 - type_len);
+  g_variant_store (value, data + offset);
+  return g_bytes_new_take (data, offset + size);
 }
 
 static GVariant *
 variant_unmarshal (GBytes *payload)
 {
-  g_autoptr(GVariant) boxed = NULL;
-  GVariant *value;
+  gsize size, offset;
+  const guint8 *data = g_bytes_get_data (payload, &size);
+  const char *type_string;
+  guint32 type_len;
 
-  /* An empty "v" is not a valid serialization; GLib would hand back "()"
-   * and hide the corruption. */
-  if (g_bytes_get_size (payload) < 2)
+  if (size < 4)
+    return NULL;
+  memcpy (&type_len, data, 4);
+  if (type_len == 0 || type_len > size)
+    return NULL;
+  offset = variant_data_offset (type_len);
+  if (offset > size)
     return NULL;
 
-  boxed = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE_VARIANT, payload, FALSE));
-  value = g_variant_get_variant (boxed);
-  return value;
+  /* The string must end at its stated length and be a complete type:
+   * anything else is a corrupt or hostile message. */
+  type_string = (const char *) data + 4;
+  if (type_string[type_len] != '\0' || strlen (type_string) != type_len ||
+      !g_variant_type_string_is_valid (type_string))
+    return NULL;
+
+  /* GLib 2.74 frees a type's description when its last value goes and
+   * builds it again for the next: for a stream of values of one type,
+   * keep one alive.  (Per thread: the parent and each worker have one.) */
+  {
+    static GPrivate keeper_key = G_PRIVATE_INIT ((GDestroyNotify) g_variant_unref);
+    GVariant *keeper = g_private_get (&keeper_key);
+
+    if (keeper == NULL || strcmp (g_variant_get_type_string (keeper), type_string) != 0)
+      g_private_replace (&keeper_key,
+                         g_variant_ref_sink (g_variant_new_from_data (G_VARIANT_TYPE (type_string),
+                                                                      NULL, 0, FALSE, NULL, NULL)));
+  }
+
+  return g_variant_ref_sink (g_variant_new_from_data (G_VARIANT_TYPE (type_string),
+                                                      data + offset, size - offset, FALSE,
+                                                      (GDestroyNotify) g_bytes_unref,
+                                                      g_bytes_ref (payload)));
 }
 
 GBytes *

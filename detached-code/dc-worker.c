@@ -18,6 +18,9 @@
 #include "dc-worker-private.h"
 
 
+/* How long a reply may wait for the replies of calls pipelined behind it. */
+#define DC_WORKER_REPLY_DELAY_US 200
+
 /* Keep the channel this far below the descriptor limit's top.  Low numbers
  * belong to the host's own state (a GMainContext's wake-up eventfd, say),
  * which user code in the worker may still write to. */
@@ -212,34 +215,56 @@ write_all (int         fd,
   return TRUE;
 }
 
+/* Replies wait in @out while more calls are at hand, so that a burst of
+ * pipelined calls costs one write() rather than one each.  None waits
+ * long: see dc_worker_serve(). */
+typedef struct
+{
+  int         fd;
+  GByteArray *out;
+  gint64      first_pending;   /* when the oldest waiting reply was made */
+} Replies;
+
 /* Not async-signal-safe. */
 static gboolean
-send_frame (int           fd,
-            GByteArray   *out,
+replies_flush (Replies *replies)
+{
+  gboolean ok = write_all (replies->fd, replies->out->data, replies->out->len);
+
+  g_byte_array_set_size (replies->out, 0);
+  return ok;
+}
+
+/* Not async-signal-safe. */
+static gboolean
+send_frame (Replies      *replies,
             DcWireType    type,
             guint64       serial,
             const void   *payload,
             gsize         size)
 {
-  g_byte_array_set_size (out, 0);
   /* A large payload goes in its own write() rather than through a copy. */
   if (size > 64 * 1024)
     {
       guint8 header[DC_WIRE_HEADER_SIZE];
 
       dc_wire_header_encode (header, type, serial, size);
-      return write_all (fd, header, sizeof header) && write_all (fd, payload, size);
+      return replies_flush (replies) &&
+             write_all (replies->fd, header, sizeof header) &&
+             write_all (replies->fd, payload, size);
     }
-  dc_wire_append_frame (out, type, serial, payload, size);
-  return write_all (fd, out->data, out->len);
+
+  if (replies->out->len == 0)
+    replies->first_pending = g_get_monotonic_time ();
+  dc_wire_append_frame (replies->out, type, serial, payload, size);
+  return TRUE;
 }
 
 /* Not async-signal-safe: calls the user's code.  Returns FALSE when the
  * worker must leave: the channel broke, or the code failed under
  * exit-on-die. */
 static gboolean
-handle_call (int                 write_fd,
-             GByteArray         *out,
+handle_call (Replies            *replies,
              const DcWorkerCode *code,
              const DcWireHeader *header,
              GBytes             *payload,
@@ -250,6 +275,8 @@ handle_call (int                 write_fd,
   g_autoptr(GError) error = NULL;
   g_autoptr(GBytes) reply = NULL;
   DcWireMarshalStatus status;
+  gint64 started;
+  gboolean slow;
   gboolean ok;
 
   args = dc_wire_unmarshal_raw (code->marshaller, payload);
@@ -259,7 +286,19 @@ handle_call (int                 write_fd,
       return FALSE;
     }
 
+  /* Replies made so far go out before code that may run long. */
+  if (replies->out->len > 0 &&
+      g_get_monotonic_time () - replies->first_pending > DC_WORKER_REPLY_DELAY_US &&
+      !replies_flush (replies))
+    {
+      *exit_status = DC_WORKER_EXIT_CHANNEL;
+      return FALSE;
+    }
+
+  started = g_get_monotonic_time ();
   result = code->func (args, code->user_data, &error);
+  /* A slow call gains nothing from batching: its reply goes now. */
+  slow = g_get_monotonic_time () - started > DC_WORKER_REPLY_DELAY_US;
 
   if (result != NULL)
     {
@@ -268,8 +307,9 @@ handle_call (int                 write_fd,
       reply = dc_wire_marshal_raw (code->marshaller, result, &status);
       if (reply != NULL)
         {
-          if (send_frame (write_fd, out, DC_WIRE_RESULT, header->serial,
-                          g_bytes_get_data (reply, NULL), g_bytes_get_size (reply)))
+          if (send_frame (replies, DC_WIRE_RESULT, header->serial,
+                          g_bytes_get_data (reply, NULL), g_bytes_get_size (reply)) &&
+              (!slow || replies_flush (replies)))
             return TRUE;
           *exit_status = DC_WORKER_EXIT_CHANNEL;
           return FALSE;
@@ -283,26 +323,28 @@ handle_call (int                 write_fd,
 
           g_byte_array_append (body, (const guint8 *) &reason, 4);
           g_byte_array_append (body, (const guint8 *) type_string, strlen (type_string));
-          ok = send_frame (write_fd, out, DC_WIRE_MARSHAL_FAILED, header->serial,
+          ok = send_frame (replies, DC_WIRE_MARSHAL_FAILED, header->serial,
                            body->data, body->len);
         }
     }
   else if (error != NULL)
     {
       reply = dc_wire_encode_error (error);
-      ok = send_frame (write_fd, out, DC_WIRE_ERROR, header->serial,
+      ok = send_frame (replies, DC_WIRE_ERROR, header->serial,
                        g_bytes_get_data (reply, NULL), g_bytes_get_size (reply));
     }
   else
-    ok = send_frame (write_fd, out, DC_WIRE_NULL_RESULT, header->serial, NULL, 0);
+    ok = send_frame (replies, DC_WIRE_NULL_RESULT, header->serial, NULL, 0);
 
+  /* Every path here is a failed call: under exit-on-die the worker
+   * leaves next, and its reply must be out before. */
+  if (ok && (slow || code->exit_on_die))
+    ok = replies_flush (replies);
   if (!ok)
     {
       *exit_status = DC_WORKER_EXIT_CHANNEL;
       return FALSE;
     }
-
-  /* Every path here is a failed call. */
   if (code->exit_on_die)
     {
       *exit_status = DC_WORKER_EXIT_OK;
@@ -320,6 +362,7 @@ dc_worker_serve (int                 read_fd,
 {
   DcWireReader reader;
   g_autoptr(GByteArray) out = g_byte_array_new ();
+  Replies replies = { write_fd, out, 0 };
   guint8 *buf = g_malloc (64 * 1024);
   int exit_status = DC_WORKER_EXIT_OK;
 
@@ -330,6 +373,13 @@ dc_worker_serve (int                 read_fd,
       gsize space = 0;
       guint8 *direct = dc_wire_reader_direct_buffer (&reader, &space);
       ssize_t n;
+
+      /* Nothing more at hand: what waits goes out before we block. */
+      if (out->len > 0 && !replies_flush (&replies))
+        {
+          exit_status = DC_WORKER_EXIT_CHANNEL;
+          break;
+        }
 
       if (direct != NULL && space >= 64 * 1024)
         {
@@ -367,7 +417,7 @@ dc_worker_serve (int                 read_fd,
                   exit_status = DC_WORKER_EXIT_BAD_REQUEST;
                   break;
                 }
-              if (!handle_call (write_fd, out, code, &header, payload, &exit_status))
+              if (!handle_call (&replies, code, &header, payload, &exit_status))
                 break;
             }
           continue;
@@ -393,7 +443,7 @@ dc_worker_serve (int                 read_fd,
                     exit_status = DC_WORKER_EXIT_BAD_REQUEST;
                     leave = TRUE;
                   }
-                else if (!handle_call (write_fd, out, code, &header, payload, &exit_status))
+                else if (!handle_call (&replies, code, &header, payload, &exit_status))
                   leave = TRUE;
                 break;
               case DC_WIRE_READ_ERROR:
