@@ -100,8 +100,8 @@ function makePool(func) {
 
 // The callback only records: an exception thrown inside it would be logged
 // by gjs rather than fail the test.
-function call(pool, args, sink = [], priority = GLib.PRIORITY_DEFAULT) {
-    pool.call_async(args, priority, null, (source, result) => {
+function call(pool, args, sink = [], priority = GLib.PRIORITY_DEFAULT, cancellable = null) {
+    pool.call_async(args, priority, cancellable, (source, result) => {
         try {
             sink.push({value: source.call_finish(result)});
         } catch (e) {
@@ -130,6 +130,50 @@ function waitReaped(pid) {
         const ppid = parseInt(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
         return ppid !== OWN_PID;
     }, `worker ${pid} to be reaped`);
+}
+
+function assertCancelled(outcome) {
+    assert(outcome.error, `call succeeded: ${outcome.value && describe(outcome)}`);
+    assert(outcome.error.matches(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED),
+        `expected G_IO_ERROR_CANCELLED, got ${describe(outcome)}`);
+}
+
+function recordExits(pool) {
+    const exited = [];
+    pool.connect('worker-exited', (_pool, pid, status) => exited.push([pid, status]));
+    return exited;
+}
+
+// A scratch directory for workerGate, emptied and removed after the test.
+function makeDir() {
+    const dir = GLib.dir_make_tmp('dc-gjs-XXXXXX');
+    cleanups.push(() => {
+        const file = Gio.File.new_for_path(dir);
+        const children = file.enumerate_children('standard::name',
+            Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, null);
+        let info;
+        while ((info = children.next_file(null)) !== null)
+            children.get_child(info).delete(null);
+        children.close(null);
+        file.delete(null);
+    });
+    return dir;
+}
+
+function gateArgs(dir, i, wait = false) {
+    return new GLib.Variant('(sib)', [dir, i, wait]);
+}
+
+function hasStarted(dir, i) {
+    return GLib.file_test(`${dir}/started-${i}`, GLib.FileTest.EXISTS);
+}
+
+function waitStarted(dir, i) {
+    spinUntil(() => hasStarted(dir, i), `call ${i} to start in a worker`);
+}
+
+function release(dir) {
+    GLib.file_set_contents(`${dir}/release`, '');
 }
 
 // ---- worker functions ----
@@ -174,6 +218,23 @@ function workerSleepForever(args) {
     // worker behind for long.
     GLib.usleep(TIMEOUT_S * 1000000);
     return new GLib.Variant('(s)', [path]);
+}
+
+function workerGate(args) {
+    // Leaves a trace that the call ran; a waiting call then blocks until the
+    // test creates the release file, so whether a call is running, queued or
+    // done never depends on how fast the machine is.  The wait allocates as
+    // little as it can: a collection in a forked gjs may never return.
+    const [dir, i, wait] = args.deepUnpack();
+    GLib.file_set_contents(`${dir}/started-${i}`, 'started');
+    if (wait) {
+        const releasePath = `${dir}/release`;
+        const deadline = GLib.get_monotonic_time() + TIMEOUT_S * 1000000;
+        while (!GLib.file_test(releasePath, GLib.FileTest.EXISTS) &&
+               GLib.get_monotonic_time() < deadline)
+            GLib.usleep(10000);
+    }
+    return new GLib.Variant('(ii)', [i, ownPid()]);
 }
 
 function workerIdentity(args) {
@@ -416,6 +477,143 @@ test('the pool copy inside a worker is inert', () => {
     assertEqual(pid2, pid1, 'the worker survived its meddling');
     assertEqual(pool.get_worker_pids(), [pid1]);
     assertEqual(pool.n_workers, 1);
+});
+
+test('a cancelled queued call never runs', () => {
+    const pool = makePool(workerGate);
+    const dir = makeDir();
+    const first = call(pool, gateArgs(dir, 0, true));
+    const cancellable = new Gio.Cancellable();
+    const queued = call(pool, gateArgs(dir, 1), [], GLib.PRIORITY_DEFAULT, cancellable);
+    const after = call(pool, gateArgs(dir, 2));
+    assertEqual(pool.get_n_queued(), 2);
+    waitStarted(dir, 0);
+
+    cancellable.cancel();
+    spinUntil(() => queued.length, 'the queued call to be cancelled');
+    assertCancelled(queued[0]);
+    // The only worker is still blocked in the first call.
+    assertEqual(first.length + after.length, 0, 'calls completed before the release');
+    assertEqual(pool.n_queued, 1);
+
+    release(dir);
+    spinUntil(() => first.length && after.length, 'the other calls');
+    assertEqual(assertValue(first[0])[0], 0);
+    assertEqual(assertValue(after[0])[0], 2);
+    assertEqual(queued.length, 1, 'a cancelled call completes exactly once');
+    assert(!hasStarted(dir, 1), 'the cancelled call reached a worker');
+});
+
+test('a cancelled running call completes at once; its result is dropped', () => {
+    const pool = makePool(workerGate);
+    const exited = recordExits(pool);
+    const dir = makeDir();
+    const cancellable = new Gio.Cancellable();
+    const running = call(pool, gateArgs(dir, 0, true), [], GLib.PRIORITY_DEFAULT, cancellable);
+    waitStarted(dir, 0);
+    const [pid] = pool.get_worker_pids();
+
+    cancellable.cancel();
+    // Completes while the worker is still blocked in the call.
+    spinUntil(() => running.length, 'the running call to be cancelled');
+    assertCancelled(running[0]);
+    assertEqual(pool.get_worker_pids(), [pid]);
+
+    const next = call(pool, gateArgs(dir, 1));
+    release(dir);
+    spinUntil(() => next.length, 'the next call');
+    // The reply to the cancelled call was dropped, not handed to this one.
+    assertEqual(assertValue(next[0]), [1, pid]);
+    assertEqual(running.length, 1, 'a cancelled call completes exactly once');
+    assertEqual(exited, []);
+});
+
+test('kill-on-cancel kills the worker; worker-exited reports SIGKILL', () => {
+    const pool = makePool(workerGate);
+    assertEqual(pool.kill_on_cancel, false);
+    pool.kill_on_cancel = true;
+    const exited = recordExits(pool);
+    const dir = makeDir();
+    const cancellable = new Gio.Cancellable();
+    const running = call(pool, gateArgs(dir, 0, true), [], GLib.PRIORITY_DEFAULT, cancellable);
+    const queued = call(pool, gateArgs(dir, 1));
+    waitStarted(dir, 0);
+    const [pid] = pool.get_worker_pids();
+
+    cancellable.cancel();
+    spinUntil(() => running.length, 'the running call to be cancelled');
+    assertCancelled(running[0]);
+    // Never released: only the kill ends that worker before its deadline.
+    spinUntil(() => exited.length, 'worker-exited');
+    assertEqual(exited[0][0], pid);
+    assertEqual(exited[0][1] & 0x7f, 9, 'killed by SIGKILL');
+    waitReaped(pid);
+
+    spinUntil(() => queued.length, 'the queued call');
+    const [i, newPid] = assertValue(queued[0]);
+    assertEqual(i, 1);
+    assert(newPid !== pid, 'the queued call went to the killed worker');
+});
+
+test('call-timeout fails a call with TIMED_OUT and kills its worker', () => {
+    const pool = makePool(workerGate);
+    const exited = recordExits(pool);
+    const dir = makeDir();
+    pool.call_timeout = 500;
+    assertEqual(pool.get_call_timeout(), 500);
+    const stuck = call(pool, gateArgs(dir, 0, true));
+    const [pid] = pool.get_worker_pids();
+    spinUntil(() => stuck.length, 'the call to time out');
+    assertDcError(stuck[0], Dc.DetachedCodeError.TIMED_OUT);
+    spinUntil(() => exited.length, 'worker-exited');
+    assertEqual(exited[0][0], pid);
+    assertEqual(exited[0][1] & 0x7f, 9, 'killed by SIGKILL');
+
+    // No limit for the next call: a loaded machine may be slow to fork.
+    pool.call_timeout = 0;
+    release(dir);
+    const [, newPid] = assertValue(callSync(pool, gateArgs(dir, 1)));
+    assert(newPid !== pid, 'a fresh worker took the next call');
+});
+
+test('max-worker-calls recycles workers without failing a call', () => {
+    const pool = makePool(workerEchoPid);
+    pool.max_worker_calls = 2;
+    const exited = recordExits(pool);
+    const sink = [];
+    const nCalls = 8;
+    for (let i = 0; i < nCalls; i++)
+        call(pool, new GLib.Variant('(i)', [i]), sink);
+    spinUntil(() => sink.length === nCalls, `all ${nCalls} calls`);
+    const served = new Map();
+    for (const outcome of sink) {
+        const [i, pid] = assertValue(outcome);
+        served.set(pid, [...served.get(pid) ?? [], i]);
+    }
+    assertEqual(served.size, 4, 'workers used');
+    for (const calls of served.values())
+        assertEqual(calls.length, 2, 'calls per worker');
+    // All but the last have left on their own; they leave through _exit(),
+    // never through the host's exit path.
+    spinUntil(() => exited.length === 3, 'the recycled workers to exit');
+    for (const [, status] of exited)
+        assertEqual(status, 0, 'wait status of a recycled worker');
+});
+
+test('pipeline-depth keeps results in call order', () => {
+    const pool = makePool(workerEchoPid);
+    pool.pipeline_depth = 8;
+    const sink = [];
+    const nCalls = 40;
+    for (let i = 0; i < nCalls; i++)
+        call(pool, new GLib.Variant('(i)', [i]), sink);
+    assertEqual(pool.n_busy, 1);
+    assertEqual(pool.n_queued, nCalls - 8);
+    spinUntil(() => sink.length === nCalls, `all ${nCalls} calls`);
+    const values = sink.map(assertValue);
+    assertEqual(values.map(([i]) => i), [...Array(nCalls).keys()]);
+    assertEqual(new Set(values.map(([, pid]) => pid)).size, 1);
+    assertEqual([pool.n_busy, pool.n_queued], [0, 0]);
 });
 
 // ---- TAP ----
