@@ -11,6 +11,7 @@
 #pragma once
 
 #include <gio/gio.h>
+#include <gio/gunixfdlist.h>
 
 G_BEGIN_DECLS
 
@@ -36,6 +37,20 @@ gssize     dc_channel_write        (DcChannel     *channel,
                                     const void    *buffer,
                                     gsize          size,
                                     GError       **error);
+
+/* Socket stream only: descriptors received with the bytes are appended
+ * to @fds (close-on-exec); sent ones go with the first byte. */
+gssize     dc_channel_read_fds     (DcChannel     *channel,
+                                    void          *buffer,
+                                    gsize          size,
+                                    GArray        *fds,
+                                    GError       **error);
+gssize     dc_channel_write_fds    (DcChannel     *channel,
+                                    const void    *buffer,
+                                    gsize          size,
+                                    GUnixFDList   *fds,
+                                    GError       **error);
+gboolean   dc_channel_is_socket    (DcChannel     *channel);
 
 GSource   *dc_channel_create_source (DcChannel    *channel,
                                      GIOCondition  condition,

@@ -13,6 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <gio/gunixfdmessage.h>
+#include <sys/socket.h>
+
 #include "dc-channel-private.h"
 
 /* Runs in the parent only. */
@@ -158,6 +161,78 @@ dc_channel_write (DcChannel   *channel,
   if (status == G_IO_STATUS_NORMAL && done == 0 && size > 0)
     status = G_IO_STATUS_AGAIN;
   return io_status_to_result (status, done, error, io_error);
+}
+
+gboolean
+dc_channel_is_socket (DcChannel *channel)
+{
+  return channel->socket != NULL;
+}
+
+gssize
+dc_channel_read_fds (DcChannel  *channel,
+                     void       *buffer,
+                     gsize       size,
+                     GArray     *fds,
+                     GError    **error)
+{
+  GInputVector vector = { buffer, size };
+  GSocketControlMessage **messages = NULL;
+  int n_messages = 0, flags = 0, i;
+  gssize n;
+
+  g_assert (channel->socket != NULL);
+
+  n = g_socket_receive_message (channel->socket, NULL, &vector, 1, &messages, &n_messages,
+                                &flags, NULL, error);
+
+  for (i = 0; i < n_messages; i++)
+    {
+      if (G_IS_UNIX_FD_MESSAGE (messages[i]))
+        {
+          gint n_stolen = 0;
+          gint *stolen = g_unix_fd_message_steal_fds (G_UNIX_FD_MESSAGE (messages[i]), &n_stolen);
+
+          gint j;
+
+          /* Never into a child the host spawns later. */
+          for (j = 0; j < n_stolen; j++)
+            fcntl (stolen[j], F_SETFD, FD_CLOEXEC);
+          g_array_append_vals (fds, stolen, (guint) n_stolen);
+          g_free (stolen);
+        }
+      g_object_unref (messages[i]);
+    }
+  g_free (messages);
+
+  /* Descriptors the kernel dropped for want of room: the stream is no
+   * longer in step with its frames. */
+  if (n >= 0 && (flags & MSG_CTRUNC))
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "descriptors were truncated");
+      return -1;
+    }
+  return n;
+}
+
+gssize
+dc_channel_write_fds (DcChannel    *channel,
+                      const void   *buffer,
+                      gsize         size,
+                      GUnixFDList  *fds,
+                      GError      **error)
+{
+  GOutputVector vector = { buffer, size };
+  g_autoptr(GSocketControlMessage) message = NULL;
+
+  g_assert (channel->socket != NULL);
+
+  if (fds == NULL || g_unix_fd_list_get_length (fds) == 0)
+    return g_socket_send (channel->socket, buffer, size, NULL, error);
+
+  message = g_unix_fd_message_new_with_fd_list (fds);
+  return g_socket_send_message (channel->socket, NULL, &vector, 1, &message, 1,
+                                G_SOCKET_MSG_NONE, NULL, error);
 }
 
 static gboolean

@@ -11,6 +11,7 @@
 #endif
 
 #include <gio/gio.h>
+#include <gio/gunixfdlist.h>
 
 #include "dc-version-macros.h"
 
@@ -129,6 +130,32 @@ typedef GVariant *(*DcCodeFunc) (GVariant  *args,
                                  GError   **error);
 
 /**
+ * DcCodeFdFunc:
+ * @args: the arguments given to
+ *   [method@DetachedCode.call_with_unix_fd_list_async]
+ * @fd_list: (nullable): the descriptors that came with the call, as in
+ *   GDBus: `h` values in @args are indices into it; %NULL if none came
+ * @out_fd_list: (out) (optional) (nullable) (transfer full): return location
+ *   for descriptors to send back with the result
+ * @user_data: the data given to [ctor@DetachedCode.new_with_fds]
+ * @error: return location for an error
+ *
+ * The code of a pool that passes descriptors.  Like [callback@CodeFunc],
+ * it runs inside a worker process; the descriptors it receives are its
+ * own copies, closed when @fd_list is freed.
+ *
+ * Returns: (transfer full) (nullable): the result, a new or floating variant,
+ *   or %NULL with @error set
+ *
+ * Since: 1.0
+ */
+typedef GVariant *(*DcCodeFdFunc) (GVariant     *args,
+                                   GUnixFDList  *fd_list,
+                                   GUnixFDList **out_fd_list,
+                                   gpointer      user_data,
+                                   GError      **error);
+
+/**
  * DcWorkerInitFunc:
  * @user_data: the data given to [method@DetachedCode.set_worker_init_func]
  *
@@ -151,6 +178,23 @@ DC_AVAILABLE_IN_ALL
 DcDetachedCode *dc_detached_code_new               (DcCodeFunc          func,
                                                     gpointer            user_data,
                                                     GDestroyNotify      user_data_free) G_GNUC_WARN_UNUSED_RESULT;
+DC_AVAILABLE_IN_ALL
+DcDetachedCode *dc_detached_code_new_with_fds      (DcCodeFdFunc        func,
+                                                    gpointer            user_data,
+                                                    GDestroyNotify      user_data_free) G_GNUC_WARN_UNUSED_RESULT;
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_call_with_unix_fd_list_async (DcDetachedCode     *self,
+                                                    GVariant           *args,
+                                                    GUnixFDList        *fd_list,
+                                                    int                 io_priority,
+                                                    GCancellable       *cancellable,
+                                                    GAsyncReadyCallback callback,
+                                                    gpointer            user_data);
+DC_AVAILABLE_IN_ALL
+GVariant       *dc_detached_code_call_with_unix_fd_list_finish (DcDetachedCode *self,
+                                                    GUnixFDList       **out_fd_list,
+                                                    GAsyncResult       *result,
+                                                    GError            **error);
 DC_AVAILABLE_IN_ALL
 gboolean        dc_detached_code_start             (DcDetachedCode     *self,
                                                     GError            **error);
@@ -256,5 +300,11 @@ guint           dc_detached_code_get_pipeline_depth (DcDetachedCode    *self);
 DC_AVAILABLE_IN_ALL
 void            dc_detached_code_set_pipeline_depth (DcDetachedCode    *self,
                                                     guint               pipeline_depth);
+
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_memfd_threshold (DcDetachedCode   *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_memfd_threshold (DcDetachedCode   *self,
+                                                    guint               memfd_threshold);
 
 G_END_DECLS

@@ -11,7 +11,11 @@
  * header is in host byte order.
  *
  *   guint32 size     payload bytes, at most DC_WIRE_MAX_PAYLOAD
- *   guint32 type     a DcWireType
+ *   guint8  type     a DcWireType
+ *   guint8  flags    DcWireFlags
+ *   guint16 n_fds    descriptors that travel with the frame (SCM_RIGHTS on
+ *                    the socket stream; they arrive no later than the
+ *                    frame's first byte, in frame order)
  *   guint64 serial   the call's serial number, echoed back in the reply
  *
  * Nothing here forks or touches a descriptor, so it can be tested and fuzzed
@@ -42,6 +46,17 @@ typedef enum
   DC_WIRE_LAST_TYPE = DC_WIRE_SETUP_FAILED,
 } DcWireType;
 
+typedef enum
+{
+  /* The payload is 8 bytes, the size of the real payload, which is in a
+   * sealed memfd: the frame's first descriptor. */
+  DC_WIRE_FLAG_MEMFD = 1 << 0,
+  DC_WIRE_KNOWN_FLAGS = DC_WIRE_FLAG_MEMFD,
+} DcWireFlags;
+
+/* At most what one sendmsg() may carry (SCM_MAX_FD). */
+#define DC_WIRE_MAX_FDS 253
+
 /* Set-up steps a worker can report in a DC_WIRE_SETUP_FAILED frame. */
 typedef enum
 {
@@ -53,7 +68,9 @@ typedef enum
 typedef struct
 {
   guint32 size;
-  guint32 type;
+  guint8  type;
+  guint8  flags;
+  guint16 n_fds;
   guint64 serial;
 } DcWireHeader;
 
@@ -63,12 +80,20 @@ void      dc_wire_header_encode          (guint8             *buf,
                                           DcWireType          type,
                                           guint64             serial,
                                           gsize               size);
+void      dc_wire_header_encode_full     (guint8             *buf,
+                                          DcWireType          type,
+                                          guint               flags,
+                                          guint               n_fds,
+                                          guint64             serial,
+                                          gsize               size);
 typedef enum
 {
   DC_WIRE_HEADER_OK,
   DC_WIRE_HEADER_BAD_TYPE,
   DC_WIRE_HEADER_TOO_LARGE,
   DC_WIRE_HEADER_NO_MEMORY,
+  DC_WIRE_HEADER_BAD_FLAGS,
+  DC_WIRE_HEADER_TOO_MANY_FDS,
 } DcWireHeaderStatus;
 
 DcWireHeaderStatus dc_wire_header_decode (const guint8       *buf,
@@ -162,5 +187,14 @@ gboolean          dc_wire_reader_frame_ready (DcWireReader   *reader);
 void              dc_wire_reader_take_frame (DcWireReader    *reader,
                                              DcWireHeader    *header,
                                              GBytes         **payload);
+
+/* Large payloads: a sealed memfd the receiver maps read-only. */
+int       dc_wire_memfd_from_bytes       (GBytes             *payload,
+                                          GError            **error);
+/* Takes ownership of @fd.  Checks the seals (no write, no shrink, no
+ * grow) and the size, and returns the mapping as bytes. */
+GBytes   *dc_wire_bytes_from_memfd       (int                 fd,
+                                          guint64             size,
+                                          GError            **error);
 
 G_END_DECLS

@@ -6,7 +6,12 @@
 
 #include "config.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <glib/gi18n-lib.h>
 
@@ -17,15 +22,32 @@
  * the async-signal-safe set-up in dc-worker.c. */
 
 void
+dc_wire_header_encode_full (guint8     *buf,
+                            DcWireType  type,
+                            guint       flags,
+                            guint       n_fds,
+                            guint64     serial,
+                            gsize       size)
+{
+  DcWireHeader header;
+
+  g_assert (size <= DC_WIRE_MAX_PAYLOAD);
+  g_assert (n_fds <= DC_WIRE_MAX_FDS);
+  header.size = (guint32) size;
+  header.type = (guint8) type;
+  header.flags = (guint8) flags;
+  header.n_fds = (guint16) n_fds;
+  header.serial = serial;
+  memcpy (buf, &header, sizeof header);
+}
+
+void
 dc_wire_header_encode (guint8     *buf,
                        DcWireType  type,
                        guint64     serial,
                        gsize       size)
 {
-  DcWireHeader header = { (guint32) size, (guint32) type, serial };
-
-  g_assert (size <= DC_WIRE_MAX_PAYLOAD);
-  memcpy (buf, &header, sizeof header);
+  dc_wire_header_encode_full (buf, type, 0, 0, serial, size);
 }
 
 DcWireHeaderStatus
@@ -38,6 +60,11 @@ dc_wire_header_decode (const guint8  *buf,
     return DC_WIRE_HEADER_BAD_TYPE;
   if (header->size > DC_WIRE_MAX_PAYLOAD)
     return DC_WIRE_HEADER_TOO_LARGE;
+  if ((header->flags & ~DC_WIRE_KNOWN_FLAGS) != 0 ||
+      ((header->flags & DC_WIRE_FLAG_MEMFD) && (header->n_fds < 1 || header->size != 8)))
+    return DC_WIRE_HEADER_BAD_FLAGS;
+  if (header->n_fds > DC_WIRE_MAX_FDS)
+    return DC_WIRE_HEADER_TOO_MANY_FDS;
   return DC_WIRE_HEADER_OK;
 }
 
@@ -60,6 +87,14 @@ dc_wire_set_header_error (GError             **error,
     case DC_WIRE_HEADER_NO_MEMORY:
       g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
                    _("Cannot allocate %u bytes for a message"), header->size);
+      break;
+    case DC_WIRE_HEADER_BAD_FLAGS:
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                   _("Message with unknown or inconsistent flags %u"), header->flags);
+      break;
+    case DC_WIRE_HEADER_TOO_MANY_FDS:
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                   _("Message with %u descriptors, more than %u"), header->n_fds, DC_WIRE_MAX_FDS);
       break;
     case DC_WIRE_HEADER_OK:
     default:
@@ -557,4 +592,93 @@ dc_wire_reader_feed (DcWireReader   *reader,
 
   dc_wire_reader_take_frame (reader, header, payload);
   return DC_WIRE_READ_FRAME;
+}
+
+/* ---- large payloads in memfds ---- */
+
+static void
+munmap_bytes (gpointer data)
+{
+  gsize *mapping = data;   /* [0] = length, then the address */
+
+  munmap ((void *) mapping[1], mapping[0]);
+  g_free (mapping);
+}
+
+int
+dc_wire_memfd_from_bytes (GBytes  *payload,
+                          GError **error)
+{
+  gsize size;
+  const guint8 *data = g_bytes_get_data (payload, &size);
+  void *map;
+  int fd, errsv;
+
+  fd = memfd_create ("dc-payload", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0)
+    goto fail;
+  if (ftruncate (fd, (off_t) size) < 0)
+    goto fail;
+  map = mmap (NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED)
+    goto fail;
+  memcpy (map, data, size);
+  munmap (map, size);
+
+  /* Sealed: the receiver maps what it checked, and nobody can shrink it
+   * under the mapping (SIGBUS) or change it after the check. */
+  if (fcntl (fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+    goto fail;
+  return fd;
+
+fail:
+  errsv = errno;
+  if (fd >= 0)
+    close (fd);
+  g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL,
+               _("Cannot put a message in shared memory: %s"), g_strerror (errsv));
+  return -1;
+}
+
+GBytes *
+dc_wire_bytes_from_memfd (int       fd,
+                          guint64   size,
+                          GError  **error)
+{
+  const int needed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+  struct stat st;
+  gsize *mapping;
+  void *map;
+  int seals;
+
+  seals = fcntl (fd, F_GET_SEALS);
+  if (seals < 0 || (seals & needed) != needed || fstat (fd, &st) < 0 ||
+      (guint64) st.st_size != size || size > DC_WIRE_MAX_PAYLOAD)
+    {
+      close (fd);
+      g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                           _("A shared-memory message is not sealed or not of its stated size"));
+      return NULL;
+    }
+
+  if (size == 0)
+    {
+      close (fd);
+      return g_bytes_new (NULL, 0);
+    }
+
+  map = mmap (NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+  close (fd);
+  if (map == MAP_FAILED)
+    {
+      int errsv = errno;
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                   _("Cannot map a shared-memory message: %s"), g_strerror (errsv));
+      return NULL;
+    }
+
+  mapping = g_new (gsize, 2);
+  mapping[0] = size;
+  mapping[1] = (gsize) map;
+  return g_bytes_new_with_free_func (map, size, munmap_bytes, mapping);
 }

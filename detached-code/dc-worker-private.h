@@ -38,12 +38,15 @@ typedef struct
 
 typedef struct
 {
-  DcCodeFunc        func;
+  DcCodeFunc        func;       /* one of func and fd_func */
+  DcCodeFdFunc      fd_func;
   gpointer          user_data;
   DcWorkerInitFunc  init_func;
   gpointer          init_data;
   DcMarshaller      marshaller;
   gboolean          exit_on_die;
+  gboolean          is_socket;        /* descriptors can travel */
+  gsize             memfd_threshold;  /* 0: never */
 } DcWorkerCode;
 
 /* Exit statuses a worker may leave with of its own accord. */

@@ -12,7 +12,10 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <gio/gunixfdlist.h>
 
 #include "dc-wire-private.h"
 #include "dc-worker-private.h"
@@ -51,7 +54,7 @@ setup_fail (int             fd,
             int             errsv)
 {
   guint8 frame[DC_WIRE_HEADER_SIZE + 8];
-  DcWireHeader header = { 8, DC_WIRE_SETUP_FAILED, 0 };
+  DcWireHeader header = { .size = 8, .type = DC_WIRE_SETUP_FAILED };
   guint32 words[2] = { step, (guint32) errsv };
   ssize_t n;
 
@@ -193,7 +196,24 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
     environ = setup->envp;
 }
 
-/* Not async-signal-safe: runs after the user's init function. */
+/* Everything below runs after the user's init function and is not
+ * async-signal-safe, no more than the user's code it calls. */
+
+/* Replies wait in @out while more calls are at hand, so that a burst of
+ * pipelined calls costs one write() rather than one each; none waits
+ * longer than DC_WORKER_REPLY_DELAY_US for calls behind it. */
+typedef struct
+{
+  int                 read_fd;
+  int                 write_fd;
+  const DcWorkerCode *code;
+  DcWireReader        reader;
+  GArray             *rx_fds;          /* received, not yet claimed by a frame */
+  GByteArray         *out;
+  gint64              first_pending;   /* when the oldest waiting reply was made */
+  int                 exit_status;
+} Serve;
+
 static gboolean
 write_all (int         fd,
            const void *data,
@@ -215,61 +235,223 @@ write_all (int         fd,
   return TRUE;
 }
 
-/* Replies wait in @out while more calls are at hand, so that a burst of
- * pipelined calls costs one write() rather than one each.  None waits
- * long: see dc_worker_serve(). */
-typedef struct
-{
-  int         fd;
-  GByteArray *out;
-  gint64      first_pending;   /* when the oldest waiting reply was made */
-} Replies;
-
-/* Not async-signal-safe. */
+/* The first byte goes with the descriptors, the rest as write_all(). */
 static gboolean
-replies_flush (Replies *replies)
+send_with_fds (int         fd,
+               const void *data,
+               gsize       len,
+               const int  *fds,
+               guint       n_fds)
 {
-  gboolean ok = write_all (replies->fd, replies->out->data, replies->out->len);
+  union {
+    char buf[CMSG_SPACE (sizeof (int) * DC_WIRE_MAX_FDS)];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg = { 0, };
+  struct iovec iov = { (void *) data, len };
+  struct cmsghdr *cmsg;
+  ssize_t n;
 
-  g_byte_array_set_size (replies->out, 0);
+  g_assert (n_fds > 0 && n_fds <= DC_WIRE_MAX_FDS && len > 0);
+
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buf;
+  msg.msg_controllen = CMSG_SPACE (sizeof (int) * n_fds);
+  cmsg = CMSG_FIRSTHDR (&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN (sizeof (int) * n_fds);
+  memcpy (CMSG_DATA (cmsg), fds, sizeof (int) * n_fds);
+
+  do
+    n = sendmsg (fd, &msg, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0)
+    return FALSE;
+  return write_all (fd, (const guint8 *) data + n, len - (gsize) n);
+}
+
+/* Reads into @buf, collecting descriptors on a socket. */
+static ssize_t
+receive (Serve  *serve,
+         void   *buf,
+         gsize   size)
+{
+  union {
+    char buf[CMSG_SPACE (sizeof (int) * DC_WIRE_MAX_FDS)];
+    struct cmsghdr align;
+  } control;
+  struct msghdr msg = { 0, };
+  struct iovec iov = { buf, size };
+  struct cmsghdr *cmsg;
+  ssize_t n;
+
+  if (!serve->code->is_socket)
+    return read (serve->read_fd, buf, size);
+
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buf;
+  msg.msg_controllen = sizeof control.buf;
+  n = recvmsg (serve->read_fd, &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0)
+    return n;
+
+  for (cmsg = CMSG_FIRSTHDR (&msg); cmsg != NULL; cmsg = CMSG_NXTHDR (&msg, cmsg))
+    if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS)
+      g_array_append_vals (serve->rx_fds, CMSG_DATA (cmsg),
+                           (cmsg->cmsg_len - CMSG_LEN (0)) / sizeof (int));
+
+  /* Dropped descriptors: the parent sends none it cannot afford. */
+  if (msg.msg_flags & MSG_CTRUNC)
+    {
+      errno = EPROTO;
+      return -1;
+    }
+  return n;
+}
+
+static gboolean
+replies_flush (Serve *serve)
+{
+  gboolean ok = write_all (serve->write_fd, serve->out->data, serve->out->len);
+
+  g_byte_array_set_size (serve->out, 0);
   return ok;
 }
 
-/* Not async-signal-safe. */
 static gboolean
-send_frame (Replies      *replies,
+send_frame (Serve        *serve,
             DcWireType    type,
             guint64       serial,
-            const void   *payload,
-            gsize         size)
+            GBytes       *payload,
+            GUnixFDList  *fd_list)
 {
-  /* A large payload goes in its own write() rather than through a copy. */
-  if (size > 64 * 1024)
-    {
-      guint8 header[DC_WIRE_HEADER_SIZE];
+  const int *list_fds = NULL;
+  gint n_list = 0;
+  gsize size = payload ? g_bytes_get_size (payload) : 0;
+  const void *data = payload ? g_bytes_get_data (payload, NULL) : NULL;
+  guint8 header[DC_WIRE_HEADER_SIZE + 8];
+  int fds[DC_WIRE_MAX_FDS];
+  guint n_fds = 0, flags = 0;
+  int memfd = -1;
+  gboolean ok;
 
-      dc_wire_header_encode (header, type, serial, size);
-      return replies_flush (replies) &&
-             write_all (replies->fd, header, sizeof header) &&
-             write_all (replies->fd, payload, size);
+  if (fd_list != NULL)
+    list_fds = g_unix_fd_list_peek_fds (fd_list, &n_list);
+
+  /* Large: the payload goes in a sealed memfd the parent maps. */
+  if (serve->code->is_socket && serve->code->memfd_threshold > 0 &&
+      size >= serve->code->memfd_threshold)
+    {
+      memfd = dc_wire_memfd_from_bytes (payload, NULL);
+      if (memfd >= 0)
+        {
+          guint64 size64 = size;
+
+          flags |= DC_WIRE_FLAG_MEMFD;
+          fds[n_fds++] = memfd;
+          memcpy (header + DC_WIRE_HEADER_SIZE, &size64, 8);
+          data = header + DC_WIRE_HEADER_SIZE;
+          size = 8;
+        }
     }
 
-  if (replies->out->len == 0)
-    replies->first_pending = g_get_monotonic_time ();
-  dc_wire_append_frame (replies->out, type, serial, payload, size);
+  if (n_list > 0)
+    {
+      memcpy (fds + n_fds, list_fds, sizeof (int) * (gsize) n_list);
+      n_fds += (guint) n_list;
+    }
+
+  if (n_fds == 0 && size <= 64 * 1024)
+    {
+      if (serve->out->len == 0)
+        serve->first_pending = g_get_monotonic_time ();
+      dc_wire_header_encode_full (header, type, flags, 0, serial, size);
+      g_byte_array_append (serve->out, header, DC_WIRE_HEADER_SIZE);
+      if (size > 0)
+        g_byte_array_append (serve->out, data, size);
+      return TRUE;
+    }
+
+  /* Descriptors, or a large payload: its own write, after what waits. */
+  dc_wire_header_encode_full (header, type, flags, n_fds, serial, size);
+  ok = replies_flush (serve);
+  if (ok && n_fds > 0)
+    {
+      if (flags & DC_WIRE_FLAG_MEMFD)
+        ok = send_with_fds (serve->write_fd, header, DC_WIRE_HEADER_SIZE + 8, fds, n_fds);
+      else
+        ok = send_with_fds (serve->write_fd, header, DC_WIRE_HEADER_SIZE, fds, n_fds) &&
+             write_all (serve->write_fd, data, size);
+    }
+  else if (ok)
+    ok = write_all (serve->write_fd, header, DC_WIRE_HEADER_SIZE) &&
+         write_all (serve->write_fd, data, size);
+
+  if (memfd >= 0)
+    close (memfd);
+  return ok;
+}
+
+/* Takes the frame's descriptors from those received.  FALSE if too few
+ * came: the parent never does that. */
+static gboolean
+claim_fds (Serve              *serve,
+           const DcWireHeader *header,
+           GBytes            **payload,
+           GUnixFDList       **fd_list)
+{
+  guint n = header->n_fds, first = 0;
+
+  if (serve->rx_fds->len < n)
+    return FALSE;
+
+  if (header->flags & DC_WIRE_FLAG_MEMFD)
+    {
+      guint64 size;
+      GBytes *mapped;
+
+      memcpy (&size, g_bytes_get_data (*payload, NULL), 8);
+      mapped = dc_wire_bytes_from_memfd (g_array_index (serve->rx_fds, int, 0), size, NULL);
+      first = 1;
+      if (mapped == NULL)
+        {
+          g_array_remove_range (serve->rx_fds, 0, 1);
+          return FALSE;
+        }
+      g_bytes_unref (*payload);
+      *payload = mapped;
+    }
+
+  if (n > first)
+    *fd_list = g_unix_fd_list_new_from_array (&g_array_index (serve->rx_fds, int, first),
+                                              (gint) (n - first));
+  if (n > 0)
+    g_array_remove_range (serve->rx_fds, 0, n);
   return TRUE;
 }
 
-/* Not async-signal-safe: calls the user's code.  Returns FALSE when the
- * worker must leave: the channel broke, or the code failed under
- * exit-on-die. */
 static gboolean
-handle_call (Replies            *replies,
-             const DcWorkerCode *code,
-             const DcWireHeader *header,
-             GBytes             *payload,
-             int                *exit_status)
+leave (Serve *serve,
+       int    status)
 {
+  serve->exit_status = status;
+  return FALSE;
+}
+
+/* Calls the user's code.  Returns FALSE when the worker must leave: the
+ * channel broke, or the code failed under exit-on-die. */
+static gboolean
+handle_call (Serve              *serve,
+             const DcWireHeader *header,
+             GBytes             *payload_in)
+{
+  const DcWorkerCode *code = serve->code;
+  g_autoptr(GBytes) payload = g_bytes_ref (payload_in);
+  g_autoptr(GUnixFDList) fd_list = NULL;
+  g_autoptr(GUnixFDList) out_fd_list = NULL;
   g_autoptr(GVariant) args = NULL;
   g_autoptr(GVariant) result = NULL;
   g_autoptr(GError) error = NULL;
@@ -279,24 +461,24 @@ handle_call (Replies            *replies,
   gboolean slow;
   gboolean ok;
 
+  if (header->type != DC_WIRE_CALL || !claim_fds (serve, header, &payload, &fd_list))
+    return leave (serve, DC_WORKER_EXIT_BAD_REQUEST);
+
   args = dc_wire_unmarshal_raw (code->marshaller, payload);
   if (args == NULL)
-    {
-      *exit_status = DC_WORKER_EXIT_BAD_REQUEST;
-      return FALSE;
-    }
+    return leave (serve, DC_WORKER_EXIT_BAD_REQUEST);
 
   /* Replies made so far go out before code that may run long. */
-  if (replies->out->len > 0 &&
-      g_get_monotonic_time () - replies->first_pending > DC_WORKER_REPLY_DELAY_US &&
-      !replies_flush (replies))
-    {
-      *exit_status = DC_WORKER_EXIT_CHANNEL;
-      return FALSE;
-    }
+  if (serve->out->len > 0 &&
+      g_get_monotonic_time () - serve->first_pending > DC_WORKER_REPLY_DELAY_US &&
+      !replies_flush (serve))
+    return leave (serve, DC_WORKER_EXIT_CHANNEL);
 
   started = g_get_monotonic_time ();
-  result = code->func (args, code->user_data, &error);
+  if (code->fd_func != NULL)
+    result = code->fd_func (args, fd_list, &out_fd_list, code->user_data, &error);
+  else
+    result = code->func (args, code->user_data, &error);
   /* A slow call gains nothing from batching: its reply goes now. */
   slow = g_get_monotonic_time () - started > DC_WORKER_REPLY_DELAY_US;
 
@@ -307,12 +489,10 @@ handle_call (Replies            *replies,
       reply = dc_wire_marshal_raw (code->marshaller, result, &status);
       if (reply != NULL)
         {
-          if (send_frame (replies, DC_WIRE_RESULT, header->serial,
-                          g_bytes_get_data (reply, NULL), g_bytes_get_size (reply)) &&
-              (!slow || replies_flush (replies)))
+          if (send_frame (serve, DC_WIRE_RESULT, header->serial, reply, out_fd_list) &&
+              (!slow || replies_flush (serve)))
             return TRUE;
-          *exit_status = DC_WORKER_EXIT_CHANNEL;
-          return FALSE;
+          return leave (serve, DC_WORKER_EXIT_CHANNEL);
         }
       else
         {
@@ -320,79 +500,68 @@ handle_call (Replies            *replies,
           const char *type_string = g_variant_get_type_string (result);
           guint32 reason = status;
           g_autoptr(GByteArray) body = g_byte_array_new ();
+          g_autoptr(GBytes) body_bytes = NULL;
 
           g_byte_array_append (body, (const guint8 *) &reason, 4);
           g_byte_array_append (body, (const guint8 *) type_string, strlen (type_string));
-          ok = send_frame (replies, DC_WIRE_MARSHAL_FAILED, header->serial,
-                           body->data, body->len);
+          body_bytes = g_byte_array_free_to_bytes (g_steal_pointer (&body));
+          ok = send_frame (serve, DC_WIRE_MARSHAL_FAILED, header->serial, body_bytes, NULL);
         }
     }
   else if (error != NULL)
     {
       reply = dc_wire_encode_error (error);
-      ok = send_frame (replies, DC_WIRE_ERROR, header->serial,
-                       g_bytes_get_data (reply, NULL), g_bytes_get_size (reply));
+      ok = send_frame (serve, DC_WIRE_ERROR, header->serial, reply, NULL);
     }
   else
-    ok = send_frame (replies, DC_WIRE_NULL_RESULT, header->serial, NULL, 0);
+    ok = send_frame (serve, DC_WIRE_NULL_RESULT, header->serial, NULL, NULL);
 
   /* Every path here is a failed call: under exit-on-die the worker
    * leaves next, and its reply must be out before. */
   if (ok && (slow || code->exit_on_die))
-    ok = replies_flush (replies);
+    ok = replies_flush (serve);
   if (!ok)
-    {
-      *exit_status = DC_WORKER_EXIT_CHANNEL;
-      return FALSE;
-    }
+    return leave (serve, DC_WORKER_EXIT_CHANNEL);
   if (code->exit_on_die)
-    {
-      *exit_status = DC_WORKER_EXIT_OK;
-      return FALSE;
-    }
+    return leave (serve, DC_WORKER_EXIT_OK);
 
   return TRUE;
 }
 
-/* Not async-signal-safe. */
 int
 dc_worker_serve (int                 read_fd,
                  int                 write_fd,
                  const DcWorkerCode *code)
 {
-  DcWireReader reader;
-  g_autoptr(GByteArray) out = g_byte_array_new ();
-  Replies replies = { write_fd, out, 0 };
+  Serve serve = { read_fd, write_fd, code, };
   guint8 *buf = g_malloc (64 * 1024);
-  int exit_status = DC_WORKER_EXIT_OK;
+  gboolean running = TRUE;
+  guint i;
 
-  dc_wire_reader_init (&reader);
+  dc_wire_reader_init (&serve.reader);
+  serve.rx_fds = g_array_new (FALSE, FALSE, sizeof (int));
+  serve.out = g_byte_array_new ();
+  serve.exit_status = DC_WORKER_EXIT_OK;
 
-  for (;;)
+  while (running)
     {
       gsize space = 0;
-      guint8 *direct = dc_wire_reader_direct_buffer (&reader, &space);
+      guint8 *direct = dc_wire_reader_direct_buffer (&serve.reader, &space);
+      const guint8 *p;
+      gsize len;
       ssize_t n;
 
       /* Nothing more at hand: what waits goes out before we block. */
-      if (out->len > 0 && !replies_flush (&replies))
+      if (serve.out->len > 0 && !replies_flush (&serve))
         {
-          exit_status = DC_WORKER_EXIT_CHANNEL;
+          serve.exit_status = DC_WORKER_EXIT_CHANNEL;
           break;
         }
 
-      if (direct != NULL && space >= 64 * 1024)
-        {
-          /* A large payload is read straight into its final buffer. */
-          n = read (read_fd, direct, space);
-          if (n > 0)
-            dc_wire_reader_advance (&reader, (gsize) n);
-        }
-      else
-        {
-          direct = NULL;
-          n = read (read_fd, buf, 64 * 1024);
-        }
+      /* A large payload is read straight into its final buffer. */
+      if (direct == NULL || space < 64 * 1024)
+        direct = NULL;
+      n = receive (&serve, direct ? direct : buf, direct ? space : 64 * 1024);
 
       if (n < 0 && errno == EINTR)
         continue;
@@ -400,67 +569,53 @@ dc_worker_serve (int                 read_fd,
         break;   /* the parent closed the channel: time to go */
       if (n < 0)
         {
-          exit_status = DC_WORKER_EXIT_CHANNEL;
+          serve.exit_status = DC_WORKER_EXIT_CHANNEL;
           break;
         }
 
       if (direct != NULL)
         {
-          if (dc_wire_reader_frame_ready (&reader))
+          dc_wire_reader_advance (&serve.reader, (gsize) n);
+          if (dc_wire_reader_frame_ready (&serve.reader))
             {
               DcWireHeader header;
               g_autoptr(GBytes) payload = NULL;
 
-              dc_wire_reader_take_frame (&reader, &header, &payload);
-              if (header.type != DC_WIRE_CALL)
-                {
-                  exit_status = DC_WORKER_EXIT_BAD_REQUEST;
-                  break;
-                }
-              if (!handle_call (&replies, code, &header, payload, &exit_status))
-                break;
+              dc_wire_reader_take_frame (&serve.reader, &header, &payload);
+              running = handle_call (&serve, &header, payload);
             }
           continue;
         }
 
-      {
-        const guint8 *p = buf;
-        gsize len = (gsize) n;
-        gboolean leave = FALSE;
+      p = buf;
+      len = (gsize) n;
+      while (running && len > 0)
+        {
+          DcWireHeader header;
+          g_autoptr(GBytes) payload = NULL;
 
-        while (!leave && len > 0)
-          {
-            DcWireHeader header;
-            g_autoptr(GBytes) payload = NULL;
-
-            switch (dc_wire_reader_feed (&reader, &p, &len, &header, &payload))
-              {
-              case DC_WIRE_READ_NEED_MORE:
-                break;
-              case DC_WIRE_READ_FRAME:
-                if (header.type != DC_WIRE_CALL)
-                  {
-                    exit_status = DC_WORKER_EXIT_BAD_REQUEST;
-                    leave = TRUE;
-                  }
-                else if (!handle_call (&replies, code, &header, payload, &exit_status))
-                  leave = TRUE;
-                break;
-              case DC_WIRE_READ_ERROR:
-              default:
-                exit_status = DC_WORKER_EXIT_BAD_REQUEST;
-                leave = TRUE;
-                break;
-              }
-          }
-        if (leave)
-          break;
-      }
+          switch (dc_wire_reader_feed (&serve.reader, &p, &len, &header, &payload))
+            {
+            case DC_WIRE_READ_NEED_MORE:
+              break;
+            case DC_WIRE_READ_FRAME:
+              running = handle_call (&serve, &header, payload);
+              break;
+            case DC_WIRE_READ_ERROR:
+            default:
+              running = leave (&serve, DC_WORKER_EXIT_BAD_REQUEST);
+              break;
+            }
+        }
     }
 
-  dc_wire_reader_clear (&reader);
+  for (i = 0; i < serve.rx_fds->len; i++)
+    close (g_array_index (serve.rx_fds, int, i));
+  g_array_unref (serve.rx_fds);
+  g_byte_array_unref (serve.out);
+  dc_wire_reader_clear (&serve.reader);
   g_free (buf);
-  return exit_status;
+  return serve.exit_status;
 }
 
 /* Runs in the child from fork() to _exit(). */

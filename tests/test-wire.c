@@ -124,6 +124,7 @@ test_frames_bad_header (void)
   g_autoptr(GPtrArray) frames = g_ptr_array_new ();
 
   /* Unknown type. */
+  memset (&header, 0, sizeof header);
   header.size = 0;
   header.type = 99;
   header.serial = 1;
