@@ -134,6 +134,7 @@ struct _DcWorker
   guint32          setup_errno;
   gboolean         exit_on_die; /* as it was when this worker was forked */
   gboolean         close_when_idle; /* retired: closed once its calls are done */
+  gboolean         departed;    /* let go by shutdown(): in pool->departed */
   guint            n_calls;     /* calls written to it */
   gint64           idle_since;  /* monotonic time it last became idle */
   GSource         *idle_source; /* idle-timeout timer */
@@ -202,6 +203,7 @@ struct _DcDetachedCode
   GQueue            queue;      /* DcCall, by priority then FIFO */
   GHashTable       *cancellable_calls; /* GTask -> DcCall, for calls with a cancellable */
   GList            *workers;    /* DcWorker (one ref each), every state */
+  GList            *departed;   /* DcWorker (one ref each) shut down, not yet reaped */
   guint             n_workers;  /* those RUNNING */
   guint64           next_serial;
 
@@ -679,6 +681,18 @@ worker_finish (DcWorker *worker)
     return;
 
   worker->pool = NULL;
+
+  /* Shut down: it had no calls left, only its exit to report. */
+  if (worker->departed)
+    {
+      self->departed = g_list_remove (self->departed, worker);
+      g_object_ref (self);
+      g_signal_emit (self, signals[SIGNAL_WORKER_EXITED], 0, (gint) worker->pid, worker->wait_status);
+      worker_unref (worker);
+      g_object_unref (self);
+      return;
+    }
+
   self->workers = g_list_remove (self->workers, worker);
 
   calls = worker->inflight;
@@ -705,9 +719,15 @@ static void
 worker_lost (DcWorker *worker)
 {
   DcDetachedCode *self = worker->pool;
+  GList *l;
 
   worker_leave_service (worker, WORKER_LOST);
   worker_close_channel (worker);
+
+  /* What it still had fails with its death, not with a time limit that
+   * runs out while it is reaped. */
+  for (l = worker->inflight.head; l != NULL; l = l->next)
+    call_clear_timeout (l->data);
 
   if (worker->exited && !worker->reading)
     worker_finish (worker);
@@ -1719,11 +1739,38 @@ detach_workers (DcDetachedCode *self,
 
       worker_leave_service (worker, WORKER_LOST);
       worker_close_channel (worker);
-      /* Its child watch still holds it, and reaps it. */
+      /* Its child watch reaps it; worker-exited still comes, while the
+       * pool lives. */
+      if (worker->exited)
+        {
+          worker->pool = NULL;
+          worker_unref (worker);
+        }
+      else
+        {
+          worker->departed = TRUE;
+          self->departed = g_list_prepend (self->departed, worker);
+        }
+    }
+  g_list_free (workers);
+}
+
+/* The pool goes: nobody is left to tell of the departed workers' exits,
+ * but their child watches still reap them. */
+static void
+forget_departed (DcDetachedCode *self)
+{
+  GList *departed = g_steal_pointer (&self->departed);
+  GList *l;
+
+  for (l = departed; l != NULL; l = l->next)
+    {
+      DcWorker *worker = l->data;
+
       worker->pool = NULL;
       worker_unref (worker);
     }
-  g_list_free (workers);
+  g_list_free (departed);
 }
 
 static void
@@ -1734,7 +1781,10 @@ dc_detached_code_dispose (GObject *object)
   /* In a worker this is a copy of the parent's pool: the processes, the
    * descriptors and the main context are not ours to touch. */
   if (in_owner_process (self))
-    dc_detached_code_shutdown (self);
+    {
+      dc_detached_code_shutdown (self);
+      forget_departed (self);
+    }
 
   G_OBJECT_CLASS (dc_detached_code_parent_class)->dispose (object);
 }

@@ -2157,6 +2157,12 @@ on_worker_exited (DcDetachedCode *code,
   e->n++;
 }
 
+static gboolean
+exited_twice (gpointer data)
+{
+  return ((Exited *) data)->n == 2;
+}
+
 static void
 test_pool_signals (void)
 {
@@ -2178,6 +2184,13 @@ test_pool_signals (void)
   g_assert_cmpint (e.pid, ==, pid);
   g_assert_true (WIFSIGNALED (e.status));
   g_assert_cmpint (WTERMSIG (e.status), ==, SIGSEGV);
+
+  /* Workers let go by shutdown() are reported too, once reaped. */
+  pid = call_pid (code);
+  dc_detached_code_shutdown (code);
+  wait_until (exited_twice, &e, "worker-exited after shutdown");
+  g_assert_cmpint (e.pid, ==, pid);
+  g_assert_true (WIFEXITED (e.status));
   destroy_pool (code);
 }
 

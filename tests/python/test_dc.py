@@ -955,9 +955,6 @@ class TestPython(DcTestCase):
         self.assertEqual(self.assertValue(outcome), (7, pid))
 
 
-    @unittest.skip('library bug: worker-exited is not emitted for workers reaped '
-                   'after shutdown() (detach_workers() clears worker->pool, so '
-                   'worker_finish() returns before emitting)')
     def test_26_worker_exited_after_shutdown(self):
         pool = self.make_pool(worker_echo_pid)
         exited = self.record_exits(pool)
