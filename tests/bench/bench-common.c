@@ -404,14 +404,14 @@ bench_peer_finish (BenchPeer *peer)
 }
 
 void
-bench_echo_peer (int      fd,
-                 gpointer data)
+bench_reply_peer (int      fd,
+                  gpointer data)
 {
-  gsize size = *(gsize *) data;
-  guint8 *buf = malloc (size);
+  BenchFrames *frames = data;
+  guint8 *buf = calloc (1, MAX (frames->call, frames->reply));
 
-  while (bench_read_full (fd, buf, size))
-    if (!bench_write_full (fd, buf, size))
+  while (bench_read_full (fd, buf, frames->call))
+    if (!bench_write_full (fd, buf, frames->reply))
       break;
   free (buf);
 }
@@ -426,12 +426,131 @@ bench_echo_code (GVariant  *args,
   return g_variant_ref (args);
 }
 
-gsize
-bench_frame_size (GVariant *value)
+typedef struct
 {
-  g_autoptr(GVariant) boxed = g_variant_ref_sink (g_variant_new_variant (value));
+  DcDetachedCode *pool;
+  GVariant       *args;
+  GVariant       *last;
+  guint           left;
+  gboolean        failed;
+} Sequence;
 
-  return WIRE_HEADER_BYTES + g_variant_get_size (boxed);
+static void
+sequence_cb (GObject      *source,
+             GAsyncResult *result,
+             gpointer      data)
+{
+  Sequence *seq = data;
+  g_autoptr(GError) error = NULL;
+  GVariant *value = dc_detached_code_call_finish (seq->pool, result, &error);
+
+  if (value == NULL)
+    {
+      bench_fail ("call failed: %s", error->message);
+      seq->failed = TRUE;
+      bench_loop_quit ();
+      return;
+    }
+  g_clear_pointer (&seq->last, g_variant_unref);
+  seq->last = value;
+  if (--seq->left == 0)
+    {
+      bench_loop_quit ();
+      return;
+    }
+  dc_detached_code_call_async (seq->pool, seq->args, G_PRIORITY_DEFAULT, NULL, sequence_cb, seq);
+}
+
+/* rchar and wchar count the bytes read() and write() moved (not those of
+ * recv()/send() and friends); a worker touches nothing but its channel
+ * while it serves. */
+static gboolean
+workers_io (DcDetachedCode *pool,
+            guint64        *rchar,
+            guint64        *wchar)
+{
+  guint n_pids = 0, i;
+  g_autofree GPid *pids = dc_detached_code_get_worker_pids (pool, &n_pids);
+
+  *rchar = *wchar = 0;
+  for (i = 0; i < n_pids; i++)
+    {
+      g_autofree char *path = g_strdup_printf ("/proc/%d/io", (int) pids[i]);
+      g_autofree char *contents = NULL;
+      const char *r, *w;
+
+      if (!g_file_get_contents (path, &contents, NULL, NULL) ||
+          (r = strstr (contents, "rchar: ")) == NULL ||
+          (w = strstr (contents, "wchar: ")) == NULL)
+        return FALSE;
+      *rchar += g_ascii_strtoull (r + 7, NULL, 10);
+      *wchar += g_ascii_strtoull (w + 7, NULL, 10);
+    }
+  return n_pids > 0;
+}
+
+/* A frame header, the type string padded to 8 bytes behind a length, and
+ * the serialized value: only a first guess, corrected by what the worker
+ * is seen to write. */
+static gsize
+estimate_frame (GVariant *value)
+{
+  gsize type_len = strlen (g_variant_get_type_string (value));
+
+  return WIRE_HEADER_BYTES + ((4 + type_len + 1 + 7) & ~(gsize) 7) + g_variant_get_size (value);
+}
+
+gboolean
+bench_measure_frames (DcDetachedCode *pool,
+                      GVariant       *args,
+                      guint           calls,
+                      BenchFrames    *frames)
+{
+  Sequence seq = { pool, args, NULL, calls, FALSE };
+  guint64 r0 = 0, w0 = 0, r1 = 0, w1 = 0;
+  gboolean have_io;
+  gsize guess_call, guess_reply;
+
+  g_assert (calls > 0);
+  /* One call first, so that the pool has its workers to read. */
+  seq.left = 1;
+  dc_detached_code_call_async (pool, args, G_PRIORITY_DEFAULT, NULL, sequence_cb, &seq);
+  if (!bench_loop_run (60))
+    bench_fail ("hang: a single call did not complete in 60 s");
+  if (seq.failed || seq.left > 0)
+    {
+      g_clear_pointer (&seq.last, g_variant_unref);
+      return FALSE;
+    }
+
+  have_io = workers_io (pool, &r0, &w0);
+  seq.left = calls;
+  dc_detached_code_call_async (pool, args, G_PRIORITY_DEFAULT, NULL, sequence_cb, &seq);
+  if (!bench_loop_run (120))
+    bench_fail ("hang: %u of %u sequential calls completed in 120 s", calls - seq.left, calls);
+  if (seq.failed || seq.left > 0)
+    {
+      g_clear_pointer (&seq.last, g_variant_unref);
+      return FALSE;
+    }
+  have_io = have_io && workers_io (pool, &r1, &w1);
+
+  guess_call = estimate_frame (args);
+  guess_reply = estimate_frame (seq.last);
+  frames->call = guess_call;
+  frames->reply = guess_reply;
+  frames->how = "estimated";
+  if (have_io && w1 > w0)
+    {
+      /* Calls and replies share one framing, so the call carries the
+       * overhead the reply is seen to carry.  (rchar would tell the call
+       * directly only if the worker never used recv(), which it misses.) */
+      frames->reply = (gsize) ((w1 - w0 + calls / 2) / calls);
+      frames->call = guess_call + frames->reply - guess_reply;
+      frames->how = "reply measured from the worker's /proc/PID/io, call derived";
+    }
+  g_clear_pointer (&seq.last, g_variant_unref);
+  return TRUE;
 }
 
 DcDetachedCode *

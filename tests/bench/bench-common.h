@@ -112,9 +112,16 @@ gboolean    bench_read_full       (int           fd,
                                    void         *buf,
                                    gsize         len);
 
-/* A peer body: reads messages of *(gsize *) data bytes and writes each
- * back, until end of stream. */
-void        bench_echo_peer       (int           fd,
+typedef struct
+{
+  gsize    call;       /* bytes parent -> worker per call */
+  gsize    reply;      /* bytes worker -> parent per call */
+  const char *how;     /* how the sizes were found */
+} BenchFrames;
+
+/* A peer body: reads messages of frames->call bytes and answers each with
+ * frames->reply bytes, until end of stream.  @data is a BenchFrames. */
+void        bench_reply_peer      (int           fd,
                                    gpointer      data);
 
 /* ---- pools ---- */
@@ -124,9 +131,15 @@ GVariant   *bench_echo_code       (GVariant     *args,
                                    gpointer      user_data,
                                    GError      **error);
 
-/* Bytes of one frame carrying @value with the default marshaller: the
- * baselines move exactly this much per message. */
-gsize       bench_frame_size      (GVariant     *value);
+/* Bytes one call of @args puts on the channel each way (frame and all),
+ * measured from the workers' /proc/PID/io over @calls sequential calls,
+ * so that the baselines move what the library moves whatever its wire
+ * format.  Where /proc tells nothing it falls back to an estimate.  FALSE
+ * when a call failed. */
+gboolean    bench_measure_frames  (DcDetachedCode *pool,
+                                   GVariant     *args,
+                                   guint         calls,
+                                   BenchFrames  *frames);
 
 /* A started pool of @workers workers (min = max) running @func, with the
  * NULL-terminated property list set before start().  Exits the program

@@ -99,20 +99,21 @@ library_round (DcDetachedCode *pool,
 }
 
 static void
-baseline_round (BenchPeer *peer,
-                gsize      size,
-                double    *samples,
-                guint      n)
+baseline_round (BenchPeer         *peer,
+                const BenchFrames *frames,
+                double            *samples,
+                guint              n)
 {
-  g_autofree guint8 *out = g_malloc0 (size);
-  g_autofree guint8 *in = g_malloc (size);
+  g_autofree guint8 *out = g_malloc0 (frames->call);
+  g_autofree guint8 *in = g_malloc (frames->reply);
   guint i;
 
   for (i = 0; i < n; i++)
     {
       gint64 t0 = bench_now_ns ();
 
-      if (!bench_write_full (peer->fd, out, size) || !bench_read_full (peer->fd, in, size))
+      if (!bench_write_full (peer->fd, out, frames->call) ||
+          !bench_read_full (peer->fd, in, frames->reply))
         g_error ("baseline peer went away");
       if (samples != NULL)
         samples[i] = (bench_now_ns () - t0) / 1000.0;
@@ -122,7 +123,8 @@ baseline_round (BenchPeer *peer,
 typedef struct
 {
   int     fd;
-  gsize   size;
+  gsize   call;
+  gsize   reply;
   guint8 *buf;
   double *samples;
   guint   n;
@@ -138,7 +140,7 @@ loop_ping_cb (gint         fd,
   LoopPing *ping = data;
   gint64 t1;
 
-  if (!bench_read_full (fd, ping->buf, ping->size))
+  if (!bench_read_full (fd, ping->buf, ping->reply))
     g_error ("baseline peer went away");
   t1 = bench_now_ns ();
   if (ping->samples != NULL)
@@ -149,23 +151,23 @@ loop_ping_cb (gint         fd,
       return G_SOURCE_REMOVE;
     }
   ping->t0 = bench_now_ns ();
-  if (!bench_write_full (fd, ping->buf, ping->size))
+  if (!bench_write_full (fd, ping->buf, ping->call))
     g_error ("baseline peer went away");
   return G_SOURCE_CONTINUE;
 }
 
 static void
-loop_baseline_round (BenchPeer *peer,
-                     gsize      size,
-                     double    *samples,
-                     guint      n)
+loop_baseline_round (BenchPeer         *peer,
+                     const BenchFrames *frames,
+                     double            *samples,
+                     guint              n)
 {
-  g_autofree guint8 *buf = g_malloc0 (size);
-  LoopPing ping = { peer->fd, size, buf, samples, n, 0, 0 };
+  g_autofree guint8 *buf = g_malloc0 (MAX (frames->call, frames->reply));
+  LoopPing ping = { peer->fd, frames->call, frames->reply, buf, samples, n, 0, 0 };
 
   g_unix_fd_add (peer->fd, G_IO_IN, loop_ping_cb, &ping);
   ping.t0 = bench_now_ns ();
-  if (!bench_write_full (peer->fd, buf, size))
+  if (!bench_write_full (peer->fd, buf, frames->call))
     g_error ("baseline peer went away");
   if (!bench_loop_run (60))
     g_error ("bare ping-pong through the main loop stalled");
@@ -178,7 +180,7 @@ main (int   argc,
   g_autoptr(GVariant) args = NULL;
   DcDetachedCode *pool;
   BenchPeer peer;
-  gsize size;
+  BenchFrames frames;
   guint n, per_round, r;
   g_autofree double *lib = NULL;
   g_autofree double *base = NULL;
@@ -195,8 +197,9 @@ main (int   argc,
   pool = bench_pool_new (bench_echo_code, NULL, 1, NULL);
 
   args = g_variant_ref_sink (g_variant_new ("(i)", 424242));
-  size = bench_frame_size (args);
-  peer = bench_peer_spawn (bench_echo_peer, &size);
+  if (!bench_measure_frames (pool, args, 64, &frames))
+    return bench_finish ();
+  peer = bench_peer_spawn (bench_reply_peer, &frames);
 
   per_round = bench_count (4000, 50);
   n = per_round * ROUNDS;
@@ -207,14 +210,14 @@ main (int   argc,
   /* Warm both paths: page faults, the worker's first allocations, the
    * scheduler's idea of where each process runs. */
   ok = library_round (pool, args, NULL, bench_count (1000, 20));
-  baseline_round (&peer, size, NULL, bench_count (1000, 20));
-  loop_baseline_round (&peer, size, NULL, bench_count (1000, 20));
+  baseline_round (&peer, &frames, NULL, bench_count (1000, 20));
+  loop_baseline_round (&peer, &frames, NULL, bench_count (1000, 20));
 
   for (r = 0; ok && r < ROUNDS; r++)
     {
       ok = library_round (pool, args, lib + r * per_round, per_round);
-      baseline_round (&peer, size, base + r * per_round, per_round);
-      loop_baseline_round (&peer, size, loop + r * per_round, per_round);
+      baseline_round (&peer, &frames, base + r * per_round, per_round);
+      loop_baseline_round (&peer, &frames, loop + r * per_round, per_round);
     }
 
   bench_peer_finish (&peer);
@@ -237,9 +240,10 @@ main (int   argc,
                        lib_median, bench_quantile (loop, n, 0.5), "us", BENCH_NO_TARGET, 0);
       bench_table_row ("latency.loop.p99", "p99 vs bare ping-pong in a GMainLoop",
                        lib_p99, bench_quantile (loop, n, 0.99), "us", BENCH_NO_TARGET, 0);
-      bench_table_note ("%u calls in %u alternating rounds; %" G_GSIZE_FORMAT
-                        " bytes per message each way (frame header + serialized "
-                        "\"v\" of the args)", n, ROUNDS, size);
+      bench_table_note ("%u calls in %u alternating rounds; %" G_GSIZE_FORMAT " bytes per call "
+                        "and %" G_GSIZE_FORMAT " per reply, frames included (%s)", n, ROUNDS,
+                        frames.call, frames.reply,
+                        frames.how);
       bench_table_note ("baseline: a blocking ping-pong with a forked child; the GMainLoop rows "
                         "drive the same child from a g_unix_fd_add() source");
     }

@@ -116,7 +116,8 @@ main (int   argc,
       char *argv[])
 {
   g_autoptr(GVariant) args = NULL;
-  gsize msg;
+  BenchFrames frames;
+  DcDetachedCode *probe;
   guint reps, r, i;
   g_autofree double *lib_start = NULL, *base_start = NULL;
   g_autofree double *lib_first = NULL, *base_first = NULL;
@@ -127,7 +128,10 @@ main (int   argc,
   bench_init (&argc, &argv, "bench-start: starting and stopping workers");
 
   args = g_variant_ref_sink (g_variant_new ("(i)", 424242));
-  msg = bench_frame_size (args);
+  probe = bench_pool_new (bench_echo_code, NULL, 1, NULL);
+  if (!bench_measure_frames (probe, args, 16, &frames))
+    return bench_finish ();
+  bench_pool_destroy (probe);
   reps = bench_count (40, 5);
   lib_start = g_new0 (double, reps);
   base_start = g_new0 (double, reps);
@@ -187,11 +191,12 @@ main (int   argc,
       g_object_unref (pool);
 
       t0 = bench_now_ns ();
-      peers[0] = bench_peer_spawn (bench_echo_peer, &msg);
+      peers[0] = bench_peer_spawn (bench_reply_peer, &frames);
       {
-        g_autofree guint8 *buf = g_malloc0 (msg);
+        g_autofree guint8 *buf = g_malloc0 (MAX (frames.call, frames.reply));
 
-        if (!bench_write_full (peers[0].fd, buf, msg) || !bench_read_full (peers[0].fd, buf, msg))
+        if (!bench_write_full (peers[0].fd, buf, frames.call) ||
+            !bench_read_full (peers[0].fd, buf, frames.reply))
           g_error ("bare child went away");
       }
       base_first[r] = (bench_now_ns () - t0) / 1e6;

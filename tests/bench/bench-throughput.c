@@ -182,21 +182,19 @@ run_library (guint    workers,
 
 /* ---- the bare exchange ---- */
 
-typedef struct
-{
-  gsize msg;
-} PipePeerData;
-
-/* Echoes whole messages as they arrive, in as few writes as it can. */
+/* Answers whole messages as they arrive, in as few writes as it can. */
 static void
-pipelined_echo_peer (int      fd,
-                     gpointer data)
+pipelined_reply_peer (int      fd,
+                      gpointer data)
 {
-  gsize msg = ((PipePeerData *) data)->msg;
+  const BenchFrames *frames = data;
   gsize cap = 64 * 1024;
-  g_autofree guint8 *buf = g_malloc0 (cap + msg);
+  g_autofree guint8 *buf = g_malloc0 (cap);
+  g_autofree guint8 *out = NULL;
+  gsize out_cap = frames->reply * (cap / frames->call + 1);
   gsize leftover = 0;
 
+  out = g_malloc0 (out_cap);
   for (;;)
     {
       ssize_t n = read (fd, buf, cap);
@@ -207,9 +205,9 @@ pipelined_echo_peer (int      fd,
       if (n <= 0)
         break;
       total = leftover + (gsize) n;
-      whole = total - total % msg;
-      leftover = total % msg;
-      if (whole > 0 && !bench_write_full (fd, buf, whole))
+      whole = total / frames->call;
+      leftover = total % frames->call;
+      if (whole > 0 && !bench_write_full (fd, out, whole * frames->reply))
         break;
     }
 }
@@ -224,20 +222,20 @@ typedef struct
 typedef struct
 {
   BenchPeer peer;
-  gsize     quota;      /* bytes to send and to get back */
+  gsize     send_quota;
+  gsize     receive_quota;
   gsize     sent;
   gsize     received;
 } BareChild;
 
 /* @window: messages in flight per child; 0 = no limit. */
 static BareResult
-run_bare (guint n_children,
-          guint window,
-          guint n,
-          gsize msg)
+run_bare (guint              n_children,
+          guint              window,
+          guint              n,
+          const BenchFrames *frames)
 {
   BareResult res = { 0, };
-  PipePeerData pd = { msg };
   BareChild children[8];
   struct pollfd fds[8];
   g_autofree guint8 *out = NULL;
@@ -253,10 +251,11 @@ run_bare (guint n_children,
     {
       guint msgs = n / n_children + (i < n % n_children ? 1 : 0);
 
-      children[i].peer = bench_peer_spawn (pipelined_echo_peer, &pd);
-      children[i].quota = (gsize) msgs * msg;
+      children[i].peer = bench_peer_spawn (pipelined_reply_peer, (gpointer) frames);
+      children[i].send_quota = (gsize) msgs * frames->call;
+      children[i].receive_quota = (gsize) msgs * frames->reply;
       children[i].sent = children[i].received = 0;
-      max_quota = MAX (max_quota, children[i].quota);
+      max_quota = MAX (max_quota, children[i].send_quota);
       fcntl (children[i].peer.fd, F_SETFL, fcntl (children[i].peer.fd, F_GETFL) | O_NONBLOCK);
       ccpu0 += MAX (bench_pid_cpu_us (children[i].peer.pid), 0);
     }
@@ -270,11 +269,11 @@ run_bare (guint n_children,
       for (i = 0; i < n_children; i++)
         {
           BareChild *c = &children[i];
-          gsize limit = c->quota;
+          gsize limit = c->send_quota;
 
           /* Writes what the window allows, without waiting to be told. */
           if (window > 0)
-            limit = MIN (limit, (c->received / msg + window) * msg);
+            limit = MIN (limit, (c->received / frames->reply + window) * frames->call);
           while (c->sent < limit)
             {
               ssize_t w = write (c->peer.fd, out + c->sent, limit - c->sent);
@@ -288,7 +287,7 @@ run_bare (guint n_children,
               c->sent += (gsize) w;
             }
 
-          fds[i].fd = c->received < c->quota ? c->peer.fd : -1;
+          fds[i].fd = c->received < c->receive_quota ? c->peer.fd : -1;
           fds[i].events = POLLIN | (c->sent < limit ? POLLOUT : 0);
           fds[i].revents = 0;
         }
@@ -313,7 +312,7 @@ run_bare (guint n_children,
               if (r <= 0)
                 g_error ("bare exchange: child went away");
               c->received += (gsize) r;
-              if (c->received == c->quota)
+              if (c->received == c->receive_quota)
                 {
                   left--;
                   break;
@@ -353,7 +352,8 @@ main (int   argc,
   Case cases[4];
   BareResult unbounded[3];
   guint n_cases = 0, n, i, r;
-  gsize msg;
+  BenchFrames frames;
+  DcDetachedCode *probe;
   double best[3] = { 0, 0, 0 };
 
   bench_init (&argc, &argv, "bench-throughput: tiny calls (\"(i)\" echoed) queued at once");
@@ -369,7 +369,10 @@ main (int   argc,
   memset (unbounded, 0, sizeof unbounded);
 
   args = g_variant_ref_sink (g_variant_new ("(i)", 424242));
-  msg = bench_frame_size (args);
+  probe = bench_pool_new (bench_echo_code, NULL, 1, NULL);
+  if (!bench_measure_frames (probe, args, 64, &frames))
+    return bench_finish ();
+  bench_pool_destroy (probe);
   n = bench_count (100000, 1000);
 
   /* Alternating rounds, each side's best kept: noise from other tenants
@@ -385,7 +388,7 @@ main (int   argc,
           if (!bench_selected (c->key))
             continue;
           lib = run_library (c->workers, c->depth, args, n);
-          bare = run_bare (c->workers, MAX (c->depth, 1), n, msg);
+          bare = run_bare (c->workers, MAX (c->depth, 1), n, &frames);
           if (lib.ok && lib.calls_per_s > c->lib.calls_per_s)
             c->lib = lib;
           if (bare.msgs_per_s > c->bare.msgs_per_s)
@@ -399,7 +402,7 @@ main (int   argc,
 
           if (!bench_selected (key) || best[i] == 0)
             continue;
-          bare = run_bare (i, 0, n, msg);
+          bare = run_bare (i, 0, n, &frames);
           if (bare.msgs_per_s > unbounded[i].msgs_per_s)
             unbounded[i] = bare;
         }
@@ -434,7 +437,9 @@ main (int   argc,
   if (!have_depth)
     bench_table_note ("no \"pipeline-depth\" property in this build: depth-32 cases skipped");
   bench_table_note ("%u calls per case, best of %u alternating rounds, each after a warm-up; "
-                    "%" G_GSIZE_FORMAT " bytes per message each way", n, ROUNDS, msg);
+                    "%" G_GSIZE_FORMAT " bytes per call and %" G_GSIZE_FORMAT " per reply, "
+                    "frames included (%s)", n, ROUNDS, frames.call, frames.reply,
+                    frames.how);
   bench_table_note ("baseline \"window W\": bare children echo, the parent keeps W messages "
                     "in flight per child; \"no window\": it writes all before reading");
   bench_table_note ("Python multiprocessing.Pool (the DESIGN target's peer, >= 5x) is "
