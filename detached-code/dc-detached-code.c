@@ -1450,6 +1450,9 @@ spawn_worker (DcDetachedCode  *self,
 
   worker->read_source = dc_channel_create_source (channel, G_IO_IN | G_IO_HUP | G_IO_ERR,
                                                   worker_readable_cb, worker);
+  /* Without this, GLib blocks and unblocks the source around each dispatch:
+   * two more wake-ups per reply.  worker_read() refuses re-entry itself. */
+  g_source_set_can_recurse (worker->read_source, TRUE);
   g_source_attach (worker->read_source, self->context);
 
   watch = g_child_watch_source_new (pid);
@@ -2115,14 +2118,19 @@ dc_detached_code_class_init (DcDetachedCodeClass *klass)
    * DcDetachedCode:memfd-threshold:
    *
    * Messages of at least this many bytes travel as a sealed memfd that the
-   * receiver maps read-only, rather than through the socket; 0 never does
-   * that.  Socket stream only; invisible but for speed.  Applies to
-   * workers forked from now on.
+   * receiver maps read-only, rather than through the socket; 0 (the
+   * default) never does that.  Socket stream only; invisible but for
+   * speed.  Applies to workers forked from now on.
+   *
+   * Each such message costs a new memfd, filled, sealed, mapped and
+   * unmapped; on the machines measured so far that is slower than the
+   * socket for every size (see `tests/bench/bench-bandwidth`), so measure
+   * before turning it on.
    *
    * Since: 1.0
    */
   props[PROP_MEMFD_THRESHOLD] =
-    g_param_spec_uint ("memfd-threshold", NULL, NULL, 0, G_MAXUINT, 64 * 1024,
+    g_param_spec_uint ("memfd-threshold", NULL, NULL, 0, G_MAXUINT, 0,
                        G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
 
   g_object_class_install_properties (object_class, N_PROPS, props);
@@ -2170,7 +2178,10 @@ dc_detached_code_init (DcDetachedCode *self)
   self->marshaller = DC_MARSHALLER_VARIANT;
   self->setup_flags = DC_SETUP_NONE;
   self->pipeline_depth = 1;
-  self->memfd_threshold = 64 * 1024;
+  /* Off: measured on Linux 6.x with 2 cores, a fresh sealed memfd per
+   * message (create, fill, seal, map, unmap) moved 1 MiB at a quarter of
+   * the socket's speed (tests/bench/bench-bandwidth). */
+  self->memfd_threshold = 0;
   self->env_ops = g_array_new (FALSE, FALSE, sizeof (EnvOp));
   g_array_set_clear_func (self->env_ops, (GDestroyNotify) env_op_clear);
   g_queue_init (&self->queue);

@@ -153,6 +153,7 @@ typedef struct
   DcWireHeader header;
   guint8      *payload;       /* allocated once the header is complete */
   gsize        payload_len;
+  gsize        payload_capacity;
   DcWireHeaderStatus status;  /* not OK once the stream is corrupt */
 } DcWireReader;
 
@@ -187,6 +188,9 @@ gboolean          dc_wire_reader_frame_ready (DcWireReader   *reader);
 void              dc_wire_reader_take_frame (DcWireReader    *reader,
                                              DcWireHeader    *header,
                                              GBytes         **payload);
+
+/* In a worker, before its first call. */
+void      dc_wire_forget_buffers_after_fork (void);
 
 /* Large payloads: a sealed memfd the receiver maps read-only. */
 int       dc_wire_memfd_from_bytes       (GBytes             *payload,

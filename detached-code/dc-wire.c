@@ -21,6 +21,102 @@
  * function, like the user's code, so it may allocate; none of it is part of
  * the async-signal-safe set-up in dc-worker.c. */
 
+/* ---- large buffers ----
+ *
+ * A large payload buffer freed and allocated again costs page faults and
+ * zeroing each time (glibc gives big blocks back to the kernel), more than
+ * the copy itself.  A few are kept for the next message.  Payloads end up
+ * in GBytes that any thread may free, hence the lock.
+ */
+
+#define BUFFER_CACHE_MIN   (64 * 1024)
+#define BUFFER_CACHE_SLOTS 4
+
+typedef struct
+{
+  gpointer data;
+  gsize    capacity;
+} Buffer;
+
+static GMutex buffer_cache_lock;
+static Buffer buffer_cache[BUFFER_CACHE_SLOTS];
+static guint  buffer_cache_len;
+
+/* Never NULL unless @try_only and the allocation failed. */
+static gpointer
+buffer_alloc (gsize     size,
+              gboolean  try_only,
+              gsize    *capacity)
+{
+  gpointer data = NULL;
+  guint i;
+
+  *capacity = size;
+  if (size < BUFFER_CACHE_MIN)
+    return try_only ? g_try_malloc (MAX (size, 1)) : g_malloc (MAX (size, 1));
+
+  g_mutex_lock (&buffer_cache_lock);
+  for (i = 0; i < buffer_cache_len; i++)
+    /* Big enough, and not wastefully so. */
+    if (buffer_cache[i].capacity >= size && buffer_cache[i].capacity / 2 <= size)
+      {
+        data = buffer_cache[i].data;
+        *capacity = buffer_cache[i].capacity;
+        buffer_cache[i] = buffer_cache[--buffer_cache_len];
+        break;
+      }
+  g_mutex_unlock (&buffer_cache_lock);
+
+  if (data == NULL)
+    data = try_only ? g_try_malloc (size) : g_malloc (size);
+  return data;
+}
+
+static void
+buffer_release (gpointer data)
+{
+  Buffer *buffer = data;
+
+  if (buffer->capacity >= BUFFER_CACHE_MIN)
+    {
+      g_mutex_lock (&buffer_cache_lock);
+      if (buffer_cache_len < BUFFER_CACHE_SLOTS)
+        {
+          buffer_cache[buffer_cache_len++] = *buffer;
+          buffer->data = NULL;
+        }
+      g_mutex_unlock (&buffer_cache_lock);
+    }
+  g_free (buffer->data);
+  g_free (buffer);
+}
+
+static GBytes *
+buffer_to_bytes (gpointer data,
+                 gsize    size,
+                 gsize    capacity)
+{
+  Buffer *buffer;
+
+  if (capacity < BUFFER_CACHE_MIN)
+    return g_bytes_new_take (data, size);
+
+  buffer = g_new (Buffer, 1);
+  buffer->data = data;
+  buffer->capacity = capacity;
+  return g_bytes_new_with_free_func (data, size, buffer_release, buffer);
+}
+
+/* Called in a worker before its first call, not async-signal-safe: a
+ * thread of the parent may have held the lock at the fork, and the
+ * buffers are the parent's to forget. */
+void
+dc_wire_forget_buffers_after_fork (void)
+{
+  g_mutex_init (&buffer_cache_lock);
+  buffer_cache_len = 0;
+}
+
 void
 dc_wire_header_encode_full (guint8     *buf,
                             DcWireType  type,
@@ -285,6 +381,7 @@ variant_marshal (GVariant            *value,
   gsize offset = variant_data_offset (type_len);
   gsize size = g_variant_get_size (value);
   guint32 type_len32 = (guint32) type_len;
+  gsize capacity;
   guint8 *data;
 
   if (size > DC_WIRE_MAX_PAYLOAD - offset)
@@ -294,12 +391,12 @@ variant_marshal (GVariant            *value,
     }
 
   *status = DC_WIRE_MARSHAL_OK;
-  data = g_malloc (offset + size);
+  data = buffer_alloc (offset + size, FALSE, &capacity);
   memcpy (data, &type_len32, 4);
   memcpy (data + 4, type_string, type_len);
   memset (data + 4 + type_len, 0, offset - 4 - type_len);
   g_variant_store (value, data + offset);
-  return g_bytes_new_take (data, offset + size);
+  return buffer_to_bytes (data, offset + size, capacity);
 }
 
 static GVariant *
@@ -499,7 +596,8 @@ dc_wire_reader_take_frame (DcWireReader  *reader,
 
   *header = reader->header;
   if (reader->payload != NULL)
-    *payload = g_bytes_new_take (g_steal_pointer (&reader->payload), reader->payload_len);
+    *payload = buffer_to_bytes (g_steal_pointer (&reader->payload), reader->payload_len,
+                                reader->payload_capacity);
   else
     *payload = g_bytes_new_static ("", 0);
   reader->header_len = 0;
@@ -568,7 +666,7 @@ dc_wire_reader_feed (DcWireReader   *reader,
        * machine can give, and that must fail the worker, not the parent. */
       if (reader->header.size > 0)
         {
-          reader->payload = g_try_malloc (reader->header.size);
+          reader->payload = buffer_alloc (reader->header.size, TRUE, &reader->payload_capacity);
           if (reader->payload == NULL)
             {
               reader->status = DC_WIRE_HEADER_NO_MEMORY;

@@ -626,6 +626,7 @@ dc_worker_main (const DcWorkerSetup *setup,
   dc_worker_child_setup (setup);
 
   /* From here on the user's code runs, and so may anything it may. */
+  dc_wire_forget_buffers_after_fork ();
   if (code->init_func != NULL)
     code->init_func (code->init_data);
 
