@@ -1776,6 +1776,12 @@ forget_departed (DcDetachedCode *self)
   g_list_free (departed);
 }
 
+static gboolean
+dispose_later_cb (gpointer data)
+{
+  return G_SOURCE_REMOVE;   /* dropping the source's reference is the point */
+}
+
 static void
 dc_detached_code_dispose (GObject *object)
 {
@@ -1785,8 +1791,25 @@ dc_detached_code_dispose (GObject *object)
    * descriptors and the main context are not ours to touch. */
   if (in_owner_process (self))
     {
-      dc_detached_code_shutdown (self);
-      forget_departed (self);
+      if (g_main_context_acquire (self->context))
+        {
+          dc_detached_code_shutdown (self);
+          forget_departed (self);
+          g_main_context_release (self->context);
+        }
+      else
+        {
+          /* The last reference went in a thread that does not run the
+           * pool's context (a caller's task, finalized there): finish in
+           * the context's own thread.  The reference taken here keeps the
+           * object alive until then; dispose runs again there. */
+          GSource *source = g_idle_source_new ();
+
+          g_source_set_callback (source, G_SOURCE_FUNC (dispose_later_cb), g_object_ref (self),
+                                 g_object_unref);
+          g_source_attach (source, self->context);
+          g_source_unref (source);
+        }
     }
 
   G_OBJECT_CLASS (dc_detached_code_parent_class)->dispose (object);
@@ -2301,14 +2324,21 @@ dc_detached_code_start (DcDetachedCode  *self,
       return FALSE;
     }
 
+  /* Pool state belongs to whoever runs the pool's context. */
   acquired = g_main_context_acquire (self->context);
+  if (!acquired)
+    {
+      g_critical ("%s: call it from the thread that runs the pool's main context", G_STRFUNC);
+      g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                           _("The pool's main context is running in another thread"));
+      return FALSE;
+    }
   self->started = TRUE;
   while (ok && self->n_workers < self->min_workers)
     ok = spawn_worker (self, error) != NULL;
   /* Calls made before start() may be waiting. */
   dispatch (self);
-  if (acquired)
-    g_main_context_release (self->context);
+  g_main_context_release (self->context);
 
   return ok;
 }
@@ -2588,6 +2618,9 @@ dc_detached_code_shutdown (DcDetachedCode *self)
     return;
 
   acquired = g_main_context_acquire (self->context);
+  /* Dispose may run in any thread; the pool's lists may not be touched
+   * from one that does not run its context. */
+  g_return_if_fail (acquired);
   g_object_ref (self);
 
   self->started = FALSE;
@@ -2611,8 +2644,7 @@ dc_detached_code_shutdown (DcDetachedCode *self)
       fail_calls (&calls, error);
     }
 
-  if (acquired)
-    g_main_context_release (self->context);
+  g_main_context_release (self->context);
   g_object_unref (self);
 }
 
@@ -3079,6 +3111,7 @@ dc_detached_code_restart (DcDetachedCode *self)
     return;
 
   acquired = g_main_context_acquire (self->context);
+  g_return_if_fail (acquired);
   g_object_ref (self);
 
   /* Retiring may close channels; hold them meanwhile. */
@@ -3104,8 +3137,7 @@ dc_detached_code_restart (DcDetachedCode *self)
         }
   dispatch (self);
 
-  if (acquired)
-    g_main_context_release (self->context);
+  g_main_context_release (self->context);
   g_object_unref (self);
 }
 

@@ -2271,6 +2271,62 @@ test_pool_pipeline_prefers_idle (void)
   destroy_pool (code);
 }
 
+typedef struct
+{
+  DcDetachedCode *code;   /* the thread's reference, dropped by it */
+  gboolean        done;
+} LastRef;
+
+static void
+last_ref_cb (GObject      *source,
+             GAsyncResult *res,
+             gpointer      data)
+{
+  LastRef *l = data;
+  g_autoptr(GVariant) value = dc_detached_code_call_finish (DC_DETACHED_CODE (source), res, NULL);
+
+  g_assert_nonnull (value);
+  l->done = TRUE;
+}
+
+static gpointer
+last_ref_thread (gpointer data)
+{
+  LastRef *l = data;
+  GMainContext *context = g_main_context_new ();
+
+  g_main_context_push_thread_default (context);
+  dc_detached_code_call_async (l->code, cmd ("pid", NULL), G_PRIORITY_DEFAULT, NULL,
+                               last_ref_cb, l);
+  /* From here on only the call's task holds the pool. */
+  g_clear_object (&l->code);
+  while (!l->done)
+    g_main_context_iteration (context, TRUE);
+  g_main_context_pop_thread_default (context);
+  /* The task, and with it the pool's last reference, goes here. */
+  g_main_context_unref (context);
+  return NULL;
+}
+
+static void
+test_threads_last_reference (void)
+{
+  LastRef l = { new_pool (1, 1), FALSE };
+  g_autofree GPid *pids = NULL;
+  GThread *thread;
+  guint n = 0;
+
+  g_assert_true (dc_detached_code_start (l.code, NULL));
+  pids = dc_detached_code_get_worker_pids (l.code, &n);
+  g_assert_cmpuint (n, ==, 1);
+  thread = g_thread_new ("last-ref", last_ref_thread, &l);
+  /* The pool's context runs here; the pool is disposed from the other
+   * thread, and shut down here. */
+  assert_process_gone (pids[0]);
+  g_thread_join (thread);
+  g_assert_true (l.done);
+}
+
 static void
 count_notify (GObject    *object,
               GParamSpec *pspec,
@@ -2371,6 +2427,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/properties", test_properties);
   g_test_add_func ("/detached-code/call/cancel", test_cancel);
   g_test_add_func ("/detached-code/call/threads", test_threads);
+  g_test_add_func ("/detached-code/call/threads-last-reference", test_threads_last_reference);
   g_test_add_func ("/detached-code/error/no-func", test_no_func);
   g_test_add_func ("/detached-code/pool/idle-timeout", test_pool_idle_timeout);
   g_test_add_func ("/detached-code/pool/max-worker-calls", test_pool_max_worker_calls);
