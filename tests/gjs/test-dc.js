@@ -63,6 +63,11 @@ function assertValue(outcome) {
     return outcome.value.deepUnpack();
 }
 
+function assertValueFds(outcome) {
+    assert(!outcome.error, `call failed: ${outcome.error && describe(outcome)}`);
+    return outcome.value;
+}
+
 function assertDcError(outcome, code) {
     assert(outcome.error, `call succeeded: ${outcome.value && describe(outcome)}`);
     assert(outcome.error instanceof GLib.Error, `not a GLib.Error: ${describe(outcome)}`);
@@ -115,6 +120,58 @@ function callSync(pool, args) {
     const sink = call(pool, args);
     spinUntil(() => sink.length === 1, 'one call to complete');
     return sink[0];
+}
+
+function makeFdPool(func) {
+    const pool = Dc.DetachedCode.new_with_fds(func);
+    cleanups.push(() => pool.shutdown());
+    return pool;
+}
+
+// Like call(), with descriptors: the value is [variant, fdList or null].
+function callFds(pool, args, fdList, sink = []) {
+    pool.call_with_unix_fd_list_async(args, fdList, GLib.PRIORITY_DEFAULT, null, (source, result) => {
+        try {
+            sink.push({value: source.call_with_unix_fd_list_finish(result)});
+        } catch (e) {
+            sink.push({error: e});
+        }
+    });
+    return sink;
+}
+
+function callFdsSync(pool, args, fdList) {
+    const sink = callFds(pool, args, fdList);
+    spinUntil(() => sink.length === 1, 'one call with descriptors to complete');
+    return sink[0];
+}
+
+// The read end of a pipe that holds text, its write end closed.  GJS
+// cannot make a pipe itself: GLib.unix_open_pipe() takes its array in and
+// gives nothing back.  A printf child's standard output is such a pipe;
+// without DO_NOT_REAP_CHILD GLib reaps the child itself, with no child
+// watch, which matters in a forked worker.
+function pipeHolding(text) {
+    const [, , stdin, stdout, stderr] = GLib.spawn_async_with_pipes(null,
+        ['printf', '%s', text], null, GLib.SpawnFlags.SEARCH_PATH, null);
+    GLib.close(stdin);
+    GLib.close(stderr);
+    return stdout;
+}
+
+// Reads fd to its end and closes it: fd is the caller's.
+function readAll(fd) {
+    const stream = new Gio.UnixInputStream({fd, close_fd: true});
+    const chunks = [];
+    for (;;) {
+        const bytes = stream.read_bytes(4096, null);
+        if (bytes.get_size() === 0)
+            break;
+        chunks.push(...bytes.toArray());
+    }
+    stream.close(null);
+    // Decoded whole: this gjs's TextDecoder has no streaming mode.
+    return new TextDecoder().decode(new Uint8Array(chunks));
 }
 
 function waitReaped(pid) {
@@ -239,6 +296,25 @@ function workerGate(args) {
 
 function workerIdentity(args) {
     return args;
+}
+
+// A DcCodeFdFunc: GJS takes the (out) out_fd_list as the second member of
+// the returned array.  fdList.get() returns a duplicate, which this
+// function owns; the list's own copies close with the list.
+function workerPipes(args, fdList) {
+    const [handles] = args.deepUnpack();
+    const texts = handles.map(h => readAll(fdList.get(h)));
+    return [
+        new GLib.Variant('(asi)', [texts, ownPid()]),
+        Gio.UnixFDList.new_from_array([pipeHolding('from the worker')]),
+    ];
+}
+
+function workerFdShapes(args, fdList) {
+    const [what] = args.deepUnpack();
+    if (what === 'bare')
+        return new GLib.Variant('(sb)', [what, fdList === null]);
+    return [new GLib.Variant('(sb)', [what, fdList === null]), null];
 }
 
 // ---- tests ----
@@ -614,6 +690,67 @@ test('pipeline-depth keeps results in call order', () => {
     assertEqual(values.map(([i]) => i), [...Array(nCalls).keys()]);
     assertEqual(new Set(values.map(([, pid]) => pid)).size, 1);
     assertEqual([pool.n_busy, pool.n_queued], [0, 0]);
+});
+
+test('descriptor round trip', () => {
+    const pool = makeFdPool(workerPipes);
+    const fdList = Gio.UnixFDList.new_from_array([pipeHolding('first'), pipeHolding('second')]);
+    // `h` values index the list, as in GDBus.
+    const outcome = callFdsSync(pool, new GLib.Variant('(ah)', [[1, 0]]), fdList);
+    assert(!outcome.error, `call failed: ${outcome.error && describe(outcome)}`);
+    const [value, outList] = outcome.value;
+    const [texts, pid] = value.deepUnpack();
+    assertEqual(texts, ['second', 'first']);
+    assert(pid !== OWN_PID, 'the code ran in this process');
+    assert(outList !== null, 'no descriptors came back');
+    assertEqual(outList.get_length(), 1);
+    assertEqual(readAll(outList.get(0)), 'from the worker');
+    assertEqual(fdList.get_length(), 2, 'the caller\'s list changed');
+});
+
+test('a call without descriptors, and a bare return value', () => {
+    const pool = makeFdPool(workerFdShapes);
+    const outcome = callFdsSync(pool, new GLib.Variant('(s)', ['pair']), null);
+    const [value, outList] = assertValueFds(outcome);
+    assertEqual(value.deepUnpack(), ['pair', true]);
+    assertEqual(outList, null);
+    // gjs wants an array [value, fdList] from a callback with an (out)
+    // parameter, and throws when it gets a bare variant.
+    const bare = callFdsSync(pool, new GLib.Variant('(s)', ['bare']), null);
+    assert(bare.error instanceof Error && !(bare.error instanceof GLib.Error),
+        `expected a JS Error, got ${bare.error ? describe(bare) : 'a value'}`);
+    assert(bare.error.message.includes('Array'), bare.error.message);
+});
+
+test('descriptors are refused on the pipe stream and by a plain pool', () => {
+    const spawned = [];
+    const piped = makeFdPool(workerFdShapes);
+    piped.stream = Dc.Stream.PIPE;
+    piped.connect('worker-spawned', (_pool, pid) => spawned.push(pid));
+    assertDcError(callFdsSync(piped, new GLib.Variant('(sh)', ['x', 0]),
+        Gio.UnixFDList.new_from_array([pipeHolding('x')])), Dc.DetachedCodeError.MARSHAL);
+
+    const plain = makePool(workerIdentity);
+    plain.connect('worker-spawned', (_pool, pid) => spawned.push(pid));
+    assertDcError(callFdsSync(plain, new GLib.Variant('(h)', [0]),
+        Gio.UnixFDList.new_from_array([pipeHolding('x')])), Dc.DetachedCodeError.MARSHAL);
+    assertEqual(spawned, [], 'a refused call reached a worker');
+});
+
+test('a 1 MiB argument through a memfd', () => {
+    const pool = makePool(workerIdentity);
+    assertEqual(pool.memfd_threshold, 0, 'off by default');
+    pool.memfd_threshold = 64 * 1024;
+    const data = new Uint8Array(1 << 20);
+    for (let i = 0; i < data.length; i++)
+        data[i] = (i * 7 + (i >> 11)) & 0xff;
+    const bytes = new GLib.Bytes(data);
+    const args = GLib.Variant.new_tuple([
+        GLib.Variant.new_from_bytes(new GLib.VariantType('ay'), bytes, true)]);
+    const outcome = callSync(pool, args);
+    assert(!outcome.error, `call failed: ${outcome.error && describe(outcome)}`);
+    assertEqual(outcome.value.get_type_string(), '(ay)');
+    assert(outcome.value.get_child_value(0).get_data_as_bytes().equal(bytes), 'the bytes changed');
 });
 
 // ---- TAP ----

@@ -44,11 +44,13 @@ def is_prime(n):
 
 
 class Outcome:
-    """What one call_async ended with: a value or a GLib.Error."""
+    """What one call_async ended with: a value or a GLib.Error, and for a
+    call with descriptors the Gio.UnixFDList that came back, if any."""
 
-    def __init__(self, value=None, error=None):
+    def __init__(self, value=None, error=None, fd_list=None):
         self.value = value
         self.error = error
+        self.fd_list = fd_list
 
     def __repr__(self):
         if self.error is not None:
@@ -99,6 +101,31 @@ class DcTestCase(unittest.TestCase):
     def call_sync(self, pool, args):
         sink = self.call(pool, args)
         self.spin_until(lambda: len(sink) == 1, 'one call to complete')
+        return sink[0]
+
+    def make_fd_pool(self, func, *user_data):
+        pool = Dc.DetachedCode.new_with_fds(func, *user_data)
+        self.addCleanup(pool.shutdown)
+        return pool
+
+    def call_fds(self, pool, args, fd_list, sink=None):
+        """Like call(), with descriptors; the Outcome carries those returned."""
+        if sink is None:
+            sink = []
+
+        def done(source, result):
+            try:
+                value, out_fd_list = source.call_with_unix_fd_list_finish(result)
+                sink.append(Outcome(value=value, fd_list=out_fd_list))
+            except GLib.Error as e:
+                sink.append(Outcome(error=e))
+
+        pool.call_with_unix_fd_list_async(args, fd_list, GLib.PRIORITY_DEFAULT, None, done)
+        return sink
+
+    def call_fds_sync(self, pool, args, fd_list):
+        sink = self.call_fds(pool, args, fd_list)
+        self.spin_until(lambda: len(sink) == 1, 'one call with descriptors to complete')
         return sink[0]
 
     def assertValue(self, outcome):
@@ -256,6 +283,109 @@ def worker_gate(args):
 
 def gate_args(directory, i, wait=False):
     return GLib.Variant('(sib)', (directory, i, wait))
+
+
+def pipe_holding(data):
+    """The read end of a pipe that holds data and whose write end is closed."""
+    r, w = os.pipe()
+    try:
+        os.write(w, data)
+    finally:
+        os.close(w)
+    return r
+
+
+def read_all(fd):
+    """Reads fd to its end and closes it: pass a descriptor of your own,
+    such as the duplicate that Gio.UnixFDList.get() returns."""
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return b''.join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def fd_list_of(*fds):
+    # The list takes the descriptors over: it closes them when it is freed.
+    return Gio.UnixFDList.new_from_array(list(fds))
+
+
+def open_fd_count():
+    return len(os.listdir('/proc/self/fd'))
+
+
+def read_only_memfd_mappings():
+    """Lines of /proc/self/maps that map a memfd shared and read-only."""
+    found = []
+    with open('/proc/self/maps') as f:
+        for line in f:
+            perms = line.split()[1]   # such as r--s: read, no write, shared
+            if '/memfd:' in line and perms[1] == '-' and perms[3] == 's':
+                found.append(line)
+    return found
+
+
+def bytes_variant(data):
+    # GLib.Variant('ay', data) and unpack() go through one Python int per
+    # byte, seconds for a MiB; these two keep the bytes in one buffer.
+    return GLib.Variant.new_from_bytes(GLib.VariantType.new('ay'), GLib.Bytes.new(data), True)
+
+
+def variant_bytes(value):
+    return value.get_data_as_bytes().get_data()
+
+
+def worker_pipes(args, fd_list):
+    # A DcCodeFdFunc: PyGObject maps its (out) out_fd_list to the second
+    # member of the returned tuple.  fd_list.get() returns a duplicate,
+    # which this function owns; the list's own copies close with the list.
+    what = args.get_child_value(0).get_string()
+    handles = args.get_child_value(1).unpack()
+    padding = args.get_child_value(2)
+    if what == 'gerror':
+        raise GLib.Error.new_literal(Gio.io_error_quark(), 'nope', Gio.IOErrorEnum.NOT_FOUND)
+    if what == 'exit3':
+        os._exit(3)
+    # Counted on entry, so that a descriptor kept from an earlier call
+    # shows in a later one.
+    n_open = open_fd_count()
+    texts = [read_all(fd_list.get(h)).decode() for h in handles]
+    result = GLib.Variant.new_tuple(GLib.Variant('as', texts), padding,
+                                    GLib.Variant('i', n_open), GLib.Variant('i', os.getpid()))
+    return result, fd_list_of(pipe_holding(b'from the worker'))
+
+
+def pipes_args(what, handles=(), padding=b''):
+    return GLib.Variant.new_tuple(GLib.Variant('s', what), GLib.Variant('ah', list(handles)),
+                                  bytes_variant(padding))
+
+
+def worker_fd_shapes(args, fd_list):
+    (what,) = args.unpack()
+    if what == 'no-list':
+        return GLib.Variant('(sb)', (what, fd_list is None)), None
+    if what == 'bare':
+        # Not a (value, out_fd_list) pair: see test_31.
+        return GLib.Variant('(sb)', (what, fd_list is None))
+    if what == 'pipe-back':
+        return GLib.Variant('(sb)', (what, fd_list is None)), fd_list_of(pipe_holding(b'x'))
+    if what == 'too-many':
+        out = Gio.UnixFDList()
+        for _ in range(300):
+            out.append(0)   # appends a duplicate
+        return GLib.Variant('(sb)', (what, fd_list is None)), out
+    return GLib.Variant('(si)', (what, os.getpid())), None
+
+
+def worker_memfd_echo(args):
+    # Reports whether the arguments arrived in a read-only shared mapping
+    # of a memfd, while they are still held.
+    return GLib.Variant.new_tuple(args.get_child_value(0),
+                                  GLib.Variant('b', bool(read_only_memfd_mappings())))
 
 
 class TestPython(DcTestCase):
@@ -965,6 +1095,202 @@ class TestPython(DcTestCase):
         # Every worker-spawned should be matched by a worker-exited while
         # the pool object lives.
         self.assertEqual([p for p, _ in exited], [pid])
+
+    def test_27_descriptor_round_trip(self):
+        # Once through the socket, once with both messages big enough to
+        # travel as memfds: a memfd goes first among a frame's descriptors,
+        # and the handles must still find the caller's.  No subTest(): the
+        # TAP runner prints one line per test.
+        for threshold, padding in ((0, b''), (64 * 1024, os.urandom(128 * 1024))):
+            where = 'memfd-threshold %d' % threshold
+            pool = self.make_fd_pool(worker_pipes)
+            pool.props.memfd_threshold = threshold
+            fd_list = fd_list_of(pipe_holding(b'first'), pipe_holding(b'second'))
+            # `h` values index the list, as in GDBus: the order in the
+            # arguments is the code's to choose.
+            outcome = self.call_fds_sync(pool, pipes_args('read', (1, 0), padding), fd_list)
+
+            self.assertIsNone(outcome.error, '%s: %r' % (where, outcome))
+            value = outcome.value
+            self.assertEqual(value.get_type_string(), '(asayii)', where)
+            self.assertEqual(value.get_child_value(0).unpack(), ['second', 'first'], where)
+            self.assertEqual(variant_bytes(value.get_child_value(1)), padding, where)
+            self.assertNotEqual(value.get_child_value(3).get_int32(), os.getpid(), where)
+
+            self.assertIsNotNone(outcome.fd_list, where)
+            self.assertEqual(outcome.fd_list.get_length(), 1, where)
+            self.assertEqual(read_all(outcome.fd_list.get(0)), b'from the worker', where)
+
+            # The caller's list went out untouched, its descriptors still
+            # open on the very pipes the worker drained.
+            self.assertEqual(fd_list.get_length(), 2, where)
+            self.assertEqual(read_all(fd_list.get(0)), b'', where)
+
+    def test_28_calls_without_descriptors(self):
+        # A pool made with new_with_fds() takes plain calls, and a plain
+        # pool takes call_with_unix_fd_list_async() without descriptors.
+        pool = self.make_fd_pool(worker_fd_shapes)
+        self.assertEqual(self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('no-list',)))),
+                         ('no-list', True))
+        outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('no-list',)), None)
+        self.assertEqual(self.assertValue(outcome), ('no-list', True))
+        self.assertIsNone(outcome.fd_list)
+        # An empty list is no list.
+        outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('no-list',)), Gio.UnixFDList())
+        self.assertEqual(self.assertValue(outcome), ('no-list', True))
+
+        plain = self.make_pool(worker_identity)
+        outcome = self.call_fds_sync(plain, GLib.Variant('(s)', ('plain',)), None)
+        self.assertEqual(self.assertValue(outcome), ('plain',))
+        self.assertIsNone(outcome.fd_list)
+
+    def test_29_descriptors_refused_with_marshal(self):
+        spawned = []
+        # On the pipe stream, SCM_RIGHTS has no socket to ride on.
+        piped = self.make_fd_pool(worker_fd_shapes)
+        piped.props.stream = Dc.Stream.PIPE
+        piped.connect('worker-spawned', lambda _pool, pid: spawned.append(pid))
+        outcome = self.call_fds_sync(piped, GLib.Variant('(sh)', ('no-list', 0)),
+                                     fd_list_of(pipe_holding(b'x')))
+        self.assertDcError(outcome, Dc.DetachedCodeError.MARSHAL)
+
+        # A pool made with new(): its code has nowhere to receive them.
+        plain = self.make_pool(worker_identity)
+        plain.connect('worker-spawned', lambda _pool, pid: spawned.append(pid))
+        outcome = self.call_fds_sync(plain, GLib.Variant('(h)', (0,)), fd_list_of(pipe_holding(b'x')))
+        self.assertDcError(outcome, Dc.DetachedCodeError.MARSHAL)
+
+        # More than one message can carry.
+        many = Gio.UnixFDList()
+        for _ in range(300):
+            many.append(0)
+        socket = self.make_fd_pool(worker_pipes)
+        socket.connect('worker-spawned', lambda _pool, pid: spawned.append(pid))
+        outcome = self.call_fds_sync(socket, pipes_args('read'), many)
+        self.assertDcError(outcome, Dc.DetachedCodeError.MARSHAL)
+
+        self.assertEqual(spawned, [], 'a refused call reached a worker')
+        # The pipe-stream pool still serves calls that carry none.
+        outcome = self.call_fds_sync(piped, GLib.Variant('(s)', ('no-list',)), None)
+        self.assertEqual(self.assertValue(outcome), ('no-list', True))
+
+    def test_30_no_descriptor_leak(self):
+        pool = self.make_fd_pool(worker_pipes)
+        pool.props.memfd_threshold = 64 * 1024
+        piped = self.make_fd_pool(worker_pipes)
+        piped.props.stream = Dc.Stream.PIPE
+        padding = os.urandom(128 * 1024)
+
+        def one_round():
+            # Result (through memfds, then through the socket), an error
+            # from the code, a worker that exits, a refusal: each path frees
+            # what it was given and what came back.
+            entry_counts = []
+            for pad in (padding, b''):
+                fd_list = fd_list_of(pipe_holding(b'a'), pipe_holding(b'b'))
+                outcome = self.call_fds_sync(pool, pipes_args('read', (0, 1), pad), fd_list)
+                self.assertIsNone(outcome.error, outcome)
+                self.assertEqual(read_all(outcome.fd_list.get(0)), b'from the worker')
+                entry_counts.append(outcome.value.get_child_value(2).get_int32())
+            # Both calls ran in the same worker with the same descriptors in
+            # hand: one left open by the first would show in the second.
+            self.assertEqual(entry_counts[0], entry_counts[1], 'the worker leaked descriptors')
+
+            outcome = self.call_fds_sync(pool, pipes_args('gerror', (0,)),
+                                         fd_list_of(pipe_holding(b'c')))
+            self.assertTrue(outcome.error.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NOT_FOUND),
+                            outcome)
+
+            [pid] = pool.get_worker_pids()
+            outcome = self.call_fds_sync(pool, pipes_args('exit3', (0,), padding),
+                                         fd_list_of(pipe_holding(b'd')))
+            self.assertDcError(outcome, Dc.DetachedCodeError.WORKER_DIED)
+            self.wait_reaped(pid)
+
+            outcome = self.call_fds_sync(piped, pipes_args('read', (0,)),
+                                         fd_list_of(pipe_holding(b'e')))
+            self.assertDcError(outcome, Dc.DetachedCodeError.MARSHAL)
+
+        def settled_count():
+            # Outcomes and lists are gone with the round's frames; what
+            # PyGObject still holds goes with a collection.
+            gc.collect()
+            context = GLib.MainContext.default()
+            while context.pending():
+                context.iteration(False)
+            return open_fd_count()
+
+        # The warm-up opens what the process keeps for good (the child-watch
+        # machinery, say); only a second round can tell a leak from that.
+        one_round()
+        before = settled_count()
+        one_round()
+        after = settled_count()
+        self.assertEqual(after, before, 'descriptors open after a round: %d, then %d'
+                         % (before, after))
+
+    def test_31_fd_func_returns_a_pair(self):
+        # PyGObject maps a callback's (out) parameter to the second member
+        # of a returned tuple.  A bare variant is not a tuple; PyGObject
+        # then gives up on the out parameter without raising, so the
+        # function returns NULL with no error and nothing is printed.
+        pool = self.make_fd_pool(worker_fd_shapes)
+        outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('bare',)), None)
+        self.assertDcError(outcome, Dc.DetachedCodeError.FAILED)
+        self.assertEqual(self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))[0],
+                         'ok')
+
+    @unittest.skip('library bug: descriptors returned on the pipe stream kill the worker '
+                   '(exit status 120, WORKER_DIED) instead of failing the call with MARSHAL')
+    def test_32_descriptors_returned_on_pipe_stream(self):
+        pool = self.make_fd_pool(worker_fd_shapes)
+        pool.props.stream = Dc.Stream.PIPE
+        exited = self.record_exits(pool)
+        outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('pipe-back',)), None)
+        self.assertDcError(outcome, Dc.DetachedCodeError.MARSHAL)
+        self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
+        self.assertEqual(exited, [], 'the worker left')
+
+    @unittest.skip('library bug: a code returning more than 253 descriptors overruns the '
+                   "worker's descriptor array in send_frame() and the worker aborts "
+                   '(SIGABRT, WORKER_DIED) instead of failing the call with MARSHAL')
+    def test_33_too_many_descriptors_returned(self):
+        pool = self.make_fd_pool(worker_fd_shapes)
+        exited = self.record_exits(pool)
+        outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('too-many',)), None)
+        self.assertDcError(outcome, Dc.DetachedCodeError.MARSHAL)
+        self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
+        self.assertEqual(exited, [], 'the worker left')
+
+    def test_34_memfd_threshold_one_mib(self):
+        data = os.urandom(1 << 20)
+        args = GLib.Variant.new_tuple(bytes_variant(data))
+        self.assertEqual(self.make_pool(worker_memfd_echo).props.memfd_threshold, 0,
+                         'off by default')
+        # Mappings of this process that are not the pool's do not count.
+        unrelated = len(read_only_memfd_mappings())
+
+        for threshold in (0, 64 * 1024):
+            where = 'memfd-threshold %d' % threshold
+            pool = self.make_pool(worker_memfd_echo)
+            pool.set_memfd_threshold(threshold)
+            self.assertEqual(pool.get_memfd_threshold(), threshold)
+            outcome = self.call_sync(pool, args)
+            self.assertIsNone(outcome.error, '%s: %r' % (where, outcome))
+            value = outcome.value
+            del outcome
+            self.assertEqual(variant_bytes(value.get_child_value(0)), data, where)
+            # Each receiver maps the other's memfd read-only, and holds the
+            # mapping as long as the value it backs.
+            self.assertEqual(value.get_child_value(1).get_boolean(), threshold > 0,
+                             '%s: a memfd mapping in the worker' % where)
+            self.assertEqual(len(read_only_memfd_mappings()) > unrelated, threshold > 0,
+                             '%s: a memfd mapping in the parent' % where)
+            del value
+            gc.collect()
+            self.assertEqual(len(read_only_memfd_mappings()), unrelated,
+                             '%s: a mapping outlived its value' % where)
+
 
 class TAPResult(unittest.TestResult):
     """Prints one TAP line per test case as it ends."""
