@@ -817,7 +817,8 @@ marshal_failed_error (DcWorker *worker,
     return NULL;
   memcpy (&reason, data, 4);
   type_string = g_strndup ((const char *) data + 4, size - 4);
-  if ((reason != DC_WIRE_MARSHAL_BAD_TYPE && reason != DC_WIRE_MARSHAL_TOO_LARGE) ||
+  if ((reason != DC_WIRE_MARSHAL_BAD_TYPE && reason != DC_WIRE_MARSHAL_TOO_LARGE &&
+       reason != DC_WIRE_MARSHAL_NO_FDS && reason != DC_WIRE_MARSHAL_TOO_MANY_FDS) ||
       strlen (type_string) != size - 4 ||
       !g_variant_type_string_is_valid (type_string))
     return NULL;

@@ -116,6 +116,8 @@ typedef enum
   DC_WIRE_MARSHAL_OK,
   DC_WIRE_MARSHAL_BAD_TYPE,     /* the flat marshaller cannot carry this type */
   DC_WIRE_MARSHAL_TOO_LARGE,    /* larger than DC_WIRE_MAX_PAYLOAD */
+  DC_WIRE_MARSHAL_NO_FDS,       /* descriptors, where none can travel (pipes) */
+  DC_WIRE_MARSHAL_TOO_MANY_FDS, /* more descriptors than one message carries */
 } DcWireMarshalStatus;
 
 GBytes   *dc_wire_marshal_raw            (DcMarshaller         marshaller,

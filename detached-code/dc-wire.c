@@ -488,6 +488,14 @@ dc_wire_set_marshal_error (GError              **error,
                    _("A value of type “%s” is larger than the limit of %u MiB"),
                    type_string, (guint) (DC_WIRE_MAX_PAYLOAD >> 20));
       break;
+    case DC_WIRE_MARSHAL_NO_FDS:
+      g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL,
+                           _("The code returned descriptors, which travel on the socket stream only"));
+      break;
+    case DC_WIRE_MARSHAL_TOO_MANY_FDS:
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL,
+                   _("The code returned more than %u descriptors"), DC_WIRE_MAX_FDS - 1);
+      break;
     case DC_WIRE_MARSHAL_OK:
     default:
       g_assert_not_reached ();

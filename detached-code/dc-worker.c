@@ -484,9 +484,17 @@ handle_call (Serve              *serve,
 
   if (result != NULL)
     {
+      guint n_out = out_fd_list != NULL ? (guint) g_unix_fd_list_get_length (out_fd_list) : 0;
+
       g_clear_error (&error);   /* a value and an error: the value wins */
       g_variant_take_ref (result);
-      reply = dc_wire_marshal_raw (code->marshaller, result, &status);
+      /* One descriptor of a message may be a memfd payload. */
+      if (n_out > 0 && !code->is_socket)
+        status = DC_WIRE_MARSHAL_NO_FDS;
+      else if (n_out > DC_WIRE_MAX_FDS - 1)
+        status = DC_WIRE_MARSHAL_TOO_MANY_FDS;
+      else
+        reply = dc_wire_marshal_raw (code->marshaller, result, &status);
       if (reply != NULL)
         {
           if (send_frame (serve, DC_WIRE_RESULT, header->serial, reply, out_fd_list) &&

@@ -1240,8 +1240,6 @@ class TestPython(DcTestCase):
         self.assertEqual(self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))[0],
                          'ok')
 
-    @unittest.skip('library bug: descriptors returned on the pipe stream kill the worker '
-                   '(exit status 120, WORKER_DIED) instead of failing the call with MARSHAL')
     def test_32_descriptors_returned_on_pipe_stream(self):
         pool = self.make_fd_pool(worker_fd_shapes)
         pool.props.stream = Dc.Stream.PIPE
@@ -1251,9 +1249,6 @@ class TestPython(DcTestCase):
         self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
         self.assertEqual(exited, [], 'the worker left')
 
-    @unittest.skip('library bug: a code returning more than 253 descriptors overruns the '
-                   "worker's descriptor array in send_frame() and the worker aborts "
-                   '(SIGABRT, WORKER_DIED) instead of failing the call with MARSHAL')
     def test_33_too_many_descriptors_returned(self):
         pool = self.make_fd_pool(worker_fd_shapes)
         exited = self.record_exits(pool)
