@@ -1079,6 +1079,11 @@ worker_read (DcWorker *worker,
               break;
             }
         }
+
+      /* A short read took all there was: the source says when more comes,
+       * without another recv() to learn that it would block. */
+      if (!drain && (gsize) n < sizeof buf)
+        break;
     }
 
   worker->reading = FALSE;
@@ -1777,10 +1782,28 @@ forget_departed (DcDetachedCode *self)
   g_list_free (departed);
 }
 
-static gboolean
-dispose_later_cb (gpointer data)
+typedef struct
 {
-  return G_SOURCE_REMOVE;   /* dropping the source's reference is the point */
+  DcDetachedCode *self;
+  gboolean        done;
+  GMutex          lock;
+  GCond           cond;
+} Handover;
+
+/* In the thread that runs the pool's context, for a dispose elsewhere. */
+static gboolean
+handover_cb (gpointer data)
+{
+  Handover *handover = data;
+
+  dc_detached_code_shutdown (handover->self);
+  forget_departed (handover->self);
+
+  g_mutex_lock (&handover->lock);
+  handover->done = TRUE;
+  g_cond_signal (&handover->cond);
+  g_mutex_unlock (&handover->lock);
+  return G_SOURCE_REMOVE;
 }
 
 static void
@@ -1801,15 +1824,27 @@ dc_detached_code_dispose (GObject *object)
       else
         {
           /* The last reference went in a thread that does not run the
-           * pool's context (a caller's task, finalized there): finish in
-           * the context's own thread.  The reference taken here keeps the
-           * object alive until then; dispose runs again there. */
+           * pool's context (a caller's task, finalized there), while
+           * another thread does.  Only that one may touch the workers:
+           * ask it, and wait, since the object must outlive the work.
+           * (Taking a reference for later instead races with this very
+           * unref, which would then finalize without a second dispose.) */
+          Handover handover = { self, FALSE, };
           GSource *source = g_idle_source_new ();
 
-          g_source_set_callback (source, G_SOURCE_FUNC (dispose_later_cb), g_object_ref (self),
-                                 g_object_unref);
+          g_mutex_init (&handover.lock);
+          g_cond_init (&handover.cond);
+          g_source_set_priority (source, G_PRIORITY_HIGH);
+          g_source_set_callback (source, handover_cb, &handover, NULL);
           g_source_attach (source, self->context);
           g_source_unref (source);
+
+          g_mutex_lock (&handover.lock);
+          while (!handover.done)
+            g_cond_wait (&handover.cond, &handover.lock);
+          g_mutex_unlock (&handover.lock);
+          g_mutex_clear (&handover.lock);
+          g_cond_clear (&handover.cond);
         }
     }
 
@@ -2365,7 +2400,11 @@ dc_detached_code_start (DcDetachedCode  *self,
  * never before this function returns.  Call
  * [method@DetachedCode.call_finish] from it.
  *
- * This function may be called from any thread.
+ * This function may be called from any thread.  The call's task holds a
+ * reference to the pool; if the last reference goes in another thread
+ * while a third runs the pool's context, that thread waits until the
+ * context's thread has shut the pool down, so never make the context's
+ * thread wait for it then.
  *
  * Since: 1.0
  */
