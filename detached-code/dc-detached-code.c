@@ -109,6 +109,8 @@ struct _DcCall
   GSource        *timeout_source;  /* call-timeout, armed when written to a worker */
   GUnixFDList    *fd_list;   /* descriptors to send with the arguments */
   int             memfd;     /* the payload in a sealed memfd, once made; or -1 */
+  GVariant       *result;    /* a completion waiting to be delivered ... */
+  GError         *result_error;  /* ... once the read that produced it is over */
 };
 
 struct _DcWorker
@@ -297,6 +299,17 @@ call_free (DcCall *call)
   g_free (call);
 }
 
+/* @call leaves its worker or the queue for a local list, to be completed
+ * from there: nothing may find it where it was (a cancellation, a time
+ * limit) in the meantime. */
+static void
+call_detach (DcCall *call)
+{
+  call->where = CALL_LOCAL;
+  call->worker = NULL;
+  call_clear_timeout (call);
+}
+
 /* Detaches the task from @call, which stays behind (if in flight) only to
  * have its reply dropped. */
 static GTask *
@@ -309,8 +322,13 @@ call_steal_task (DcCall *call)
       DcDetachedCode *self = g_task_get_source_object (task);
 
       g_hash_table_remove (self->cancellable_calls, task);
-      /* Never from inside the handler: it only queues an idle. */
-      g_cancellable_disconnect (call->cancellable, call->cancel_id);
+      /* Not g_cancellable_disconnect(): it waits for a running emission,
+       * and deadlocks when that emission is this thread's own (a
+       * "cancelled" handler of the application's that shuts the pool
+       * down).  The handler's data belongs to its closure, which GSignal
+       * keeps until any emission in progress is over, and a handler that
+       * runs late finds no call to cancel. */
+      g_signal_handler_disconnect (call->cancellable, call->cancel_id);
       call->cancel_id = 0;
       g_clear_object (&call->cancellable);
     }
@@ -433,7 +451,7 @@ fail_calls (GQueue       *calls,
   /* Callbacks may run a nested loop, where a cancellation looks the
    * others up: they are in nobody's queue now. */
   for (link = calls->head; link != NULL; link = link->next)
-    ((DcCall *) link->data)->where = CALL_LOCAL;
+    call_detach (link->data);
   while ((link = g_queue_pop_head_link (calls)) != NULL)
     call_complete (link->data, NULL, g_error_copy (error));
 }
@@ -673,6 +691,7 @@ worker_finish (DcWorker *worker)
   DcDetachedCode *self = worker->pool;
   g_autoptr(GError) error = NULL;
   GQueue calls = G_QUEUE_INIT;
+  GList *l;
 
   g_assert (worker->exited);
   g_assert (worker->channel == NULL);
@@ -697,6 +716,8 @@ worker_finish (DcWorker *worker)
 
   calls = worker->inflight;
   g_queue_init (&worker->inflight);
+  for (l = calls.head; l != NULL; l = l->next)
+    call_detach (l->data);
   if (calls.length > 0)
     error = worker_death_error (worker);
 
@@ -879,7 +900,8 @@ worker_claim_fds (DcWorker            *worker,
 static gboolean
 worker_handle_frame (DcWorker           *worker,
                      const DcWireHeader *header,
-                     GBytes             *payload_in)
+                     GBytes             *payload_in,
+                     GQueue             *completed)
 {
   DcDetachedCode *self = worker->pool;
   g_autoptr(GBytes) payload = g_bytes_ref (payload_in);
@@ -979,11 +1001,16 @@ worker_handle_frame (DcWorker           *worker,
   if (fd_list != NULL && call->task != NULL)
     g_task_set_task_data (call->task, g_steal_pointer (&fd_list), g_object_unref);
 
-  /* Give the worker its next call before running this one's callback. */
+  /* Give the worker its next call before running this one's callback,
+   * which waits until the read is over: a callback may run a nested main
+   * loop, where this worker must be readable again. */
   dispatch (self);
   if (worker->inflight.length == 0 && worker->channel != NULL)
     worker_note_idle (worker);
-  call_complete (call, value, error);
+  call_detach (call);
+  call->result = value;
+  call->result_error = error;
+  g_queue_push_tail_link (completed, &call->link);
 
   return worker->channel != NULL;
 }
@@ -997,11 +1024,16 @@ worker_read (DcWorker *worker,
 {
   guint8 buf[16 * 1024];
   gboolean keep = TRUE;
+  GQueue completed = G_QUEUE_INIT;
+  DcDetachedCode *self;
+  GList *link;
   guint rounds;
 
   if (worker->reading || worker->channel == NULL)
     return worker->channel != NULL;
 
+  /* Callbacks may drop the last reference to the pool. */
+  self = worker->pool ? g_object_ref (worker->pool) : NULL;
   worker_ref (worker);
   worker->reading = TRUE;
 
@@ -1051,7 +1083,7 @@ worker_read (DcWorker *worker,
               g_autoptr(GBytes) payload = NULL;
 
               dc_wire_reader_take_frame (&worker->reader, &header, &payload);
-              keep = worker_handle_frame (worker, &header, payload);
+              keep = worker_handle_frame (worker, &header, payload, &completed);
             }
           continue;
         }
@@ -1067,7 +1099,7 @@ worker_read (DcWorker *worker,
           switch (dc_wire_reader_feed (&worker->reader, &p, &len, &header, &payload))
             {
             case DC_WIRE_READ_FRAME:
-              keep = worker_handle_frame (worker, &header, payload);
+              keep = worker_handle_frame (worker, &header, payload, &completed);
               break;
             case DC_WIRE_READ_ERROR:
               dc_wire_reader_set_error (&worker->reader, &why);
@@ -1087,11 +1119,20 @@ worker_read (DcWorker *worker,
     }
 
   worker->reading = FALSE;
+
+  while ((link = g_queue_pop_head_link (&completed)) != NULL)
+    {
+      DcCall *call = link->data;
+
+      call_complete (call, g_steal_pointer (&call->result), g_steal_pointer (&call->result_error));
+    }
   keep = keep && worker->channel != NULL;
 
   /* The child watch fired while we were busy. */
   worker_check_exited (worker);
 
+  if (self != NULL)
+    g_object_unref (self);
   worker_unref (worker);
   return keep;
 }
@@ -1188,10 +1229,26 @@ worker_writable_cb (GIOCondition condition,
   return G_SOURCE_CONTINUE;
 }
 
+static gboolean call_timeout_fire (DcCall *call);
+
 static gboolean
 call_timeout_cb (gpointer data)
 {
   DcCall *call = data;
+  DcWorker *worker = call->worker;
+
+  if (call->where != CALL_IN_FLIGHT || worker == NULL || worker->pool == NULL)
+    {
+      g_clear_pointer (&call->timeout_source, g_source_unref);
+      return G_SOURCE_REMOVE;
+    }
+
+  return call_timeout_fire (call);
+}
+
+static gboolean
+call_timeout_fire (DcCall *call)
+{
   DcWorker *worker = call->worker;
   DcDetachedCode *self = worker->pool;
   g_autoptr(GTask) task = NULL;
@@ -1334,12 +1391,39 @@ reap_only_cb (GPid     pid,
   g_spawn_close_pid (pid);
 }
 
+/* Moves descriptors on 0..2 to 3 and above, keeping close-on-exec.  A
+ * socket's single descriptor is in both. */
+static gboolean
+move_above_stdio (int *read_fd,
+                  int *write_fd)
+{
+  int *fds[2] = { read_fd, write_fd };
+  guint i;
+
+  for (i = 0; i < 2; i++)
+    if (*fds[i] <= 2)
+      {
+        int old = *fds[i];
+        int moved = fcntl (old, F_DUPFD_CLOEXEC, 3);
+
+        if (moved < 0)
+          return FALSE;
+        close (old);
+        if (*read_fd == old)
+          *read_fd = moved;
+        if (*write_fd == old)
+          *write_fd = moved;
+      }
+  return TRUE;
+}
+
 static DcWorker *
 spawn_worker (DcDetachedCode  *self,
               GError         **error)
 {
   DcWorkerSetup setup = { 0, };
   DcWorkerCode code = { 0, };
+  sigset_t all_signals, old_mask;
   int parent_read = -1, parent_write = -1;
   g_auto(GStrv) envp = NULL;
   DcWorker *worker;
@@ -1384,9 +1468,27 @@ spawn_worker (DcDetachedCode  *self,
       setup.read_fd = setup.write_fd = sv[1];
     }
 
+  /* Channel descriptors never sit on 0..2, in the parent or the child: a
+   * host that closed its stdio would otherwise write into them. */
+  if (!move_above_stdio (&parent_read, &parent_write) ||
+      !move_above_stdio (&setup.read_fd, &setup.write_fd))
+    {
+      errsv = errno;
+      close (parent_read);
+      if (parent_write != parent_read)
+        close (parent_write);
+      close (setup.read_fd);
+      if (setup.write_fd != setup.read_fd)
+        close (setup.write_fd);
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                   _("Cannot create a worker channel: %s"), g_strerror (errsv));
+      return NULL;
+    }
+
   dc_worker_pick_targets (&setup);
   setup.flags = self->setup_flags;
   setup.parent_pid = getpid ();
+  setup.die_with_parent = gettid () == getpid ();
   setup.cwd = self->cwd;
   envp = build_envp (self);
   setup.envp = envp;
@@ -1401,10 +1503,16 @@ spawn_worker (DcDetachedCode  *self,
   code.is_socket = self->stream != DC_STREAM_PIPE;
   code.memfd_threshold = self->memfd_threshold;
 
+  /* All signals blocked across fork(): a handler of the host's must not
+   * run in the child before the child resets the dispositions.  The
+   * child unblocks once they are default. */
+  sigfillset (&all_signals);
+  pthread_sigmask (SIG_SETMASK, &all_signals, &old_mask);
   pid = fork ();
   if (pid == 0)
     dc_worker_main (&setup, &code);   /* never returns */
   errsv = errno;
+  pthread_sigmask (SIG_SETMASK, &old_mask, NULL);
 
   close (setup.read_fd);
   if (setup.write_fd != setup.read_fd)
@@ -1556,13 +1664,23 @@ dispatch (DcDetachedCode *self)
   guint n_to_flush = 0, to_flush_size = G_N_ELEMENTS (to_flush_local);
   guint i;
 
+  /* Callbacks (of failed calls) may drop the last reference. */
+  g_object_ref (self);
+
   while (self->queue.length > 0)
     {
       DcWorker *worker = find_idle_worker (self);
       DcCall *call;
 
       if (worker == NULL && self->n_workers < effective_max (self) && spawn_error == NULL)
-        worker = spawn_worker (self, &spawn_error);
+        {
+          worker = spawn_worker (self, &spawn_error);
+          /* Its signals may have re-entered: shut down, taken the call. */
+          if (worker != NULL && (worker->state != WORKER_RUNNING || worker->channel == NULL))
+            worker = NULL;
+          if (self->queue.length == 0)
+            break;
+        }
       /* Idle workers first, new ones next, then a place in a pipeline. */
       if (worker == NULL && self->pipeline_depth > 1)
         worker = find_worker_with_room (self);
@@ -1601,12 +1719,16 @@ dispatch (DcDetachedCode *self)
   if (spawn_error != NULL && self->n_workers == 0 && self->queue.length > 0)
     {
       GQueue calls = self->queue;
+      GList *l;
 
       g_queue_init (&self->queue);
+      for (l = calls.head; l != NULL; l = l->next)
+        call_detach (l->data);
       fail_calls (&calls, spawn_error);
     }
 
   update_stats (self);
+  g_object_unref (self);
 }
 
 /* ---- submission ---- */
@@ -1739,7 +1861,10 @@ detach_workers (DcDetachedCode *self,
       GList *link;
 
       while ((link = g_queue_pop_head_link (&worker->inflight)) != NULL)
-        g_queue_push_tail_link (calls, link);
+        {
+          call_detach (link->data);
+          g_queue_push_tail_link (calls, link);
+        }
 
       /* An idle worker leaves when it reads the end of its channel; a
        * busy one would finish a call nobody waits for, so it is killed. */
@@ -2673,7 +2798,10 @@ dc_detached_code_shutdown (DcDetachedCode *self)
   /* Take everything first: callbacks may call back in. */
   detach_workers (self, &calls);
   while ((link = g_queue_pop_head_link (&self->queue)) != NULL)
-    g_queue_push_tail_link (&calls, link);
+    {
+      call_detach (link->data);
+      g_queue_push_tail_link (&calls, link);
+    }
   set_n_workers (self, 0);
 
   update_stats (self);

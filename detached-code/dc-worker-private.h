@@ -30,8 +30,10 @@ typedef struct
   int          write_fd;         /* == read_fd for a socket */
   int          target_read_fd;   /* where they go in the worker: high numbers */
   int          target_write_fd;
+  int          fd_limit;         /* RLIMIT_NOFILE, for closing without close_range() */
   DcSetupFlags flags;
   pid_t        parent_pid;
+  gboolean     die_with_parent;  /* forked from the main thread: PR_SET_PDEATHSIG */
   const char  *cwd;              /* NULL: keep the parent's */
   char       **envp;             /* NULL: keep the parent's */
 } DcWorkerSetup;

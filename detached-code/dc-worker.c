@@ -21,7 +21,7 @@
 #include "dc-worker-private.h"
 
 
-/* How long a reply may wait for the replies of calls pipelined behind it. */
+/* A call slower than this has its reply written at once. */
 #define DC_WORKER_REPLY_DELAY_US 200
 
 /* Keep the channel this far below the descriptor limit's top.  Low numbers
@@ -40,6 +40,8 @@ dc_worker_pick_targets (DcWorkerSetup *setup)
     top = (int) rl.rlim_cur;
 
   /* The top two numbers below the limit; never inside 0..2. */
+  setup->fd_limit = (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+                     rl.rlim_cur < (rlim_t) G_MAXINT) ? (int) rl.rlim_cur : 65536;
   setup->target_write_fd = MAX (top - 1, 4);
   setup->target_read_fd = setup->read_fd == setup->write_fd
                             ? setup->target_write_fd
@@ -91,6 +93,23 @@ move_fd (int from,
 }
 
 /* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: close_range(), close().  Where close_range()
+ * is refused (kernels before 5.9, some seccomp profiles), a plain loop up
+ * to the descriptor limit the parent read. */
+static void
+close_fds (int first,
+           int last,
+           int limit)
+{
+  int fd;
+
+  if (close_range ((unsigned int) first, last == G_MAXINT ? ~0U : (unsigned int) last, 0) == 0)
+    return;
+  for (fd = first; fd <= last && fd < limit; fd++)
+    close (fd);
+}
+
+/* This function is called between fork() and the user's code and hence
  * must be async-signal-safe: open(), dup2(), close(). */
 static int
 std_fd_to_dev_null (int std_fd)
@@ -120,7 +139,7 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
   sigset_t empty;
   int rfd = setup->read_fd;
   int wfd = setup->write_fd;
-  int lo, hi, sig, i;
+  int lo, hi, sig, i, flags;
 
   /* Default dispositions before unblocking: a handler the host installed
    * (GLib's SIGCHLD handler, an interpreter's wake-up fd writer) must never
@@ -134,9 +153,13 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
   sigemptyset (&empty);
   sigprocmask (SIG_SETMASK, &empty, NULL);
 
-  /* Die with the parent.  The signal is tied to the forking thread's exit;
-   * getppid() closes the race with a parent that died before prctl(). */
-  prctl (PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  /* Die with the parent.  The signal comes when the forking *thread*
+   * exits, so it is asked for only when that thread is the process's main
+   * one; a worker forked from another thread leaves when its channel
+   * ends instead (at the latest after the call it runs).  getppid()
+   * closes the race with a parent that died before prctl(). */
+  if (setup->die_with_parent)
+    prctl (PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (getppid () != setup->parent_pid)
     _exit (DC_WORKER_EXIT_SETUP);
 
@@ -168,7 +191,11 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
         case 1: inherit = (setup->flags & DC_SETUP_INHERIT_STDOUT) != 0; break;
         default: inherit = (setup->flags & DC_SETUP_SILENCE_STDERR) == 0; break;
         }
-      if (i == setup->read_fd || i == setup->write_fd || fcntl (i, F_GETFD) < 0)
+      /* A closed number, or one holding a close-on-exec descriptor (the
+       * host closed its stdio and something else landed there: a channel,
+       * an eventfd), is not the host's stdio: never inherit it. */
+      flags = fcntl (i, F_GETFD);
+      if (i == setup->read_fd || i == setup->write_fd || flags < 0 || (flags & FD_CLOEXEC))
         inherit = FALSE;
       if (!inherit && std_fd_to_dev_null (i) < 0)
         setup_fail (wfd, DC_WIRE_SETUP_STEP_DESCRIPTORS, errno);
@@ -182,10 +209,10 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
   lo = MIN (setup->target_read_fd, setup->target_write_fd);
   hi = MAX (setup->target_read_fd, setup->target_write_fd);
   if (lo > 3)
-    close_range (3, (unsigned int) lo - 1, 0);
+    close_fds (3, lo - 1, setup->fd_limit);
   if (hi - lo > 1)
-    close_range ((unsigned int) lo + 1, (unsigned int) hi - 1, 0);
-  close_range ((unsigned int) hi + 1, ~0U, 0);
+    close_fds (lo + 1, hi - 1, setup->fd_limit);
+  close_fds (hi + 1, G_MAXINT, setup->fd_limit);
 
   if (setup->cwd != NULL && chdir (setup->cwd) < 0)
     setup_fail (wfd, DC_WIRE_SETUP_STEP_CWD, errno);
@@ -468,10 +495,11 @@ handle_call (Serve              *serve,
   if (args == NULL)
     return leave (serve, DC_WORKER_EXIT_BAD_REQUEST);
 
-  /* Replies made so far go out before code that may run long. */
-  if (serve->out->len > 0 &&
-      g_get_monotonic_time () - serve->first_pending > DC_WORKER_REPLY_DELAY_US &&
-      !replies_flush (serve))
+  /* Replies made so far go out before code that may run long: a finished
+   * call must never wait on the next one (its caller may have a time
+   * limit).  Batching still merges each reply with the frames of the
+   * calls that failed fast, and the parent reads many replies at once. */
+  if (serve->out->len > 0 && !replies_flush (serve))
     return leave (serve, DC_WORKER_EXIT_CHANNEL);
 
   started = g_get_monotonic_time ();
