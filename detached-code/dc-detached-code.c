@@ -138,8 +138,10 @@ struct _DcWorker
   gboolean         close_when_idle; /* retired: closed once its calls are done */
   gboolean         departed;    /* let go by shutdown(): in pool->departed */
   guint            n_calls;     /* calls written to it */
+  guint            n_replies;   /* frames it sent about calls */
   gint64           idle_since;  /* monotonic time it last became idle */
   GSource         *idle_source; /* idle-timeout timer */
+  GSource         *watch;       /* child watch; owns a reference */
 };
 
 /* Descriptors that go with the frame starting at @offset in outbuf. */
@@ -474,6 +476,7 @@ worker_unref (DcWorker *worker)
   g_assert (worker->channel == NULL);
   g_assert (worker->inflight.length == 0);
   dc_wire_reader_clear (&worker->reader);
+  g_clear_pointer (&worker->watch, g_source_unref);
   g_clear_pointer (&worker->outbuf, g_byte_array_unref);
   g_clear_pointer (&worker->rx_fds, g_array_unref);
   g_clear_error (&worker->lost_error);
@@ -922,7 +925,8 @@ worker_handle_frame (DcWorker           *worker,
     {
       const guint32 *words = g_bytes_get_data (payload, NULL);
 
-      if (g_bytes_get_size (payload) != 8 || worker->setup_step != 0)
+      /* Only ever the first thing a worker sends. */
+      if (g_bytes_get_size (payload) != 8 || worker->setup_step != 0 || worker->n_replies > 0)
         {
           worker_kill (worker, protocol_error (worker, _("a malformed set-up report")));
           return FALSE;
@@ -934,6 +938,7 @@ worker_handle_frame (DcWorker           *worker,
       return TRUE;
     }
 
+  worker->n_replies++;
   call = g_queue_peek_head (&worker->inflight);
   if (call == NULL || header->serial != call->serial || header->type == DC_WIRE_CALL)
     {
@@ -1058,7 +1063,7 @@ worker_read (DcWorker *worker,
                              direct ? space : sizeof buf, &error);
 
       /* Descriptors nobody claims pile up: a worker sending them is lying. */
-      if (worker->rx_fds->len > 4 * DC_WIRE_MAX_FDS)
+      if (worker->rx_fds->len > DC_WIRE_MAX_FDS)
         {
           worker_kill (worker, protocol_error (worker, _("descriptors without messages")));
           keep = FALSE;
@@ -1573,7 +1578,7 @@ spawn_worker (DcDetachedCode  *self,
   g_source_set_callback (watch, G_SOURCE_FUNC (child_watch_cb), worker,
                          (GDestroyNotify) worker_unref);
   g_source_attach (watch, self->context);
-  g_source_unref (watch);
+  worker->watch = watch;   /* the source's own reference */
 
   self->workers = g_list_prepend (self->workers, worker);
   set_n_workers (self, self->n_workers + 1);
@@ -1891,10 +1896,27 @@ detach_workers (DcDetachedCode *self,
 
 /* The pool goes: nobody is left to tell of the departed workers' exits,
  * but their child watches still reap them. */
+static gpointer
+reaper_thread (gpointer data)
+{
+  GArray *pids = data;
+  guint i;
+
+  for (i = 0; i < pids->len; i++)
+    while (waitpid (g_array_index (pids, GPid, i), NULL, 0) < 0 && errno == EINTR)
+      ;
+  g_array_unref (pids);
+  return NULL;
+}
+
 static void
 forget_departed (DcDetachedCode *self)
 {
   GList *departed = g_steal_pointer (&self->departed);
+  /* A private context may never run again once the pool is gone, and its
+   * child watches with it: the default one runs for the process's life. */
+  gboolean own_reaper = self->context != g_main_context_default ();
+  GArray *pids = g_array_new (FALSE, FALSE, sizeof (GPid));
   GList *l;
 
   for (l = departed; l != NULL; l = l->next)
@@ -1902,9 +1924,21 @@ forget_departed (DcDetachedCode *self)
       DcWorker *worker = l->data;
 
       worker->pool = NULL;
+      if (own_reaper && !worker->exited && worker->watch != NULL)
+        {
+          /* Asked to leave already; now for certain, and reaped by us
+           * rather than by a watch nobody may dispatch. */
+          kill (worker->pid, SIGKILL);
+          g_array_append_val (pids, worker->pid);
+          g_source_destroy (worker->watch);
+        }
       worker_unref (worker);
     }
   g_list_free (departed);
+
+  if (pids->len > 0)
+    g_thread_unref (g_thread_new ("dc-reaper", reaper_thread, g_steal_pointer (&pids)));
+  g_clear_pointer (&pids, g_array_unref);
 }
 
 typedef struct
@@ -1999,7 +2033,9 @@ dc_detached_code_finalize (GObject *object)
   g_free (self->cwd);
   g_array_unref (self->env_ops);
   g_hash_table_unref (self->cancellable_calls);
-  g_mutex_clear (&self->incoming_lock);
+  /* In a worker, a thread of the parent's may have held it at the fork. */
+  if (in_owner_process (self))
+    g_mutex_clear (&self->incoming_lock);
 
   G_OBJECT_CLASS (dc_detached_code_parent_class)->finalize (object);
 }
@@ -3167,7 +3203,8 @@ dc_detached_code_set_marshaller (DcDetachedCode *self,
 {
   g_return_if_fail (DC_IS_DETACHED_CODE (self));
   g_return_if_fail (marshaller == DC_MARSHALLER_VARIANT || marshaller == DC_MARSHALLER_FLAT);
-  g_return_if_fail (!workers_alive (self) && self->queue.length == 0);
+  g_return_if_fail (!workers_alive (self) && self->queue.length == 0 &&
+                    g_atomic_pointer_get (&self->incoming.head) == NULL);
 
   if (self->marshaller == marshaller)
     return;

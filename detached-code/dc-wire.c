@@ -543,12 +543,33 @@ dc_wire_encode_error (const GError *error)
   return g_variant_get_data_as_bytes (v);
 }
 
+/* Quarks are never freed, and a worker chooses the names: intern a
+ * bounded number of domains the parent did not know, then keep the
+ * rest apart.  (A domain any code of the parent's has used is known.) */
+#define MAX_NEW_DOMAINS 256
+#define MAX_DOMAIN_LENGTH 256
+
+static GQuark
+remote_domain (const char *domain)
+{
+  static gint new_domains = 0;
+  GQuark quark = g_quark_try_string (domain);
+
+  if (quark != 0)
+    return quark;
+  if (strlen (domain) <= MAX_DOMAIN_LENGTH &&
+      g_atomic_int_add (&new_domains, 1) < MAX_NEW_DOMAINS)
+    return g_quark_from_string (domain);
+  return 0;
+}
+
 GError *
 dc_wire_decode_error (GBytes  *payload,
                       GError **error)
 {
   g_autoptr(GVariant) v = NULL;
   const char *domain, *message;
+  GQuark quark;
   gint32 code;
 
   v = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE ("(sis)"), payload, FALSE));
@@ -563,7 +584,12 @@ dc_wire_decode_error (GBytes  *payload,
       return NULL;
     }
 
-  return g_error_new_literal (g_quark_from_string (domain), code, message);
+  quark = remote_domain (domain);
+  if (quark == 0)
+    /* The name still reaches the caller, in the message. */
+    return g_error_new (g_quark_from_static_string ("dc-unknown-remote-error-quark"), code,
+                        "%.256s: %s", domain, message);
+  return g_error_new_literal (quark, code, message);
 }
 
 /* ---- the frame reader ---- */

@@ -858,9 +858,10 @@ test_marshal_flat (void)
   dc_detached_code_set_marshaller (code, DC_MARSHALLER_FLAT);
   g_assert_cmpint (dc_detached_code_get_marshaller (code), ==, DC_MARSHALLER_FLAT);
 
-  args = g_variant_ref_sink (g_variant_parse (G_VARIANT_TYPE ("(smss)"),
-                                              "('hello', @ms nothing, 'wörld')", NULL, NULL, NULL));
-  call_sync (code, g_variant_ref (args), &r);
+  /* g_variant_parse() returns a full reference, not a floating one. */
+  args = g_variant_parse (G_VARIANT_TYPE ("(smss)"), "('hello', @ms nothing, 'wörld')",
+                          NULL, NULL, NULL);
+  call_sync (code, args, &r);
   g_assert_no_error (r.error);
   g_assert_true (g_variant_equal (r.value, args));
   result_clear (&r);
@@ -904,7 +905,7 @@ test_marshal_variant_large (void)
 
   /* And the same bytes out and back. */
   result_clear (&r);
-  call_sync (code, cmd ("echo", g_variant_ref (bytes)), &r);
+  call_sync (code, cmd ("echo", bytes), &r);
   g_assert_no_error (r.error);
   g_variant_get (r.value, "(v)", &inner);
   g_assert_true (g_variant_equal (inner, bytes));
@@ -1878,7 +1879,7 @@ where_is_payload (GVariant  *args,
         in_memfd = strstr (*line, "memfd:dc-payload") != NULL;
     }
   g_strfreev (lines);
-  return g_variant_new ("(b@ay)", in_memfd, g_variant_ref (bytes));
+  return g_variant_new ("(b@ay)", in_memfd, bytes);
 }
 
 static void
@@ -1899,7 +1900,7 @@ check_memfd (guint threshold,
                                                                                data, 1 << 20, 1)));
   dc_detached_code_set_memfd_threshold (code, threshold);
   g_assert_cmpuint (dc_detached_code_get_memfd_threshold (code), ==, threshold);
-  call_sync (code, g_variant_ref (args), &r);
+  call_sync (code, args, &r);
   g_assert_no_error (r.error);
   g_variant_get (r.value, "(b@ay)", &in_memfd, &back);
   g_assert_true (in_memfd == expect_memfd);
@@ -2338,6 +2339,74 @@ test_threads_last_reference (void)
   g_assert_true (l.done);
 }
 
+typedef struct
+{
+  DcDetachedCode *code;
+  Result          inner;
+  gboolean        outer_done;
+} Nested;
+
+static void
+nested_outer_cb (GObject      *source,
+                 GAsyncResult *res,
+                 gpointer      data)
+{
+  Nested *n = data;
+  g_autoptr(GVariant) value = dc_detached_code_call_finish (DC_DETACHED_CODE (source), res, NULL);
+
+  /* A callback that waits for another call in a nested loop: the same
+   * worker must be readable from inside it. */
+  call (n->code, cmd ("pid", NULL), &n->inner);
+  wait_for_flag (&n->inner.done, "a call from inside a callback");
+  n->outer_done = TRUE;
+}
+
+static void
+test_call_nested_loop (void)
+{
+  Nested n = { new_pool (1, 1), { 0, }, FALSE };
+  Result second = { 0, };
+
+  dc_detached_code_set_pipeline_depth (n.code, 4);
+  dc_detached_code_call_async (n.code, cmd ("pid", NULL), G_PRIORITY_DEFAULT, NULL,
+                               nested_outer_cb, &n);
+  call (n.code, cmd ("pid", NULL), &second);
+  wait_for_flag (&n.outer_done, "the outer callback");
+  g_assert_no_error (n.inner.error);
+  wait_for_flag (&second.done, "the second call");
+  g_assert_no_error (second.error);
+  result_clear (&n.inner);
+  result_clear (&second);
+  destroy_pool (n.code);
+}
+
+static void
+shutdown_on_cancel (GCancellable   *cancellable,
+                    DcDetachedCode *code)
+{
+  dc_detached_code_shutdown (code);
+}
+
+static void
+test_cancel_handler_shuts_down (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  Result r = { 0, };
+
+  /* The application's own "cancelled" handler shuts the pool down while
+   * the cancellable is being emitted: no deadlock, one completion. */
+  dc_detached_code_call_async (code, cmd ("sleep", g_variant_new_int32 (60000)),
+                               G_PRIORITY_DEFAULT, cancellable, result_cb, &r);
+  g_signal_connect (cancellable, "cancelled", G_CALLBACK (shutdown_on_cancel), code);
+  g_cancellable_cancel (cancellable);
+  wait_for_flag (&r.done, "a call cancelled by a shutting-down handler");
+  g_assert_nonnull (r.error);
+  g_assert_cmpuint (r.times_called, ==, 1);
+  result_clear (&r);
+  destroy_pool (code);
+}
+
 static void
 count_notify (GObject    *object,
               GParamSpec *pspec,
@@ -2439,6 +2508,8 @@ main (int   argc,
   g_test_add_func ("/detached-code/call/cancel", test_cancel);
   g_test_add_func ("/detached-code/call/threads", test_threads);
   g_test_add_func ("/detached-code/call/threads-last-reference", test_threads_last_reference);
+  g_test_add_func ("/detached-code/call/nested-loop", test_call_nested_loop);
+  g_test_add_func ("/detached-code/call/cancel-handler-shuts-down", test_cancel_handler_shuts_down);
   g_test_add_func ("/detached-code/error/no-func", test_no_func);
   g_test_add_func ("/detached-code/pool/idle-timeout", test_pool_idle_timeout);
   g_test_add_func ("/detached-code/pool/max-worker-calls", test_pool_max_worker_calls);

@@ -453,6 +453,36 @@ test_error_malformed (void)
   g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
 }
 
+static void
+test_error_domains_bounded (void)
+{
+  guint i, kept = 0, folded = 0;
+
+  /* A worker chooses domain names; the parent interns a bounded number
+   * and folds the rest into one domain, keeping the name in the message. */
+  for (i = 0; i < 600; i++)
+    {
+      g_autofree char *name = g_strdup_printf ("dc-test-made-up-%u-error-quark", i);
+      g_autoptr(GError) original = g_error_new_literal (g_quark_from_static_string ("x-quark"), 3, "m");
+      g_autoptr(GVariant) v = g_variant_ref_sink (g_variant_new ("(sis)", name, 3, "m"));
+      g_autoptr(GBytes) bytes = g_variant_get_data_as_bytes (v);
+      g_autoptr(GError) decoded = dc_wire_decode_error (bytes, NULL);
+
+      g_assert_nonnull (decoded);
+      g_assert_cmpint (decoded->code, ==, 3);
+      if (g_str_equal (g_quark_to_string (decoded->domain), name))
+        kept++;
+      else
+        {
+          g_assert_cmpstr (g_quark_to_string (decoded->domain), ==, "dc-unknown-remote-error-quark");
+          g_assert_nonnull (strstr (decoded->message, name));
+          folded++;
+        }
+    }
+  g_assert_cmpuint (kept, <=, 256);
+  g_assert_cmpuint (folded, >=, 600 - 256);
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -472,6 +502,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/wire/flat/corrupt", test_flat_corrupt);
   g_test_add_func ("/detached-code/wire/error/round-trip", test_error_roundtrip);
   g_test_add_func ("/detached-code/wire/error/malformed", test_error_malformed);
+  g_test_add_func ("/detached-code/wire/error/domains-bounded", test_error_domains_bounded);
 
   return g_test_run ();
 }
