@@ -254,6 +254,7 @@ G_DEFINE_TYPE (DcDetachedCode, dc_detached_code, G_TYPE_OBJECT)
 G_DEFINE_QUARK (dc-detached-code-error-quark, dc_detached_code_error)
 
 static void dispatch (DcDetachedCode *self);
+static void worker_arm_timeout (DcWorker *worker);
 static void worker_lost (DcWorker *worker);
 static void worker_finish (DcWorker *worker);
 static gboolean worker_read (DcWorker *worker, gboolean drain);
@@ -991,6 +992,7 @@ worker_handle_frame (DcWorker           *worker,
     }
 
   g_queue_unlink (&worker->inflight, &call->link);
+  worker_arm_timeout (worker);
 
   if (failed && worker->exit_on_die)
     {
@@ -1235,6 +1237,23 @@ worker_writable_cb (GIOCondition condition,
 }
 
 static gboolean call_timeout_fire (DcCall *call);
+static gboolean call_timeout_cb (gpointer data);
+
+/* The limit counts from when the call runs: from its write to an idle
+ * worker, or, pipelined, from the reply of the call before it.  Time in
+ * the queue, or behind another call, does not count. */
+static void
+worker_arm_timeout (DcWorker *worker)
+{
+  DcDetachedCode *self = worker->pool;
+  DcCall *head = g_queue_peek_head (&worker->inflight);
+
+  if (self == NULL || self->call_timeout == 0 || head == NULL || head->timeout_source != NULL)
+    return;
+  head->timeout_source = g_timeout_source_new (self->call_timeout);
+  g_source_set_callback (head->timeout_source, call_timeout_cb, head, NULL);
+  g_source_attach (head->timeout_source, self->context);
+}
 
 static gboolean
 call_timeout_cb (gpointer data)
@@ -1343,17 +1362,10 @@ send_call (DcWorker *worker,
       g_clear_pointer (&worker->idle_source, g_source_unref);
     }
 
-  /* The limit counts from the write, not from the queue. */
-  if (self->call_timeout > 0)
-    {
-      call->timeout_source = g_timeout_source_new (self->call_timeout);
-      g_source_set_callback (call->timeout_source, call_timeout_cb, call, NULL);
-      g_source_attach (call->timeout_source, self->context);
-    }
-
   call->worker = worker;
   call->where = CALL_IN_FLIGHT;
   g_queue_push_tail_link (&worker->inflight, &call->link);
+  worker_arm_timeout (worker);
 
   if (call->fd_list == NULL && (self->memfd_threshold == 0 || size < self->memfd_threshold ||
                                 !dc_channel_is_socket (worker->channel)))
@@ -2274,8 +2286,9 @@ dc_detached_code_class_init (DcDetachedCodeClass *klass)
   /**
    * DcDetachedCode:call-timeout:
    *
-   * Milliseconds a call may run, counted from when it is written to a
-   * worker (time in the queue does not count); 0 is no limit.  A call past
+   * Milliseconds a call may run, counted from when it is written to an
+   * idle worker, or, pipelined behind another call, from that call's
+   * reply (time waiting does not count); 0 is no limit.  A call past
    * its limit fails with %DC_DETACHED_CODE_ERROR_TIMED_OUT and its worker
    * is killed.
    *

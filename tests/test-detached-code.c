@@ -2261,6 +2261,28 @@ test_pool_pipeline (void)
 }
 
 static void
+test_pool_pipeline_timeout (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  Result a = { 0, }, b = { 0, };
+
+  /* Pipelined behind another, a call's limit counts from when it runs:
+   * each takes 1.3 s of a 2 s limit, the second 2.6 s after its write. */
+  dc_detached_code_set_pipeline_depth (code, 4);
+  dc_detached_code_set_call_timeout (code, 2000);
+  g_assert_true (dc_detached_code_start (code, NULL));
+  call (code, cmd ("sleep", g_variant_new_int32 (1300)), &a);
+  call (code, cmd ("sleep", g_variant_new_int32 (1300)), &b);
+  g_assert_cmpuint (dc_detached_code_get_n_queued (code), ==, 0);
+  wait_for_flag (&b.done, "pipelined calls under a time limit");
+  g_assert_no_error (a.error);
+  g_assert_no_error (b.error);
+  result_clear (&a);
+  result_clear (&b);
+  destroy_pool (code);
+}
+
+static void
 test_pool_pipeline_prefers_idle (void)
 {
   DcDetachedCode *code = new_pool (2, 2);
@@ -2518,6 +2540,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/pool/signals", test_pool_signals);
   g_test_add_func ("/detached-code/pool/pipeline", test_pool_pipeline);
   g_test_add_func ("/detached-code/pool/pipeline-prefers-idle", test_pool_pipeline_prefers_idle);
+  g_test_add_func ("/detached-code/pool/pipeline-timeout", test_pool_pipeline_timeout);
   g_test_add_func ("/detached-code/call/timeout", test_call_timeout);
   g_test_add_func ("/detached-code/call/kill-on-cancel", test_call_kill_on_cancel);
   g_test_add_func ("/detached-code/fds/round-trip", test_fds_round_trip);
