@@ -620,6 +620,27 @@ test_pool_lazy_start (void)
   destroy_pool (code);
 }
 
+/* Waits for @n calls that answered "(i)" with their worker's pid, and
+ * adds the pids to @pids. */
+static void
+collect_pids (Result     *r,
+              guint       n,
+              GHashTable *pids)
+{
+  guint i;
+
+  for (i = 0; i < n; i++)
+    {
+      gint32 pid;
+
+      wait_for_flag (&r[i].done, "slow calls");
+      g_assert_no_error (r[i].error);
+      g_variant_get (r[i].value, "(i)", &pid);
+      g_hash_table_add (pids, GINT_TO_POINTER (pid));
+      result_clear (&r[i]);
+    }
+}
+
 static void
 count_spawned (DcDetachedCode *code,
                gint            pid,
@@ -644,16 +665,7 @@ test_pool_grow (void)
     call (code, cmd ("sleep", g_variant_new_int32 (200)), &r[i]);
   /* Grown to the maximum at once, and no further. */
   g_assert_cmpuint (dc_detached_code_get_n_workers (code), ==, 3);
-  for (i = 0; i < 6; i++)
-    {
-      gint32 pid;
-
-      wait_for_flag (&r[i].done, "slow calls");
-      g_assert_no_error (r[i].error);
-      g_variant_get (r[i].value, "(i)", &pid);
-      g_hash_table_add (pids, GINT_TO_POINTER (pid));
-      result_clear (&r[i]);
-    }
+  collect_pids (r, 6, pids);
   g_assert_cmpuint (g_hash_table_size (pids), ==, 3);
   g_assert_cmpuint (spawned, ==, 3);
   destroy_pool (code);
@@ -1969,16 +1981,7 @@ test_pool_idle_timeout (void)
   for (i = 0; i < 3; i++)
     call (code, cmd ("sleep", g_variant_new_int32 (300)), &r[i]);
   g_assert_cmpuint (dc_detached_code_get_n_workers (code), ==, 3);
-  for (i = 0; i < 3; i++)
-    {
-      gint32 p;
-
-      wait_for_flag (&r[i].done, "slow calls");
-      g_assert_no_error (r[i].error);
-      g_variant_get (r[i].value, "(i)", &p);
-      g_hash_table_add (pids, GINT_TO_POINTER (p));
-      result_clear (&r[i]);
-    }
+  collect_pids (r, 3, pids);
 
   /* Down to the minimum, and no lower; the two that left are reaped. */
   g_assert_cmpuint (g_hash_table_size (pids), ==, 3);
