@@ -1450,7 +1450,7 @@ test_cancel (void)
   gint32 after_pid;
 
   /* A running call: back at once, not when the worker finishes. */
-  dc_detached_code_call_async (code, cmd ("sleep", g_variant_new_int32 (3000)),
+  dc_detached_code_call_async (code, cmd ("sleep", g_variant_new_int32 (8000)),
                                G_PRIORITY_DEFAULT, running, result_cb, &r_running);
   /* A queued call: never reaches a worker. */
   dc_detached_code_call_async (code, cmd ("touch", g_variant_new_string (marker)),
@@ -1460,8 +1460,8 @@ test_cancel (void)
   g_timeout_add (100, cancel_cb, running);
   wait_for_flag (&r_running.done, "a cancelled call");
   g_assert_error (r_running.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
-  /* Well before the 3 s the call would take, even on a loaded machine. */
-  g_assert_cmpint (g_get_monotonic_time () - start, <, 2500 * G_TIME_SPAN_MILLISECOND);
+  /* Well before the 8 s the call would take, even on a loaded machine. */
+  g_assert_cmpint (g_get_monotonic_time () - start, <, 6000 * G_TIME_SPAN_MILLISECOND);
   wait_for_flag (&r_queued.done, "a cancelled queued call");
   g_assert_error (r_queued.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
 
@@ -2089,11 +2089,11 @@ test_call_timeout (void)
   result_clear (&r);
   assert_process_gone (pid);
 
-  /* Time in the queue does not count: each runs 2 s of a 3 s limit, the
-   * second after waiting 2 s for the first. */
-  dc_detached_code_set_call_timeout (code, 3000);
-  call (code, cmd ("sleep", g_variant_new_int32 (2000)), &a);
-  call (code, cmd ("sleep", g_variant_new_int32 (2000)), &b);
+  /* Time in the queue does not count: each runs 3 s of a 4.5 s limit, the
+   * second after waiting 3 s for the first. */
+  dc_detached_code_set_call_timeout (code, 4500);
+  call (code, cmd ("sleep", g_variant_new_int32 (3000)), &a);
+  call (code, cmd ("sleep", g_variant_new_int32 (3000)), &b);
   wait_for_flag (&b.done, "queued calls under a time limit");
   g_assert_no_error (a.error);
   g_assert_no_error (b.error);
@@ -2270,12 +2270,12 @@ test_pool_pipeline_timeout (void)
   Result a = { 0, }, b = { 0, };
 
   /* Pipelined behind another, a call's limit counts from when it runs:
-   * each takes 1.3 s of a 2 s limit, the second 2.6 s after its write. */
+   * each takes 2 s of a 3 s limit, the second 4 s after its write. */
   dc_detached_code_set_pipeline_depth (code, 4);
-  dc_detached_code_set_call_timeout (code, 2000);
+  dc_detached_code_set_call_timeout (code, 3000);
   g_assert_true (dc_detached_code_start (code, NULL));
-  call (code, cmd ("sleep", g_variant_new_int32 (1300)), &a);
-  call (code, cmd ("sleep", g_variant_new_int32 (1300)), &b);
+  call (code, cmd ("sleep", g_variant_new_int32 (2000)), &a);
+  call (code, cmd ("sleep", g_variant_new_int32 (2000)), &b);
   g_assert_cmpuint (dc_detached_code_get_n_queued (code), ==, 0);
   wait_for_flag (&b.done, "pipelined calls under a time limit");
   g_assert_no_error (a.error);
