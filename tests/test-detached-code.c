@@ -1828,10 +1828,34 @@ fd_paths (DcDetachedCode *code)
     }
 }
 
+typedef struct
+{
+  guint n;
+  guint round;   /* from 0 */
+} ExitCount;
+
+static void
+count_exited (DcDetachedCode *code,
+              gint            pid,
+              gint            status,
+              gpointer        data)
+{
+  ((ExitCount *) data)->n++;
+}
+
+static gboolean
+two_exited_per_round (gpointer data)
+{
+  ExitCount *e = data;
+
+  return e->n >= 2 * (e->round + 1);
+}
+
 static void
 test_fds_no_leak (void)
 {
   DcDetachedCode *code;
+  ExitCount exited = { 0, 0 };
   FdResult f = { { 0, }, };
   guint before, after, worker_count;
   gint32 handle;
@@ -1851,10 +1875,16 @@ test_fds_no_leak (void)
   g_assert_true (dc_detached_code_start (code, NULL));
 
   /* GLib makes some descriptors of its own the first time (a wake-up
-   * for the cancellable machinery): count from the second round. */
+   * for the cancellable machinery): count from the second round.  Each
+   * round ends two workers (kill-on-cancel, a crash); a cancelled call
+   * completes before its worker is reaped, so count once both are. */
+  g_signal_connect (code, "worker-exited", G_CALLBACK (count_exited), &exited);
   fd_paths (code);
+  wait_until (two_exited_per_round, &exited, "the workers of a round to be reaped");
   before = count_fds ();
+  exited.round++;
   fd_paths (code);
+  wait_until (two_exited_per_round, &exited, "the workers of a round to be reaped");
   after = count_fds ();
   g_assert_cmpuint (after, ==, before);
 
