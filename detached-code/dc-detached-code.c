@@ -862,7 +862,7 @@ worker_claim_fds (DcWorker            *worker,
                   GUnixFDList        **fd_list,
                   GError             **error)
 {
-  guint n = header->n_fds, first = 0;
+  guint n = header->n_fds;
 
   if (worker->rx_fds->len < n)
     {
@@ -892,10 +892,9 @@ worker_claim_fds (DcWorker            *worker,
       *payload = mapped;
     }
 
-  if (n > first)
+  if (n > 0)
     {
-      *fd_list = g_unix_fd_list_new_from_array (&g_array_index (worker->rx_fds, int, first),
-                                                (gint) n);
+      *fd_list = g_unix_fd_list_new_from_array ((const gint *) worker->rx_fds->data, (gint) n);
       g_array_remove_range (worker->rx_fds, 0, n);
     }
   return TRUE;

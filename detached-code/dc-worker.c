@@ -21,9 +21,6 @@
 #include "dc-worker-private.h"
 
 
-/* A call slower than this has its reply written at once. */
-#define DC_WORKER_REPLY_DELAY_US 200
-
 /* Keep the channel this far below the descriptor limit's top.  Low numbers
  * belong to the host's own state (a GMainContext's wake-up eventfd, say),
  * which user code in the worker may still write to. */
@@ -110,6 +107,22 @@ close_fds (int first,
 }
 
 /* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: dup3(), fcntl().  The channel keeps
+ * close-on-exec: a program the user's code runs (system()) must not hold
+ * it, or the parent would not see it end when the worker does. */
+static int
+move_channel_fd (int from,
+                 int to)
+{
+  int r;
+
+  do
+    r = from == to ? fcntl (from, F_SETFD, FD_CLOEXEC) : dup3 (from, to, O_CLOEXEC);
+  while (r < 0 && errno == EINTR);
+  return r < 0 ? -1 : 0;
+}
+
+/* This function is called between fork() and the user's code and hence
  * must be async-signal-safe: open(), dup2(), close(). */
 static int
 std_fd_to_dev_null (int std_fd)
@@ -173,9 +186,9 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
       if (wfd < 0)
         setup_fail (setup->write_fd, DC_WIRE_SETUP_STEP_DESCRIPTORS, errno);
     }
-  if (move_fd (rfd, setup->target_read_fd) < 0)
+  if (move_channel_fd (rfd, setup->target_read_fd) < 0)
     setup_fail (wfd, DC_WIRE_SETUP_STEP_DESCRIPTORS, errno);
-  if (wfd != rfd && move_fd (wfd, setup->target_write_fd) < 0)
+  if (wfd != rfd && move_channel_fd (wfd, setup->target_write_fd) < 0)
     setup_fail (wfd, DC_WIRE_SETUP_STEP_DESCRIPTORS, errno);
   wfd = setup->target_write_fd;
 
@@ -226,9 +239,10 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
 /* Everything below runs after the user's init function and is not
  * async-signal-safe, no more than the user's code it calls. */
 
-/* Replies wait in @out while more calls are at hand, so that a burst of
- * pipelined calls costs one write() rather than one each; none waits
- * longer than DC_WORKER_REPLY_DELAY_US for calls behind it. */
+/* Replies wait in @out only while the worker handles the frames it has
+ * at hand without running code (calls that fail before, or replies of
+ * several kinds): they go out before any user code runs and before the
+ * worker blocks on a read. */
 typedef struct
 {
   int                 read_fd;
@@ -237,7 +251,6 @@ typedef struct
   DcWireReader        reader;
   GArray             *rx_fds;          /* received, not yet claimed by a frame */
   GByteArray         *out;
-  gint64              first_pending;   /* when the oldest waiting reply was made */
   int                 exit_status;
 } Serve;
 
@@ -393,8 +406,6 @@ send_frame (Serve        *serve,
 
   if (n_fds == 0 && size <= 64 * 1024)
     {
-      if (serve->out->len == 0)
-        serve->first_pending = g_get_monotonic_time ();
       dc_wire_header_encode_full (header, type, flags, 0, serial, size);
       g_byte_array_append (serve->out, header, DC_WIRE_HEADER_SIZE);
       if (size > 0)
@@ -484,8 +495,6 @@ handle_call (Serve              *serve,
   g_autoptr(GError) error = NULL;
   g_autoptr(GBytes) reply = NULL;
   DcWireMarshalStatus status;
-  gint64 started;
-  gboolean slow;
   gboolean ok;
 
   if (header->type != DC_WIRE_CALL || !claim_fds (serve, header, &payload, &fd_list))
@@ -502,13 +511,10 @@ handle_call (Serve              *serve,
   if (serve->out->len > 0 && !replies_flush (serve))
     return leave (serve, DC_WORKER_EXIT_CHANNEL);
 
-  started = g_get_monotonic_time ();
   if (code->fd_func != NULL)
     result = code->fd_func (args, fd_list, &out_fd_list, code->user_data, &error);
   else
     result = code->func (args, code->user_data, &error);
-  /* A slow call gains nothing from batching: its reply goes now. */
-  slow = g_get_monotonic_time () - started > DC_WORKER_REPLY_DELAY_US;
 
   if (result != NULL)
     {
@@ -525,8 +531,7 @@ handle_call (Serve              *serve,
         reply = dc_wire_marshal_raw (code->marshaller, result, &status);
       if (reply != NULL)
         {
-          if (send_frame (serve, DC_WIRE_RESULT, header->serial, reply, out_fd_list) &&
-              (!slow || replies_flush (serve)))
+          if (send_frame (serve, DC_WIRE_RESULT, header->serial, reply, out_fd_list))
             return TRUE;
           return leave (serve, DC_WORKER_EXIT_CHANNEL);
         }
@@ -554,7 +559,7 @@ handle_call (Serve              *serve,
 
   /* Every path here is a failed call: under exit-on-die the worker
    * leaves next, and its reply must be out before. */
-  if (ok && (slow || code->exit_on_die))
+  if (ok && code->exit_on_die)
     ok = replies_flush (serve);
   if (!ok)
     return leave (serve, DC_WORKER_EXIT_CHANNEL);
