@@ -25,6 +25,8 @@
 
 #pragma once
 
+#include <gio/gunixfdlist.h>
+
 #include "dc-detached-code.h"
 
 G_BEGIN_DECLS
@@ -190,6 +192,69 @@ gboolean          dc_wire_reader_frame_ready (DcWireReader   *reader);
 void              dc_wire_reader_take_frame (DcWireReader    *reader,
                                              DcWireHeader    *header,
                                              GBytes         **payload);
+
+/* The one read loop of both ends: one read with @read_func, straight into
+ * the payload being assembled when it is large, then every complete frame
+ * to @frame_func in order. */
+typedef enum
+{
+  DC_WIRE_PUMP_READ,       /* bytes came, and their frames were handed out */
+  DC_WIRE_PUMP_AGAIN,      /* nothing to read now (or an EINTR) */
+  DC_WIRE_PUMP_EOF,        /* the other end closed the channel */
+  DC_WIRE_PUMP_IO_ERROR,   /* errno tells why */
+  DC_WIRE_PUMP_CORRUPT,    /* the reader failed: dc_wire_reader_set_error() */
+  DC_WIRE_PUMP_STOPPED,    /* @frame_func returned FALSE */
+} DcWirePumpStatus;
+
+/* > 0: bytes read; 0: end of stream; -1: errno set (EAGAIN: would block). */
+typedef gssize   (*DcWireReadFunc)  (gpointer            user_data,
+                                     void               *buffer,
+                                     gsize               size);
+/* Return FALSE to stop reading. */
+typedef gboolean (*DcWireFrameFunc) (gpointer            user_data,
+                                     const DcWireHeader *header,
+                                     GBytes             *payload);
+
+DcWirePumpStatus  dc_wire_reader_pump   (DcWireReader      *reader,
+                                         guint8            *scratch,
+                                         gsize              scratch_size,
+                                         DcWireReadFunc     read_func,
+                                         DcWireFrameFunc    frame_func,
+                                         gpointer           user_data,
+                                         gsize             *n_read);
+
+/* Takes the descriptors of the frame @header describes from @rx_fds (those
+ * received so far, in order): a memfd payload replaces *@payload, the rest
+ * go to *@fd_list (untouched when there are none).  FALSE with a PROTOCOL
+ * @error if too few came or the memfd is not what it claims; the frame's
+ * descriptors are closed then.  @error may be NULL (in a worker, which
+ * composes no message). */
+gboolean  dc_wire_claim_fds              (GArray             *rx_fds,
+                                          const DcWireHeader *header,
+                                          GBytes            **payload,
+                                          GUnixFDList       **fd_list,
+                                          GError            **error);
+/* Closes every descriptor in @fds and empties it. */
+void      dc_wire_close_fds              (GArray             *fds);
+
+/* The bytes that start a frame: its header, and for a payload that
+ * travels in a memfd, the 8-byte size that stands for it. */
+typedef struct
+{
+  guint8        bytes[DC_WIRE_HEADER_SIZE + 8];
+  gsize         len;
+  const guint8 *body;       /* what follows: the payload, or NULL */
+  gsize         body_len;
+} DcWireFrameHead;
+
+/* @in_memfd: the payload goes as the frame's first descriptor; @n_fds
+ * more descriptors follow it. */
+void      dc_wire_frame_head_init        (DcWireFrameHead    *head,
+                                          DcWireType          type,
+                                          guint64             serial,
+                                          GBytes             *payload,
+                                          gboolean            in_memfd,
+                                          guint               n_fds);
 
 /* In a worker, before its first call. */
 void      dc_wire_forget_buffers_after_fork (void);

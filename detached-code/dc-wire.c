@@ -726,6 +726,172 @@ dc_wire_reader_feed (DcWireReader   *reader,
   return DC_WIRE_READ_FRAME;
 }
 
+DcWirePumpStatus
+dc_wire_reader_pump (DcWireReader    *reader,
+                     guint8          *scratch,
+                     gsize            scratch_size,
+                     DcWireReadFunc   read_func,
+                     DcWireFrameFunc  frame_func,
+                     gpointer         user_data,
+                     gsize           *n_read)
+{
+  gsize space = 0;
+  guint8 *direct = dc_wire_reader_direct_buffer (reader, &space);
+  const guint8 *p;
+  gsize len;
+  gssize n;
+
+  *n_read = 0;
+  if (reader->status != DC_WIRE_HEADER_OK)
+    return DC_WIRE_PUMP_CORRUPT;
+
+  /* A large payload is read straight into its final buffer. */
+  if (direct == NULL || space < scratch_size)
+    direct = NULL;
+  n = read_func (user_data, direct ? direct : scratch, direct ? space : scratch_size);
+  if (n < 0)
+    return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? DC_WIRE_PUMP_AGAIN
+                                                                       : DC_WIRE_PUMP_IO_ERROR;
+  if (n == 0)
+    return DC_WIRE_PUMP_EOF;
+  *n_read = (gsize) n;
+
+  if (direct != NULL)
+    {
+      dc_wire_reader_advance (reader, (gsize) n);
+      if (dc_wire_reader_frame_ready (reader))
+        {
+          DcWireHeader header;
+          g_autoptr(GBytes) payload = NULL;
+
+          dc_wire_reader_take_frame (reader, &header, &payload);
+          if (!frame_func (user_data, &header, payload))
+            return DC_WIRE_PUMP_STOPPED;
+        }
+      return DC_WIRE_PUMP_READ;
+    }
+
+  p = scratch;
+  len = (gsize) n;
+  while (len > 0)
+    {
+      DcWireHeader header;
+      g_autoptr(GBytes) payload = NULL;
+
+      switch (dc_wire_reader_feed (reader, &p, &len, &header, &payload))
+        {
+        case DC_WIRE_READ_FRAME:
+          if (!frame_func (user_data, &header, payload))
+            return DC_WIRE_PUMP_STOPPED;
+          break;
+        case DC_WIRE_READ_ERROR:
+          return DC_WIRE_PUMP_CORRUPT;
+        case DC_WIRE_READ_NEED_MORE:
+        default:
+          break;
+        }
+    }
+  return DC_WIRE_PUMP_READ;
+}
+
+/* ---- descriptors ---- */
+
+void
+dc_wire_close_fds (GArray *fds)
+{
+  guint i;
+
+  for (i = 0; i < fds->len; i++)
+    close (g_array_index (fds, int, i));
+  g_array_set_size (fds, 0);
+}
+
+static void
+close_first_fds (GArray *fds,
+                 guint   n)
+{
+  guint i;
+
+  for (i = 0; i < n; i++)
+    close (g_array_index (fds, int, i));
+  g_array_remove_range (fds, 0, n);
+}
+
+gboolean
+dc_wire_claim_fds (GArray             *rx_fds,
+                   const DcWireHeader *header,
+                   GBytes            **payload,
+                   GUnixFDList       **fd_list,
+                   GError            **error)
+{
+  guint n = header->n_fds;
+
+  if (rx_fds->len < n)
+    {
+      if (error != NULL)
+        g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
+                             _("a message without its descriptors"));
+      return FALSE;
+    }
+
+  if (header->flags & DC_WIRE_FLAG_MEMFD)
+    {
+      guint64 size;
+      GBytes *mapped;
+
+      /* The header check promised one descriptor and an 8-byte body. */
+      g_assert (n >= 1 && g_bytes_get_size (*payload) == 8);
+      memcpy (&size, g_bytes_get_data (*payload, NULL), 8);
+      mapped = dc_wire_bytes_from_memfd (g_array_index (rx_fds, int, 0), size, error);
+      g_array_remove_range (rx_fds, 0, 1);
+      n--;
+      if (mapped == NULL)
+        {
+          close_first_fds (rx_fds, n);
+          return FALSE;
+        }
+      g_bytes_unref (*payload);
+      *payload = mapped;
+    }
+
+  if (n > 0)
+    {
+      /* The list owns them from here. */
+      *fd_list = g_unix_fd_list_new_from_array (&g_array_index (rx_fds, gint, 0), (gint) n);
+      g_array_remove_range (rx_fds, 0, n);
+    }
+  return TRUE;
+}
+
+void
+dc_wire_frame_head_init (DcWireFrameHead *head,
+                         DcWireType       type,
+                         guint64          serial,
+                         GBytes          *payload,
+                         gboolean         in_memfd,
+                         guint            n_fds)
+{
+  gsize size = 0;
+  const guint8 *data = payload != NULL ? g_bytes_get_data (payload, &size) : NULL;
+
+  if (in_memfd)
+    {
+      guint64 size64 = size;
+
+      dc_wire_header_encode_full (head->bytes, type, DC_WIRE_FLAG_MEMFD, n_fds + 1, serial, 8);
+      memcpy (head->bytes + DC_WIRE_HEADER_SIZE, &size64, 8);
+      head->len = DC_WIRE_HEADER_SIZE + 8;
+      head->body = NULL;
+      head->body_len = 0;
+      return;
+    }
+
+  dc_wire_header_encode_full (head->bytes, type, 0, n_fds, serial, size);
+  head->len = DC_WIRE_HEADER_SIZE;
+  head->body = size > 0 ? data : NULL;
+  head->body_len = size;
+}
+
 /* ---- large payloads in memfds ---- */
 
 static void

@@ -312,12 +312,13 @@ send_with_fds (int         fd,
   return write_all (fd, (const guint8 *) data + n, len - (gsize) n);
 }
 
-/* Reads into @buf, collecting descriptors on a socket. */
-static ssize_t
-receive (Serve  *serve,
-         void   *buf,
-         gsize   size)
+/* Reads into @buf, collecting descriptors on a socket.  Blocks. */
+static gssize
+receive (gpointer  data,
+         void     *buf,
+         gsize     size)
 {
+  Serve *serve = data;
   union {
     char buf[CMSG_SPACE (sizeof (int) * DC_WIRE_MAX_FDS)];
     struct cmsghdr align;
@@ -371,10 +372,9 @@ send_frame (Serve        *serve,
   const int *list_fds = NULL;
   gint n_list = 0;
   gsize size = payload ? g_bytes_get_size (payload) : 0;
-  const void *data = payload ? g_bytes_get_data (payload, NULL) : NULL;
-  guint8 header[DC_WIRE_HEADER_SIZE + 8];
+  DcWireFrameHead head;
   int fds[DC_WIRE_MAX_FDS];
-  guint n_fds = 0, flags = 0;
+  guint n_fds = 0;
   int memfd = -1;
   gboolean ok;
 
@@ -387,88 +387,35 @@ send_frame (Serve        *serve,
     {
       memfd = dc_wire_memfd_from_bytes (payload, NULL);
       if (memfd >= 0)
-        {
-          guint64 size64 = size;
-
-          flags |= DC_WIRE_FLAG_MEMFD;
-          fds[n_fds++] = memfd;
-          memcpy (header + DC_WIRE_HEADER_SIZE, &size64, 8);
-          data = header + DC_WIRE_HEADER_SIZE;
-          size = 8;
-        }
+        fds[n_fds++] = memfd;
     }
-
   if (n_list > 0)
     {
       memcpy (fds + n_fds, list_fds, sizeof (int) * (gsize) n_list);
       n_fds += (guint) n_list;
     }
+  dc_wire_frame_head_init (&head, type, serial, payload, memfd >= 0, (guint) n_list);
 
-  if (n_fds == 0 && size <= 64 * 1024)
+  if (n_fds == 0 && head.body_len <= 64 * 1024)
     {
-      dc_wire_header_encode_full (header, type, flags, 0, serial, size);
-      g_byte_array_append (serve->out, header, DC_WIRE_HEADER_SIZE);
-      if (size > 0)
-        g_byte_array_append (serve->out, data, size);
+      g_byte_array_append (serve->out, head.bytes, head.len);
+      if (head.body_len > 0)
+        g_byte_array_append (serve->out, head.body, head.body_len);
       return TRUE;
     }
 
   /* Descriptors, or a large payload: its own write, after what waits. */
-  dc_wire_header_encode_full (header, type, flags, n_fds, serial, size);
   ok = replies_flush (serve);
   if (ok && n_fds > 0)
-    {
-      if (flags & DC_WIRE_FLAG_MEMFD)
-        ok = send_with_fds (serve->write_fd, header, DC_WIRE_HEADER_SIZE + 8, fds, n_fds);
-      else
-        ok = send_with_fds (serve->write_fd, header, DC_WIRE_HEADER_SIZE, fds, n_fds) &&
-             write_all (serve->write_fd, data, size);
-    }
+    ok = send_with_fds (serve->write_fd, head.bytes, head.len, fds, n_fds);
   else if (ok)
-    ok = write_all (serve->write_fd, header, DC_WIRE_HEADER_SIZE) &&
-         write_all (serve->write_fd, data, size);
+    ok = write_all (serve->write_fd, head.bytes, head.len);
+  if (ok && head.body_len > 0)
+    ok = write_all (serve->write_fd, head.body, head.body_len);
 
   if (memfd >= 0)
     close (memfd);
   return ok;
-}
-
-/* Takes the frame's descriptors from those received.  FALSE if too few
- * came: the parent never does that. */
-static gboolean
-claim_fds (Serve              *serve,
-           const DcWireHeader *header,
-           GBytes            **payload,
-           GUnixFDList       **fd_list)
-{
-  guint n = header->n_fds, first = 0;
-
-  if (serve->rx_fds->len < n)
-    return FALSE;
-
-  if (header->flags & DC_WIRE_FLAG_MEMFD)
-    {
-      guint64 size;
-      GBytes *mapped;
-
-      memcpy (&size, g_bytes_get_data (*payload, NULL), 8);
-      mapped = dc_wire_bytes_from_memfd (g_array_index (serve->rx_fds, int, 0), size, NULL);
-      first = 1;
-      if (mapped == NULL)
-        {
-          g_array_remove_range (serve->rx_fds, 0, 1);
-          return FALSE;
-        }
-      g_bytes_unref (*payload);
-      *payload = mapped;
-    }
-
-  if (n > first)
-    *fd_list = g_unix_fd_list_new_from_array (&g_array_index (serve->rx_fds, int, first),
-                                              (gint) (n - first));
-  if (n > 0)
-    g_array_remove_range (serve->rx_fds, 0, n);
-  return TRUE;
 }
 
 static gboolean
@@ -482,10 +429,11 @@ leave (Serve *serve,
 /* Calls the user's code.  Returns FALSE when the worker must leave: the
  * channel broke, or the code failed under exit-on-die. */
 static gboolean
-handle_call (Serve              *serve,
+handle_call (gpointer            data,
              const DcWireHeader *header,
              GBytes             *payload_in)
 {
+  Serve *serve = data;
   const DcWorkerCode *code = serve->code;
   g_autoptr(GBytes) payload = g_bytes_ref (payload_in);
   g_autoptr(GUnixFDList) fd_list = NULL;
@@ -497,7 +445,8 @@ handle_call (Serve              *serve,
   DcWireMarshalStatus status;
   gboolean ok;
 
-  if (header->type != DC_WIRE_CALL || !claim_fds (serve, header, &payload, &fd_list))
+  if (header->type != DC_WIRE_CALL ||
+      !dc_wire_claim_fds (serve->rx_fds, header, &payload, &fd_list, NULL))
     return leave (serve, DC_WORKER_EXIT_BAD_REQUEST);
 
   args = dc_wire_unmarshal_raw (code->marshaller, payload);
@@ -576,21 +525,16 @@ dc_worker_serve (int                 read_fd,
 {
   Serve serve = { read_fd, write_fd, code, };
   guint8 *buf = g_malloc (64 * 1024);
-  gboolean running = TRUE;
-  guint i;
 
   dc_wire_reader_init (&serve.reader);
   serve.rx_fds = g_array_new (FALSE, FALSE, sizeof (int));
   serve.out = g_byte_array_new ();
   serve.exit_status = DC_WORKER_EXIT_OK;
 
-  while (running)
+  for (;;)
     {
-      gsize space = 0;
-      guint8 *direct = dc_wire_reader_direct_buffer (&serve.reader, &space);
-      const guint8 *p;
-      gsize len;
-      ssize_t n;
+      gsize n;
+      DcWirePumpStatus status;
 
       /* Nothing more at hand: what waits goes out before we block. */
       if (serve.out->len > 0 && !replies_flush (&serve))
@@ -599,59 +543,19 @@ dc_worker_serve (int                 read_fd,
           break;
         }
 
-      /* A large payload is read straight into its final buffer. */
-      if (direct == NULL || space < 64 * 1024)
-        direct = NULL;
-      n = receive (&serve, direct ? direct : buf, direct ? space : 64 * 1024);
-
-      if (n < 0 && errno == EINTR)
+      status = dc_wire_reader_pump (&serve.reader, buf, 64 * 1024, receive, handle_call, &serve, &n);
+      if (status == DC_WIRE_PUMP_READ || status == DC_WIRE_PUMP_AGAIN)
         continue;
-      if (n == 0)
-        break;   /* the parent closed the channel: time to go */
-      if (n < 0)
-        {
-          serve.exit_status = DC_WORKER_EXIT_CHANNEL;
-          break;
-        }
-
-      if (direct != NULL)
-        {
-          dc_wire_reader_advance (&serve.reader, (gsize) n);
-          if (dc_wire_reader_frame_ready (&serve.reader))
-            {
-              DcWireHeader header;
-              g_autoptr(GBytes) payload = NULL;
-
-              dc_wire_reader_take_frame (&serve.reader, &header, &payload);
-              running = handle_call (&serve, &header, payload);
-            }
-          continue;
-        }
-
-      p = buf;
-      len = (gsize) n;
-      while (running && len > 0)
-        {
-          DcWireHeader header;
-          g_autoptr(GBytes) payload = NULL;
-
-          switch (dc_wire_reader_feed (&serve.reader, &p, &len, &header, &payload))
-            {
-            case DC_WIRE_READ_NEED_MORE:
-              break;
-            case DC_WIRE_READ_FRAME:
-              running = handle_call (&serve, &header, payload);
-              break;
-            case DC_WIRE_READ_ERROR:
-            default:
-              running = leave (&serve, DC_WORKER_EXIT_BAD_REQUEST);
-              break;
-            }
-        }
+      if (status == DC_WIRE_PUMP_IO_ERROR)
+        serve.exit_status = DC_WORKER_EXIT_CHANNEL;
+      else if (status == DC_WIRE_PUMP_CORRUPT)
+        serve.exit_status = DC_WORKER_EXIT_BAD_REQUEST;
+      /* EOF: the parent closed the channel, time to go.  STOPPED: the
+       * call said why. */
+      break;
     }
 
-  for (i = 0; i < serve.rx_fds->len; i++)
-    close (g_array_index (serve.rx_fds, int, i));
+  dc_wire_close_fds (serve.rx_fds);
   g_array_unref (serve.rx_fds);
   g_byte_array_unref (serve.out);
   dc_wire_reader_clear (&serve.reader);
