@@ -4,26 +4,91 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 
+/* One pending call: it completes exactly once.  And the queue of calls
+ * waiting for a worker. */
+
 #include "config.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <glib/gi18n-lib.h>
-#include <glib-unix.h>
 
-#include "dc-detached-code-private.h"
-#include "dc-enum-types.h"
+#include "dc-call-private.h"
+#include "dc-context-private.h"
 
-/* ---- calls ---- */
+/* Where a cancellable task finds its call. */
+static GQuark
+call_quark (void)
+{
+  static GQuark quark;
+
+  if (quark == 0)
+    quark = g_quark_from_static_string ("dc-call");
+  return quark;
+}
+
+DcCall *
+dc_call_new (GTask       *task,
+             GBytes      *payload,
+             GUnixFDList *fd_list,
+             int          priority)
+{
+  DcCall *call = g_new0 (DcCall, 1);
+
+  call->link.data = call;
+  call->where = DC_CALL_NEW;
+  call->task = task;
+  call->payload = payload;
+  call->priority = priority;
+  call->memfd = -1;
+  /* The caller's list, by reference: its descriptors are only read. */
+  if (fd_list != NULL && g_unix_fd_list_get_length (fd_list) > 0)
+    call->fd_list = g_object_ref (fd_list);
+  return call;
+}
 
 void
-call_clear_timeout (DcCall *call)
+dc_call_free (DcCall *call)
+{
+  g_assert (call->task == NULL);
+  dc_call_clear_timeout (call);
+  g_clear_pointer (&call->payload, g_bytes_unref);
+  g_clear_object (&call->fd_list);
+  if (call->memfd >= 0)
+    close (call->memfd);
+  g_assert (call->result == NULL && call->result_error == NULL);
+  g_free (call);
+}
+
+gboolean
+dc_call_is_pending (DcCall *call)
+{
+  return call->task != NULL;
+}
+
+DcCall *
+dc_call_from_task (GTask *task)
+{
+  return g_object_get_qdata (G_OBJECT (task), call_quark ());
+}
+
+void
+dc_call_watch_cancellable (DcCall   *call,
+                           gpointer  mailbox)
+{
+  GCancellable *cancellable = g_task_get_cancellable (call->task);
+
+  g_assert (call->cancellable == NULL);
+  if (cancellable == NULL)
+    return;
+  /* How a cancellation, which carries the task, finds the call. */
+  g_object_set_qdata (G_OBJECT (call->task), call_quark (), call);
+  call->cancellable = g_object_ref (cancellable);
+  call->cancel_id = dc_cancel_hop_connect (mailbox, cancellable, call->task);
+}
+
+void
+dc_call_clear_timeout (DcCall *call)
 {
   if (call->timeout_source != NULL)
     {
@@ -33,67 +98,41 @@ call_clear_timeout (DcCall *call)
 }
 
 void
-call_free (DcCall *call)
+dc_call_detach (DcCall *call)
 {
-  g_assert (call->task == NULL);
-  call_clear_timeout (call);
-  g_clear_pointer (&call->payload, g_bytes_unref);
-  g_clear_object (&call->fd_list);
-  if (call->memfd >= 0)
-    close (call->memfd);
-  g_free (call);
-}
-
-/* @call leaves its worker or the queue for a local list, to be completed
- * from there: nothing may find it where it was (a cancellation, a time
- * limit) in the meantime. */
-void
-call_detach (DcCall *call)
-{
-  call->where = CALL_LOCAL;
+  call->where = DC_CALL_DETACHED;
   call->worker = NULL;
-  call_clear_timeout (call);
+  dc_call_clear_timeout (call);
 }
 
-/* Detaches the task from @call, which stays behind (if in flight) only to
- * have its reply dropped. */
 GTask *
-call_steal_task (DcCall *call)
+dc_call_steal_task (DcCall *call)
 {
   GTask *task = g_steal_pointer (&call->task);
 
-  if (task != NULL && call->cancellable != NULL)
-    {
-      DcDetachedCode *self = g_task_get_source_object (task);
+  if (task == NULL)
+    return NULL;
 
-      g_hash_table_remove (self->cancellable_calls, task);
-      /* Not g_cancellable_disconnect(): it waits for a running emission,
-       * and deadlocks when that emission is this thread's own (a
-       * "cancelled" handler of the application's that shuts the pool
-       * down).  The handler's data belongs to its closure, which GSignal
-       * keeps until any emission in progress is over, and a handler that
-       * runs late finds no call to cancel. */
-      g_signal_handler_disconnect (call->cancellable, call->cancel_id);
+  if (call->cancellable != NULL)
+    {
+      g_object_set_qdata (G_OBJECT (task), call_quark (), NULL);
+      dc_cancel_hop_disconnect (call->cancellable, call->cancel_id);
       call->cancel_id = 0;
       g_clear_object (&call->cancellable);
     }
   return task;
 }
 
-/* Completes @call exactly once with either @value or @error (both
- * transfer full) and frees it.  A call whose task already completed
- * (cancelled) drops them.  The callback may run right here, and may
- * re-enter the pool. */
 void
-call_complete (DcCall   *call,
-               GVariant *value,
-               GError   *error)
+dc_call_complete (DcCall   *call,
+                  GVariant *value,
+                  GError   *error)
 {
-  g_autoptr(GTask) task = call_steal_task (call);
+  g_autoptr(GTask) task = dc_call_steal_task (call);
 
   g_assert ((value == NULL) != (error == NULL));
 
-  call_free (call);
+  dc_call_free (call);
   if (task == NULL)
     {
       g_clear_pointer (&value, g_variant_unref);
@@ -105,143 +144,114 @@ call_complete (DcCall   *call,
     g_task_return_error (task, error);
 }
 
-/* The call at the head of a worker's in-flight list is the one it runs. */
-gboolean
-call_is_running (DcCall *call)
-{
-  return call->where == CALL_IN_FLIGHT && call->worker->inflight.head == &call->link;
-}
-
-/* Kills the worker running @call, which already completed.  Calls written
- * behind it fail with @reason: whether the worker had read them is not
- * known, and running them twice would be worse. */
 void
-call_kill_worker (DcCall *call,
-                  GError *reason)
+dc_call_deliver (DcCall *call)
 {
-  DcWorker *worker = call->worker;
+  GVariant *value = g_steal_pointer (&call->result);
+  GError *error = g_steal_pointer (&call->result_error);
 
-  g_queue_unlink (&worker->inflight, &call->link);
-  call->where = CALL_LOCAL;
-  call_free (call);
-  worker_kill (worker, reason);
+  dc_call_complete (call, value, error);
 }
 
 void
-call_cancel (DcCall *call)
+dc_call_fail_all (GQueue       *calls,
+                  const GError *error)
 {
-  g_autoptr(GTask) task = call_steal_task (call);
-  DcDetachedCode *self = g_task_get_source_object (task);
+  GList *link;
 
-  if (call->where == CALL_QUEUED)
-    {
-      g_queue_unlink (&self->queue, &call->link);
-      call_free (call);
-    }
-  else if (self->kill_on_cancel && call_is_running (call))
-    call_kill_worker (call, g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED,
-                                         _("Worker process %d was killed: the call it was running was cancelled"),
-                                         (int) call->worker->pid));
-  /* Otherwise: in flight, its reply is dropped when it comes; in a local
-   * list, its owner frees it. */
+  /* Callbacks may run a nested loop, where a cancellation looks the others
+   * up: none of them may be found in a queue or on a worker by then. */
+  for (link = calls->head; link != NULL; link = link->next)
+    dc_call_detach (link->data);
+  while ((link = g_queue_pop_head_link (calls)) != NULL)
+    dc_call_complete (link->data, NULL, g_error_copy (error));
+}
 
+void
+dc_call_return_cancelled (GTask *task)
+{
   g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CANCELLED, "%s",
                            _("The call was cancelled"));
-  update_stats (self);
+}
+
+/* ---- the queue ---- */
+
+void
+dc_call_queue_init (DcCallQueue *queue)
+{
+  g_queue_init (&queue->calls);
+}
+
+guint
+dc_call_queue_length (DcCallQueue *queue)
+{
+  return queue->calls.length;
 }
 
 void
-queue_insert (GQueue *queue,
-              DcCall *call)
+dc_call_queue_push (DcCallQueue *queue,
+                    DcCall      *call)
 {
   GList *sibling;
 
-  call->link.data = call;
-  call->where = CALL_QUEUED;
+  call->where = DC_CALL_QUEUED;
   call->worker = NULL;
   /* Walk from the tail: equal priorities, the common case, stop at once. */
-  for (sibling = queue->tail; sibling != NULL; sibling = sibling->prev)
+  for (sibling = queue->calls.tail; sibling != NULL; sibling = sibling->prev)
     if (((DcCall *) sibling->data)->priority <= call->priority)
       break;
 
   if (sibling == NULL)
-    g_queue_push_head_link (queue, &call->link);
-  else if (sibling == queue->tail)
-    g_queue_push_tail_link (queue, &call->link);
+    g_queue_push_head_link (&queue->calls, &call->link);
   else
-    {
-      /* Insert after sibling. */
-      GList *next = sibling->next;
-
-      call->link.prev = sibling;
-      call->link.next = next;
-      sibling->next = &call->link;
-      next->prev = &call->link;
-      queue->length++;
-    }
+    g_queue_insert_after_link (&queue->calls, sibling, &call->link);
 }
 
-/* Fails every call in @calls (a local queue) with a copy of @error. */
 void
-fail_calls (GQueue       *calls,
-            const GError *error)
+dc_call_queue_push_front (DcCallQueue *queue,
+                          DcCall      *call)
 {
-  GList *link;
+  GList *sibling;
 
-  /* Callbacks may run a nested loop, where a cancellation looks the
-   * others up: they are in nobody's queue now. */
-  for (link = calls->head; link != NULL; link = link->next)
-    call_detach (link->data);
-  while ((link = g_queue_pop_head_link (calls)) != NULL)
-    call_complete (link->data, NULL, g_error_copy (error));
+  call->where = DC_CALL_QUEUED;
+  call->worker = NULL;
+  for (sibling = queue->calls.head; sibling != NULL; sibling = sibling->next)
+    if (((DcCall *) sibling->data)->priority >= call->priority)
+      break;
+
+  if (sibling == NULL)
+    g_queue_push_tail_link (&queue->calls, &call->link);
+  else if (sibling->prev == NULL)
+    g_queue_push_head_link (&queue->calls, &call->link);
+  else
+    g_queue_insert_after_link (&queue->calls, sibling->prev, &call->link);
 }
 
-gboolean
-call_timeout_cb (gpointer data)
+DcCall *
+dc_call_queue_pop (DcCallQueue *queue)
 {
-  DcCall *call = data;
-  DcWorker *worker = call->worker;
+  GList *link = g_queue_pop_head_link (&queue->calls);
 
-  if (call->where != CALL_IN_FLIGHT || worker == NULL || worker->pool == NULL)
-    {
-      g_clear_pointer (&call->timeout_source, g_source_unref);
-      return G_SOURCE_REMOVE;
-    }
-
-  return call_timeout_fire (call);
+  return link != NULL ? link->data : NULL;
 }
 
-gboolean
-call_timeout_fire (DcCall *call)
+void
+dc_call_queue_remove (DcCallQueue *queue,
+                      DcCall      *call)
 {
-  DcWorker *worker = call->worker;
-  DcDetachedCode *self = worker->pool;
-  g_autoptr(GTask) task = NULL;
-  g_autoptr(GObject) keep = g_object_ref (G_OBJECT (self));
-  gboolean running = call_is_running (call);
-  GPid pid = worker->pid;
+  g_assert (call->where == DC_CALL_QUEUED);
+  g_queue_unlink (&queue->calls, &call->link);
+}
 
-  g_clear_pointer (&call->timeout_source, g_source_unref);
-  task = call_steal_task (call);
+void
+dc_call_queue_take_all (DcCallQueue *queue,
+                        GQueue      *calls)
+{
+  DcCall *call;
 
-  /* A call still waiting behind another on the same worker has not
-   * started: it fails, and its reply will be dropped. */
-  if (running)
-    call_kill_worker (call, g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED,
-                                         _("Worker process %d was killed: a call it was running took longer than %u ms"),
-                                         (int) pid, self->call_timeout));
-
-  if (task != NULL)
+  while ((call = dc_call_queue_pop (queue)) != NULL)
     {
-      if (running)
-        g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
-                                 _("The call took longer than %u ms; worker process %d was killed"),
-                                 self->call_timeout, (int) pid);
-      else
-        g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
-                                 _("The call did not complete within %u ms on worker process %d"),
-                                 self->call_timeout, (int) pid);
+      dc_call_detach (call);
+      g_queue_push_tail_link (calls, &call->link);
     }
-  update_stats (self);
-  return G_SOURCE_REMOVE;
 }

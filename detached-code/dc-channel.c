@@ -18,7 +18,9 @@
 
 #include "dc-channel-private.h"
 
-/* Runs in the parent only. */
+/* The parent's end of one worker channel: non-blocking reads and writes,
+ * with descriptors on the socket stream, and sources that say when the
+ * channel is ready.  Runs in the parent only. */
 
 struct _DcChannel
 {

@@ -4,86 +4,280 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 
+/* Reaching the pool's main context from other threads: the one guard,
+ * the mailboxes that carry calls and cancellations over, a dispose that
+ * must wait for the context's thread, and reaping no context will do. */
+
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <glib/gi18n-lib.h>
-#include <glib-unix.h>
-
-#include "dc-detached-code-private.h"
-#include "dc-enum-types.h"
+#include "dc-context-private.h"
 
 void
-cancel_data_free (gpointer data)
+dc_context_init (DcContext *ctx)
 {
-  CancelData *cancel = data;
-
-  g_object_unref (cancel->task);
-  g_object_unref (cancel->self);
-  g_free (cancel);
+  ctx->main_context = g_main_context_ref_thread_default ();
+  ctx->owner_thread = g_thread_self ();
+  ctx->owner_pid = getpid ();
 }
 
-/* On the pool's context. */
-gboolean
-cancel_idle_cb (gpointer data)
+void
+dc_context_clear (DcContext *ctx)
 {
-  CancelData *cancel = data;
-  DcCall *call = g_hash_table_lookup (cancel->self->cancellable_calls, cancel->task);
+  /* A worker's copy never touches the parent's context. */
+  if (dc_context_in_owner_process (ctx))
+    g_main_context_unref (ctx->main_context);
+  ctx->main_context = NULL;
+}
 
-  /* Not there: it completed already, or it is still on its way in from
-   * another thread, and submit() will see the cancellable. */
-  if (call != NULL)
-    call_cancel (call);
+gboolean
+dc_context_in_owner_process (const DcContext *ctx)
+{
+  return ctx->owner_pid == getpid ();
+}
+
+gboolean
+dc_context_enter (DcContext *ctx)
+{
+  if (!dc_context_in_owner_process (ctx))
+    return FALSE;
+
+  /* The maker of the pool may enter a context nobody runs; any other
+   * thread only the one it runs itself.  A worker dies with the thread
+   * that forked it, so forks stay with these threads. */
+  if (g_thread_self () != ctx->owner_thread && !g_main_context_is_owner (ctx->main_context))
+    return FALSE;
+  return g_main_context_acquire (ctx->main_context);
+}
+
+void
+dc_context_leave (DcContext *ctx)
+{
+  g_main_context_release (ctx->main_context);
+}
+
+gboolean
+dc_context_enter_or_warn (DcContext  *ctx,
+                          const char *function)
+{
+  if (dc_context_enter (ctx))
+    return TRUE;
+  /* In a worker the pool is a copy, inert by design: no warning. */
+  /* g_log(), not g_critical(): with structured logging, only it reaches
+   * g_test_expect_message(). */
+  if (dc_context_in_owner_process (ctx))
+    g_log (G_LOG_DOMAIN, G_LOG_LEVEL_CRITICAL, "%s: called from a thread that does not run the pool's main context; "
+                "only calls may be made from other threads", function);
+  return FALSE;
+}
+
+typedef struct
+{
+  GSourceFunc func;
+  gpointer    data;
+  gboolean    done;
+  GMutex      lock;
+  GCond       cond;
+} Wait;
+
+static gboolean
+run_and_signal_cb (gpointer data)
+{
+  Wait *wait = data;
+
+  wait->func (wait->data);
+
+  g_mutex_lock (&wait->lock);
+  wait->done = TRUE;
+  g_cond_signal (&wait->cond);
+  g_mutex_unlock (&wait->lock);
   return G_SOURCE_REMOVE;
 }
 
-/* In whichever thread cancelled: hand over to the pool's context. */
 void
+dc_context_run_and_wait (DcContext   *ctx,
+                         GSourceFunc  func,
+                         gpointer     data)
+{
+  Wait wait = { func, data, FALSE, };
+  GSource *source = g_idle_source_new ();
+
+  g_mutex_init (&wait.lock);
+  g_cond_init (&wait.cond);
+  g_source_set_priority (source, G_PRIORITY_HIGH);
+  g_source_set_callback (source, run_and_signal_cb, &wait, NULL);
+  g_source_attach (source, ctx->main_context);
+  g_source_unref (source);
+
+  g_mutex_lock (&wait.lock);
+  while (!wait.done)
+    g_cond_wait (&wait.cond, &wait.lock);
+  g_mutex_unlock (&wait.lock);
+  g_mutex_clear (&wait.lock);
+  g_cond_clear (&wait.cond);
+}
+
+/* ---- mailboxes ---- */
+
+void
+dc_mailbox_init (DcMailbox      *mailbox,
+                 DcContext      *ctx,
+                 DcMailboxFunc   deliver,
+                 gpointer        user_data,
+                 gpointer      (*ref) (gpointer),
+                 GDestroyNotify  unref)
+{
+  g_mutex_init (&mailbox->lock);
+  g_queue_init (&mailbox->items);
+  mailbox->source = NULL;
+  mailbox->ctx = ctx;
+  mailbox->deliver = deliver;
+  mailbox->user_data = user_data;
+  mailbox->ref = ref;
+  mailbox->unref = unref;
+}
+
+static gboolean
+mailbox_deliver_cb (gpointer data)
+{
+  DcMailbox *mailbox = data;
+  GQueue items = G_QUEUE_INIT;
+
+  dc_mailbox_take (mailbox, &items);
+  if (items.length > 0)
+    mailbox->deliver (&items, mailbox->user_data);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+mailbox_source_done (gpointer data)
+{
+  DcMailbox *mailbox = data;
+
+  mailbox->unref (mailbox->user_data);
+}
+
+void
+dc_mailbox_post (DcMailbox *mailbox,
+                 GList     *link)
+{
+  GSource *source = NULL;
+
+  g_mutex_lock (&mailbox->lock);
+  g_queue_push_tail_link (&mailbox->items, link);
+  if (mailbox->source == NULL)
+    {
+      /* The source holds the mailbox's owner until it has delivered. */
+      source = mailbox->source = g_idle_source_new ();
+      g_source_set_priority (source, G_PRIORITY_DEFAULT);
+      g_source_set_callback (source, mailbox_deliver_cb, mailbox, mailbox_source_done);
+      mailbox->ref (mailbox->user_data);
+      g_source_attach (source, mailbox->ctx->main_context);
+    }
+  g_mutex_unlock (&mailbox->lock);
+}
+
+void
+dc_mailbox_take (DcMailbox *mailbox,
+                 GQueue    *items)
+{
+  GSource *source;
+
+  g_mutex_lock (&mailbox->lock);
+  *items = mailbox->items;
+  g_queue_init (&mailbox->items);
+  source = g_steal_pointer (&mailbox->source);
+  g_mutex_unlock (&mailbox->lock);
+
+  /* Taken by hand (a shutdown): the source has nothing left to do. */
+  if (source != NULL)
+    {
+      g_source_destroy (source);
+      g_source_unref (source);
+    }
+}
+
+gboolean
+dc_mailbox_is_empty (DcMailbox *mailbox)
+{
+  gboolean empty;
+
+  g_mutex_lock (&mailbox->lock);
+  empty = mailbox->items.length == 0;
+  g_mutex_unlock (&mailbox->lock);
+  return empty;
+}
+
+void
+dc_mailbox_clear (DcMailbox *mailbox)
+{
+  g_assert (mailbox->items.length == 0);
+  g_assert (mailbox->source == NULL);
+  g_mutex_clear (&mailbox->lock);
+}
+
+/* ---- cancellation ---- */
+
+typedef struct
+{
+  DcMailbox *mailbox;
+  GTask     *task;    /* strong: an emission may outlive the call */
+} CancelHop;
+
+static void
+cancel_hop_free (gpointer data)
+{
+  CancelHop *hop = data;
+
+  g_object_unref (hop->task);
+  g_free (hop);
+}
+
+/* In whichever thread cancelled. */
+static void
 cancelled_cb (GCancellable *cancellable,
               gpointer      data)
 {
-  CancelData *template = data;
-  CancelData *cancel = g_new (CancelData, 1);
-  GSource *source = g_idle_source_new ();
+  CancelHop *hop = data;
+  GList *link = g_list_alloc ();
 
-  cancel->self = g_object_ref (template->self);
-  cancel->task = g_object_ref (template->task);
-  g_source_set_priority (source, G_PRIORITY_DEFAULT);
-  g_source_set_callback (source, cancel_idle_cb, cancel, cancel_data_free);
-  g_source_attach (source, cancel->self->context);
-  g_source_unref (source);
+  /* The task keeps its pool, and so the mailbox, alive. */
+  link->data = g_object_ref (hop->task);
+  dc_mailbox_post (hop->mailbox, link);
 }
 
-gboolean
-incoming_cb (gpointer data)
+gulong
+dc_cancel_hop_connect (DcMailbox    *mailbox,
+                       GCancellable *cancellable,
+                       GTask        *task)
 {
-  DcDetachedCode *self = data;
-  GQueue calls;
-  GList *link;
+  CancelHop *hop = g_new (CancelHop, 1);
 
-  g_mutex_lock (&self->incoming_lock);
-  calls = self->incoming;
-  g_queue_init (&self->incoming);
-  g_clear_pointer (&self->incoming_source, g_source_unref);
-  g_mutex_unlock (&self->incoming_lock);
-
-  while ((link = g_queue_pop_head_link (&calls)) != NULL)
-    submit (self, link->data);
-  dispatch (self);
-
-  return G_SOURCE_REMOVE;
+  hop->mailbox = mailbox;
+  hop->task = g_object_ref (task);
+  /* Already cancelled: the handler runs here and now, and 0 comes back. */
+  return g_cancellable_connect (cancellable, G_CALLBACK (cancelled_cb), hop, cancel_hop_free);
 }
 
-/* The pool goes: nobody is left to tell of the departed workers' exits,
- * but their child watches still reap them. */
-gpointer
+void
+dc_cancel_hop_disconnect (GCancellable *cancellable,
+                          gulong        handler_id)
+{
+  /* Not g_cancellable_disconnect(): it waits for a running emission, and
+   * deadlocks when that emission is this thread's own (a "cancelled"
+   * handler of the application's that shuts the pool down).  GSignal
+   * keeps the handler's data until any emission in progress is over, and
+   * a handler that runs late posts a task nobody looks for any more. */
+  if (handler_id != 0)
+    g_signal_handler_disconnect (cancellable, handler_id);
+}
+
+/* ---- reaping ---- */
+
+static gpointer
 reaper_thread (gpointer data)
 {
   GArray *pids = data;
@@ -97,49 +291,12 @@ reaper_thread (gpointer data)
 }
 
 void
-forget_departed (DcDetachedCode *self)
+dc_context_reap_in_thread (GArray *pids)
 {
-  GList *departed = g_steal_pointer (&self->departed);
-  /* A private context may never run again once the pool is gone, and its
-   * child watches with it: the default one runs for the process's life. */
-  gboolean own_reaper = self->context != g_main_context_default ();
-  GArray *pids = g_array_new (FALSE, FALSE, sizeof (GPid));
-  GList *l;
-
-  for (l = departed; l != NULL; l = l->next)
+  if (pids->len == 0)
     {
-      DcWorker *worker = l->data;
-
-      worker->pool = NULL;
-      if (own_reaper && !worker->exited && worker->watch != NULL)
-        {
-          /* Asked to leave already; now for certain, and reaped by us
-           * rather than by a watch nobody may dispatch. */
-          kill (worker->pid, SIGKILL);
-          g_array_append_val (pids, worker->pid);
-          g_source_destroy (worker->watch);
-        }
-      worker_unref (worker);
+      g_array_unref (pids);
+      return;
     }
-  g_list_free (departed);
-
-  if (pids->len > 0)
-    g_thread_unref (g_thread_new ("dc-reaper", reaper_thread, g_steal_pointer (&pids)));
-  g_clear_pointer (&pids, g_array_unref);
-}
-
-/* In the thread that runs the pool's context, for a dispose elsewhere. */
-gboolean
-handover_cb (gpointer data)
-{
-  Handover *handover = data;
-
-  dc_detached_code_shutdown (handover->self);
-  forget_departed (handover->self);
-
-  g_mutex_lock (&handover->lock);
-  handover->done = TRUE;
-  g_cond_signal (&handover->cond);
-  g_mutex_unlock (&handover->lock);
-  return G_SOURCE_REMOVE;
+  g_thread_unref (g_thread_new ("dc-reaper", reaper_thread, pids));
 }

@@ -4,250 +4,665 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 
+/* Scheduling: submitting calls, dispatching them to workers, growing and
+ * shrinking the pool, pipelining, recycling, and the live counts. */
+
 #include "config.h"
 
-#include <errno.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <glib/gi18n-lib.h>
-#include <glib-unix.h>
 
-#include "dc-detached-code-private.h"
-#include "dc-enum-types.h"
+#include "dc-pool-private.h"
 
-void
-set_n_workers (DcDetachedCode *self,
-               guint           n)
+struct _DcPool
 {
-  if (self->n_workers == n)
-    return;
-  self->n_workers = n;
-  g_object_notify_by_pspec (G_OBJECT (self), props[PROP_N_WORKERS]);
+  gint                   ref_count;   /* atomic: a last reference may go anywhere */
+  DcContext              ctx;
+  DcLauncher            *launcher;
+  DcPoolSettings         settings;
+  const DcPoolCallbacks *callbacks;   /* NULL once disowned */
+  gpointer               user_data;
+
+  gboolean               started;
+  DcCallQueue            queue;
+  GList                 *workers;     /* DcWorkerProc, one reference each, until reaped */
+  guint                  n_running;   /* workers taking calls */
+  guint                  n_busy;      /* last notified */
+  guint                  n_queued;    /* last notified */
+  guint64                next_serial;
+
+  /* dispatch() runs; what changes meanwhile asks it to go round again. */
+  gboolean               dispatching;
+  gboolean               dispatch_again;
+
+  DcMailbox              incoming;    /* calls from other threads */
+  DcMailbox              cancels;     /* tasks cancelled, from any thread */
+};
+
+static const DcWorkerProcCallbacks proc_callbacks;
+
+static void
+pool_notify (DcPool      *pool,
+             DcPoolCount  count)
+{
+  if (pool->callbacks != NULL)
+    pool->callbacks->notify (count, pool->user_data);
 }
 
-guint
-effective_max (DcDetachedCode *self)
-{
-  return MAX (self->min_workers, self->max_workers);
-}
-
-DcWorker *
-find_idle_worker (DcDetachedCode *self)
-{
-  GList *l;
-
-  for (l = self->workers; l != NULL; l = l->next)
-    {
-      DcWorker *worker = l->data;
-
-      if (worker->state == WORKER_RUNNING && worker->inflight.length == 0)
-        return worker;
-    }
-  return NULL;
-}
-
-/* With pipeline-depth > 1: the least loaded worker that has room. */
-DcWorker *
-find_worker_with_room (DcDetachedCode *self)
-{
-  DcWorker *best = NULL;
-  GList *l;
-
-  for (l = self->workers; l != NULL; l = l->next)
-    {
-      DcWorker *worker = l->data;
-
-      if (worker->state == WORKER_RUNNING && worker->inflight.length < self->pipeline_depth &&
-          (best == NULL || worker->inflight.length < best->inflight.length))
-        best = worker;
-    }
-  return best;
-}
-
-void
-update_stats (DcDetachedCode *self)
+/* Called after every reply: compares first, notifies only on change. */
+static void
+pool_update_stats (DcPool *pool)
 {
   guint n_busy = 0;
   GList *l;
 
-  for (l = self->workers; l != NULL; l = l->next)
-    if (((DcWorker *) l->data)->inflight.length > 0)
+  for (l = pool->workers; l != NULL; l = l->next)
+    if (dc_worker_proc_get_n_calls (l->data) > 0)
       n_busy++;
 
-  /* Called after every reply: compare first, notify only on change. */
-  if (self->n_busy != n_busy)
+  if (pool->n_busy != n_busy)
     {
-      self->n_busy = n_busy;
-      g_object_notify_by_pspec (G_OBJECT (self), props[PROP_N_BUSY]);
+      pool->n_busy = n_busy;
+      pool_notify (pool, DC_POOL_COUNT_BUSY);
     }
-  if (self->n_queued != self->queue.length)
+  if (pool->n_queued != dc_call_queue_length (&pool->queue))
     {
-      self->n_queued = self->queue.length;
-      g_object_notify_by_pspec (G_OBJECT (self), props[PROP_N_QUEUED]);
+      pool->n_queued = dc_call_queue_length (&pool->queue);
+      pool_notify (pool, DC_POOL_COUNT_QUEUED);
     }
 }
 
-/* Sends queued calls to idle workers, forking more while the pool may
- * grow.  Safe to re-enter. */
-void
-dispatch (DcDetachedCode *self)
+static guint
+effective_max (DcPool *pool)
 {
-  g_autoptr(GError) spawn_error = NULL;
+  return MAX (pool->settings.min_workers, pool->settings.max_workers);
+}
+
+/* ---- workers ---- */
+
+/* Returns a new reference: the caller's, beside the pool's own. */
+static DcWorkerProc *
+pool_spawn (DcPool  *pool,
+            GError **error)
+{
+  DcLaunchOptions options = {
+    pool->settings.proc.marshaller,
+    pool->settings.exit_on_die,
+    pool->settings.proc.memfd_threshold,
+  };
+  DcLaunched launched;
+  DcWorkerProc *proc;
+
+  if (!dc_launcher_spawn (pool->launcher, &options, &launched, error))
+    return NULL;
+
+  proc = dc_worker_proc_new (launched.pid, launched.channel, pool->ctx.main_context,
+                             &pool->settings.proc, pool->settings.exit_on_die,
+                             &proc_callbacks, pool);
+  pool->workers = g_list_prepend (pool->workers, dc_worker_proc_ref (proc));
+  pool->n_running++;
+  pool_notify (pool, DC_POOL_COUNT_WORKERS);
+  if (pool->callbacks != NULL)
+    pool->callbacks->worker_spawned (launched.pid, pool->user_data);
+  return proc;
+}
+
+static void
+proc_left_service (DcWorkerProc *proc,
+                   gpointer      data)
+{
+  DcPool *pool = data;
+
+  pool->n_running--;
+  pool_notify (pool, DC_POOL_COUNT_WORKERS);
+  /* Room for a new worker, or calls to move on. */
+  dc_pool_dispatch (pool);
+}
+
+static void
+proc_ready (DcWorkerProc *proc,
+            gpointer      data)
+{
+  dc_pool_dispatch (data);
+}
+
+static void
+proc_idle_timeout (DcWorkerProc *proc,
+                   gpointer      data)
+{
+  DcPool *pool = data;
+
+  if (pool->n_running > pool->settings.min_workers)
+    {
+      dc_worker_proc_retire (proc);
+      pool_update_stats (pool);
+    }
+}
+
+static void
+proc_requeue (DcWorkerProc *proc,
+              DcCall       *call,
+              gpointer      data)
+{
+  DcPool *pool = data;
+
+  dc_call_queue_push_front (&pool->queue, call);
+}
+
+static void
+proc_exited (DcWorkerProc *proc,
+             int           wait_status,
+             GQueue       *calls,
+             const GError *error,
+             gpointer      data)
+{
+  DcPool *pool = dc_pool_ref (data);
+  GPid pid = dc_worker_proc_get_pid (proc);
+  GQueue failed = *calls;
+
+  g_queue_init (calls);
+  pool->workers = g_list_remove (pool->workers, proc);
+  dc_worker_proc_unref (proc);
+
+  if (pool->callbacks != NULL)
+    pool->callbacks->worker_exited (pid, wait_status, pool->user_data);
+
+  /* n-workers is lower already; calls queued behind get a fresh worker
+   * before the failed ones' callbacks run. */
+  dc_pool_dispatch (pool);
+  if (failed.length > 0)
+    dc_call_fail_all (&failed, error);
+  pool_update_stats (pool);
+  dc_pool_unref (pool);
+}
+
+static const DcWorkerProcCallbacks proc_callbacks = {
+  proc_left_service,
+  proc_ready,
+  proc_idle_timeout,
+  proc_requeue,
+  proc_exited,
+};
+
+/* A copy of the list, each worker held: what is done to one may re-enter
+ * and change the list. */
+static GList *
+hold_workers (DcPool *pool)
+{
+  GList *copy = g_list_copy (pool->workers), *l;
+
+  for (l = copy; l != NULL; l = l->next)
+    dc_worker_proc_ref (l->data);
+  return copy;
+}
+
+static DcWorkerProc *
+find_idle_worker (DcPool *pool)
+{
+  GList *l;
+
+  for (l = pool->workers; l != NULL; l = l->next)
+    if (dc_worker_proc_get_state (l->data) == DC_WORKER_PROC_RUNNING &&
+        dc_worker_proc_get_n_calls (l->data) == 0)
+      return l->data;
+  return NULL;
+}
+
+/* With pipeline-depth > 1: the least loaded worker that has room. */
+static DcWorkerProc *
+find_worker_with_room (DcPool *pool)
+{
+  DcWorkerProc *best = NULL;
+  GList *l;
+
+  for (l = pool->workers; l != NULL; l = l->next)
+    {
+      DcWorkerProc *proc = l->data;
+      guint n = dc_worker_proc_get_n_calls (proc);
+
+      if (dc_worker_proc_get_state (proc) == DC_WORKER_PROC_RUNNING &&
+          n < pool->settings.pipeline_depth &&
+          (best == NULL || n < dc_worker_proc_get_n_calls (best)))
+        best = proc;
+    }
+  return best;
+}
+
+/* One round: sends queued calls to idle workers, forking more while the
+ * pool may grow, then writes what each worker was given in one go. */
+static void
+dispatch_round (DcPool  *pool,
+                GError **spawn_error)
+{
   /* Workers that got a first frame this round; dispatch runs after every
    * reply, so no allocation unless the pool is large. */
-  DcWorker *to_flush_local[16];
-  DcWorker **to_flush = to_flush_local;
+  DcWorkerProc *to_flush_local[16];
+  DcWorkerProc **to_flush = to_flush_local;
   guint n_to_flush = 0, to_flush_size = G_N_ELEMENTS (to_flush_local);
   guint i;
 
-  /* Callbacks (of failed calls) may drop the last reference. */
-  g_object_ref (self);
-
-  while (self->queue.length > 0)
+  while (dc_call_queue_length (&pool->queue) > 0 && pool->callbacks != NULL)
     {
-      DcWorker *worker = find_idle_worker (self);
+      DcWorkerProc *proc = find_idle_worker (pool);
       DcCall *call;
 
-      if (worker == NULL && self->n_workers < effective_max (self) && spawn_error == NULL)
+      if (proc == NULL && pool->n_running < effective_max (pool) && *spawn_error == NULL)
         {
-          worker = spawn_worker (self, &spawn_error);
+          DcWorkerProc *spawned = pool_spawn (pool, spawn_error);
+
           /* Its signals may have re-entered: shut down, taken the call. */
-          if (worker != NULL && (worker->state != WORKER_RUNNING || worker->channel == NULL))
-            worker = NULL;
-          if (self->queue.length == 0)
+          if (spawned != NULL && dc_worker_proc_get_state (spawned) == DC_WORKER_PROC_RUNNING &&
+              pool->callbacks != NULL)
+            proc = spawned;
+          g_clear_pointer (&spawned, dc_worker_proc_unref);
+          if (dc_call_queue_length (&pool->queue) == 0)
             break;
         }
       /* Idle workers first, new ones next, then a place in a pipeline. */
-      if (worker == NULL && self->pipeline_depth > 1)
-        worker = find_worker_with_room (self);
-      if (worker == NULL)
+      if (proc == NULL && pool->settings.pipeline_depth > 1)
+        proc = find_worker_with_room (pool);
+      if (proc == NULL)
         break;
 
-      call = g_queue_pop_head_link (&self->queue)->data;
-      if (worker->outbuf->len == 0)
+      call = dc_call_queue_pop (&pool->queue);
+      if (!dc_worker_proc_has_output (proc))
         {
           if (n_to_flush == to_flush_size)
             {
               to_flush_size *= 2;
               if (to_flush == to_flush_local)
                 to_flush = g_memdup2 (to_flush_local, sizeof to_flush_local);
-              to_flush = g_renew (DcWorker *, to_flush, to_flush_size);
+              to_flush = g_renew (DcWorkerProc *, to_flush, to_flush_size);
             }
-          to_flush[n_to_flush++] = worker_ref (worker);
+          to_flush[n_to_flush++] = dc_worker_proc_ref (proc);
         }
-      send_call (worker, call);
+      dc_worker_proc_send (proc, call);
+
+      /* Its last call: it leaves once it has answered. */
+      if (pool->settings.max_worker_calls > 0 &&
+          dc_worker_proc_get_n_sent (proc) >= pool->settings.max_worker_calls)
+        dc_worker_proc_retire (proc);
     }
 
-  /* Write in one go what each worker was given.  A write may re-enter
-   * (a broken channel), hence the references. */
+  /* A write may find the worker gone, and re-enter. */
   for (i = 0; i < n_to_flush; i++)
     {
-      DcWorker *worker = to_flush[i];
-
-      if (worker->channel != NULL && worker->write_source == NULL)
-        worker_flush (worker);
-      worker_unref (worker);
+      dc_worker_proc_flush (to_flush[i]);
+      dc_worker_proc_unref (to_flush[i]);
     }
   if (to_flush != to_flush_local)
     g_free (to_flush);
-
-  /* Queued calls never wait on a dead pool. */
-  if (spawn_error != NULL && self->n_workers == 0 && self->queue.length > 0)
-    {
-      GQueue calls = self->queue;
-      GList *l;
-
-      g_queue_init (&self->queue);
-      for (l = calls.head; l != NULL; l = l->next)
-        call_detach (l->data);
-      fail_calls (&calls, spawn_error);
-    }
-
-  update_stats (self);
-  g_object_unref (self);
 }
 
-/* With the context acquired. */
 void
-submit (DcDetachedCode *self,
-        DcCall         *call)
+dc_pool_dispatch (DcPool *pool)
+{
+  g_autoptr(GError) spawn_error = NULL;
+
+  if (pool->dispatching)
+    {
+      pool->dispatch_again = TRUE;
+      return;
+    }
+
+  /* Callbacks (of failed calls) may drop the last reference. */
+  dc_pool_ref (pool);
+  pool->dispatching = TRUE;
+  do
+    {
+      pool->dispatch_again = FALSE;
+      dispatch_round (pool, &spawn_error);
+    }
+  while (pool->dispatch_again && spawn_error == NULL);
+  pool->dispatching = FALSE;
+
+  /* Queued calls never wait on a dead pool. */
+  if (spawn_error != NULL && pool->n_running == 0 && dc_call_queue_length (&pool->queue) > 0)
+    {
+      GQueue calls = G_QUEUE_INIT;
+
+      dc_call_queue_take_all (&pool->queue, &calls);
+      dc_call_fail_all (&calls, spawn_error);
+    }
+
+  pool_update_stats (pool);
+  dc_pool_unref (pool);
+}
+
+/* ---- calls ---- */
+
+void
+dc_pool_submit (DcPool *pool,
+                DcCall *call)
 {
   GCancellable *cancellable = g_task_get_cancellable (call->task);
 
-  self->started = TRUE;
-  call->serial = self->next_serial++;
+  pool->started = TRUE;
+  call->serial = pool->next_serial++;
 
-  if (cancellable != NULL)
+  if (cancellable != NULL && g_cancellable_is_cancelled (cancellable))
     {
-      CancelData *template;
+      g_autoptr(GTask) task = dc_call_steal_task (call);
 
-      if (g_cancellable_is_cancelled (cancellable))
-        {
-          g_autoptr(GTask) task = g_steal_pointer (&call->task);
-
-          call_free (call);
-          g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CANCELLED, "%s",
-                                   _("The call was cancelled"));
-          return;
-        }
-
-      call->cancellable = g_object_ref (cancellable);
-      g_hash_table_insert (self->cancellable_calls, call->task, call);
-      /* The template is only read by the handler; the tasks it refs are
-       * the idle's.  It lives as long as the connection. */
-      template = g_new (CancelData, 1);
-      template->self = self;
-      template->task = call->task;
-      call->cancel_id = g_cancellable_connect (cancellable, G_CALLBACK (cancelled_cb),
-                                               template, g_free);
+      dc_call_free (call);
+      dc_call_return_cancelled (task);
+      return;
     }
 
-  queue_insert (&self->queue, call);
+  dc_call_watch_cancellable (call, &pool->cancels);
+  dc_call_queue_push (&pool->queue, call);
 }
 
 void
-detach_workers (DcDetachedCode *self,
-                GQueue         *calls)
+dc_pool_post (DcPool *pool,
+              DcCall *call)
 {
-  GList *workers = g_steal_pointer (&self->workers);
-  GList *l;
+  dc_mailbox_post (&pool->incoming, &call->link);
+}
 
+static void
+deliver_incoming (GQueue   *calls,
+                  gpointer  data)
+{
+  DcPool *pool = data;
+  GList *link;
+
+  while ((link = g_queue_pop_head_link (calls)) != NULL)
+    dc_pool_submit (pool, link->data);
+  dc_pool_dispatch (pool);
+}
+
+/* Returns CANCELLED to the caller now.  A queued call is gone; one in
+ * flight stays on its worker until its reply comes, and is dropped then,
+ * unless kill-on-cancel kills the worker that runs it. */
+static void
+pool_cancel (DcPool *pool,
+             DcCall *call)
+{
+  g_autoptr(GTask) task = dc_call_steal_task (call);
+
+  switch (call->where)
+    {
+    case DC_CALL_QUEUED:
+      dc_call_queue_remove (&pool->queue, call);
+      dc_call_detach (call);
+      dc_call_free (call);
+      break;
+    case DC_CALL_SENT:
+      if (pool->settings.kill_on_cancel && dc_worker_proc_is_running (call->worker, call))
+        dc_worker_proc_kill_for_call (call->worker, call,
+                                      g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED,
+                                                   _("Worker process %d was killed: the call it was running was cancelled"),
+                                                   (int) dc_worker_proc_get_pid (call->worker)));
+      break;
+    case DC_CALL_DETACHED:   /* its owner frees it */
+    case DC_CALL_NEW:
+    default:
+      break;
+    }
+
+  dc_call_return_cancelled (task);
+}
+
+static void
+deliver_cancels (GQueue   *tasks,
+                 gpointer  data)
+{
+  DcPool *pool = dc_pool_ref (data);
+  GList *link;
+
+  while ((link = g_queue_pop_head_link (tasks)) != NULL)
+    {
+      GTask *task = link->data;
+      DcCall *call = dc_call_from_task (task);
+
+      /* None: it completed already, or it is still on its way in from
+       * another thread, where submission sees the cancellable. */
+      if (call != NULL)
+        pool_cancel (pool, call);
+      g_object_unref (task);
+      g_list_free_1 (link);
+    }
+  pool_update_stats (pool);
+  dc_pool_unref (pool);
+}
+
+/* ---- the pool ---- */
+
+DcPool *
+dc_pool_new (const DcPoolCallbacks *callbacks,
+             gpointer               user_data)
+{
+  DcPool *pool = g_new0 (DcPool, 1);
+
+  pool->ref_count = 1;
+  dc_context_init (&pool->ctx);
+  pool->launcher = dc_launcher_new ();
+  pool->callbacks = callbacks;
+  pool->user_data = user_data;
+  pool->settings.proc.marshaller = DC_MARSHALLER_VARIANT;
+  pool->settings.min_workers = 1;
+  pool->settings.max_workers = 1;
+  pool->settings.pipeline_depth = 1;
+  dc_call_queue_init (&pool->queue);
+  pool->next_serial = 1;
+  dc_mailbox_init (&pool->incoming, &pool->ctx, deliver_incoming, pool,
+                   (gpointer (*) (gpointer)) dc_pool_ref, (GDestroyNotify) dc_pool_unref);
+  dc_mailbox_init (&pool->cancels, &pool->ctx, deliver_cancels, pool,
+                   (gpointer (*) (gpointer)) dc_pool_ref, (GDestroyNotify) dc_pool_unref);
+  return pool;
+}
+
+DcPool *
+dc_pool_ref (DcPool *pool)
+{
+  g_atomic_int_inc (&pool->ref_count);
+  return pool;
+}
+
+void
+dc_pool_unref (DcPool *pool)
+{
+  if (!g_atomic_int_dec_and_test (&pool->ref_count))
+    return;
+
+  /* In a worker, a copy: the processes and the context are the parent's,
+   * and a thread of the parent's may have held a mailbox's lock. */
+  if (dc_context_in_owner_process (&pool->ctx))
+    {
+      g_assert (pool->workers == NULL);
+      dc_mailbox_clear (&pool->incoming);
+      dc_mailbox_clear (&pool->cancels);
+    }
+  dc_launcher_free (pool->launcher);
+  dc_context_clear (&pool->ctx);
+  g_free (pool);
+}
+
+DcContext *
+dc_pool_get_context (DcPool *pool)
+{
+  return &pool->ctx;
+}
+
+DcLauncher *
+dc_pool_get_launcher (DcPool *pool)
+{
+  return pool->launcher;
+}
+
+DcPoolSettings *
+dc_pool_get_settings (DcPool *pool)
+{
+  return &pool->settings;
+}
+
+gboolean
+dc_pool_start (DcPool  *pool,
+               GError **error)
+{
+  gboolean ok = TRUE;
+
+  pool->started = TRUE;
+  while (ok && pool->n_running < pool->settings.min_workers)
+    {
+      DcWorkerProc *proc = pool_spawn (pool, error);
+
+      ok = proc != NULL;
+      g_clear_pointer (&proc, dc_worker_proc_unref);
+    }
+  /* Calls made before may be waiting. */
+  dc_pool_dispatch (pool);
+  return ok;
+}
+
+void
+dc_pool_shutdown (DcPool *pool)
+{
+  g_autoptr(GError) error = NULL;
+  GQueue calls = G_QUEUE_INIT;
+  GQueue incoming = G_QUEUE_INIT;
+  GList *workers, *l;
+
+  dc_pool_ref (pool);
+  pool->started = FALSE;
+
+  /* Everything is taken before any callback runs: callbacks may call in.
+   * Waiting calls first, so that no worker leaving finds one to take. */
+  dc_call_queue_take_all (&pool->queue, &calls);
+  dc_mailbox_take (&pool->incoming, &incoming);
+  while (incoming.length > 0)
+    {
+      DcCall *call = g_queue_pop_head_link (&incoming)->data;
+
+      dc_call_detach (call);
+      g_queue_push_tail_link (&calls, &call->link);
+    }
+
+  workers = hold_workers (pool);
   for (l = workers; l != NULL; l = l->next)
     {
-      DcWorker *worker = l->data;
-      gboolean busy = worker->inflight.length > 0;
-      GList *link;
+      GQueue taken = G_QUEUE_INIT;
 
-      while ((link = g_queue_pop_head_link (&worker->inflight)) != NULL)
+      dc_worker_proc_detach (l->data, &taken);
+      /* Running calls fail before waiting ones. */
+      while (taken.length > 0)
         {
-          call_detach (link->data);
-          g_queue_push_tail_link (calls, link);
-        }
+          GList *link = g_queue_pop_tail_link (&taken);
 
-      /* An idle worker leaves when it reads the end of its channel; a
-       * busy one would finish a call nobody waits for, so it is killed. */
-      if (!worker->exited && (busy || worker->state != WORKER_RUNNING))
-        kill (worker->pid, SIGKILL);
-
-      worker_leave_service (worker, WORKER_LOST);
-      worker_close_channel (worker);
-      /* Its child watch reaps it; worker-exited still comes, while the
-       * pool lives. */
-      if (worker->exited)
-        {
-          worker->pool = NULL;
-          worker_unref (worker);
-        }
-      else
-        {
-          worker->departed = TRUE;
-          self->departed = g_list_prepend (self->departed, worker);
+          g_queue_push_head_link (&calls, link);
         }
     }
-  g_list_free (workers);
+  g_list_free_full (workers, (GDestroyNotify) dc_worker_proc_unref);
+
+  pool_update_stats (pool);
+  if (calls.length > 0)
+    {
+      error = g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SHUTDOWN,
+                                   _("The pool was shut down before the call completed"));
+      dc_call_fail_all (&calls, error);
+    }
+  dc_pool_unref (pool);
+}
+
+void
+dc_pool_restart (DcPool *pool)
+{
+  g_autoptr(GError) error = NULL;
+  GList *workers, *l;
+
+  dc_pool_ref (pool);
+
+  /* Retiring may close channels and re-enter: hold them meanwhile. */
+  workers = hold_workers (pool);
+  for (l = workers; l != NULL; l = l->next)
+    if (dc_worker_proc_get_state (l->data) == DC_WORKER_PROC_RUNNING)
+      dc_worker_proc_retire (l->data);
+  g_list_free_full (workers, (GDestroyNotify) dc_worker_proc_unref);
+
+  if (pool->started && dc_launcher_has_code (pool->launcher))
+    while (pool->n_running < pool->settings.min_workers)
+      {
+        DcWorkerProc *proc = pool_spawn (pool, &error);
+
+        if (proc == NULL)
+          {
+            /* Calls fork their own worker, or fail with SPAWN. */
+            g_debug ("restart: %s", error->message);
+            break;
+          }
+        dc_worker_proc_unref (proc);
+      }
+  dc_pool_dispatch (pool);
+  dc_pool_unref (pool);
+}
+
+void
+dc_pool_disown (DcPool *pool)
+{
+  /* A private context may never run again once the pool is gone, and the
+   * child watches with it; the default one runs for the process's life. */
+  gboolean own_reaper = pool->ctx.main_context != g_main_context_default ();
+  GArray *pids = g_array_new (FALSE, FALSE, sizeof (GPid));
+  GList *workers = g_steal_pointer (&pool->workers);
+  GList *l;
+
+  pool->callbacks = NULL;
+  for (l = workers; l != NULL; l = l->next)
+    {
+      GPid pid = dc_worker_proc_get_pid (l->data);
+
+      if (dc_worker_proc_disown (l->data, own_reaper))
+        g_array_append_val (pids, pid);
+    }
+  g_list_free_full (workers, (GDestroyNotify) dc_worker_proc_unref);
+  dc_context_reap_in_thread (pids);
+}
+
+gboolean
+dc_pool_has_workers (DcPool *pool)
+{
+  return pool->workers != NULL;
+}
+
+gboolean
+dc_pool_has_waiting (DcPool *pool)
+{
+  return dc_call_queue_length (&pool->queue) > 0 || !dc_mailbox_is_empty (&pool->incoming);
+}
+
+guint
+dc_pool_get_n_workers (DcPool *pool)
+{
+  return pool->n_running;
+}
+
+guint
+dc_pool_get_n_busy (DcPool *pool)
+{
+  return pool->n_busy;
+}
+
+guint
+dc_pool_get_n_queued (DcPool *pool)
+{
+  return pool->n_queued;
+}
+
+GPid *
+dc_pool_get_worker_pids (DcPool *pool,
+                         guint  *n_pids)
+{
+  GPid *pids = g_new (GPid, pool->n_running + 1);
+  guint n = 0;
+  GList *l;
+
+  for (l = pool->workers; l != NULL; l = l->next)
+    if (dc_worker_proc_get_state (l->data) == DC_WORKER_PROC_RUNNING && n < pool->n_running)
+      pids[n++] = dc_worker_proc_get_pid (l->data);
+
+  if (n_pids != NULL)
+    *n_pids = n;
+  if (n == 0)
+    g_clear_pointer (&pids, g_free);
+  return pids;
 }

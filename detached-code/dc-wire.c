@@ -17,9 +17,14 @@
 
 #include "dc-wire-private.h"
 
-/* This file runs on both sides.  In a worker it runs after the user's init
- * function, like the user's code, so it may allocate; none of it is part of
- * the async-signal-safe set-up in dc-worker.c. */
+/* The wire format, shared by both ends: frames, the two marshallers,
+ * errors, the frame reader and its read loop, descriptors and memfd
+ * payloads.  Nothing here forks, so all of it can be tested and fuzzed
+ * in-process.
+ *
+ * In a worker it runs after the user's init function, like the user's
+ * code, so it may allocate; none of it is part of the async-signal-safe
+ * set-up in dc-worker.c. */
 
 /* ---- large buffers ----
  *

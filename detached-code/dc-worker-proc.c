@@ -4,389 +4,431 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 
+/* One worker process as the parent sees it: one state machine, changed
+ * only by proc_transition(), its channel I/O and its timers.  It reports
+ * to its pool through DcWorkerProcCallbacks and knows nothing else of it. */
+
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <glib/gi18n-lib.h>
-#include <glib-unix.h>
 
-#include "dc-detached-code-private.h"
-#include "dc-enum-types.h"
+#include "dc-wire-private.h"
+#include "dc-worker-proc-private.h"
 
-void
+/* What happens to a worker process. */
+typedef enum
+{
+  EVENT_RETIRE,        /* take no more calls; leave once idle */
+  EVENT_IDLE,          /* its last call was answered */
+  EVENT_WRITE_FAILED,  /* it stopped reading: no more writes, read what is left */
+  EVENT_EOF,           /* its channel ended or failed */
+  EVENT_KILL,          /* we kill it */
+  EVENT_DETACH,        /* shut down: the pool took its calls */
+  EVENT_REAPED,        /* its exit status is known */
+} Event;
+
+/* Descriptors that go with the frame starting at @offset in outbuf. */
+typedef struct
+{
+  gsize        offset;
+  GUnixFDList *fds;
+} OutFds;
+
+struct _DcWorkerProc
+{
+  gint                         ref_count;  /* the pool's, the child watch's, a read's */
+  DcWorkerProcState            state;
+  GPid                         pid;
+  GMainContext                *context;
+  const DcWorkerProcSettings  *settings;   /* NULL once disowned */
+  const DcWorkerProcCallbacks *callbacks;  /* NULL once disowned */
+  gpointer                     user_data;
+  gboolean                     exit_on_die; /* as it was when this worker was forked */
+
+  /* Open in RUNNING and RETIRING, and in LOST until what the worker sent
+   * before it stopped reading has been read. */
+  DcChannel                   *channel;
+  GSource                     *read_source;
+  GSource                     *write_source;
+  DcWireReader                 reader;
+  GArray                      *rx_fds;     /* received, not yet claimed by a frame */
+  GByteArray                  *outbuf;     /* frames not yet written */
+  gsize                        out_pos;
+  GQueue                       out_fds;    /* OutFds, by offset */
+
+  GQueue                       inflight;   /* DcCall, in the order written */
+  guint                        n_sent;
+
+  /* Inside proc_read(): no second read, and an exit reported meanwhile is
+   * acted upon when the read is over. */
+  gboolean                     in_read;
+  gboolean                     reaped;
+  int                          wait_status;
+  GError                      *lost_error; /* why we killed it, for its calls */
+
+  gint64                       idle_since;
+  GSource                     *idle_source;
+  GSource                     *watch;      /* the child watch; owns a reference */
+};
+
+static void proc_transition (DcWorkerProc *proc, Event event, GError *reason, GQueue *calls);
+static gboolean proc_read (DcWorkerProc *proc, gboolean drain);
+
+/* ---- life ---- */
+
+DcWorkerProc *
+dc_worker_proc_ref (DcWorkerProc *proc)
+{
+  proc->ref_count++;
+  return proc;
+}
+
+static void
 out_fds_free (OutFds *out)
 {
   g_object_unref (out->fds);
   g_free (out);
 }
 
-/* ---- workers ---- */
-
-DcWorker *
-worker_ref (DcWorker *worker)
-{
-  worker->ref_count++;
-  return worker;
-}
-
 void
-worker_unref (DcWorker *worker)
+dc_worker_proc_unref (DcWorkerProc *proc)
 {
-  if (--worker->ref_count > 0)
+  if (--proc->ref_count > 0)
     return;
 
-  g_assert (worker->channel == NULL);
-  g_assert (worker->inflight.length == 0);
-  dc_wire_reader_clear (&worker->reader);
-  g_clear_pointer (&worker->watch, g_source_unref);
-  g_clear_pointer (&worker->outbuf, g_byte_array_unref);
-  g_clear_pointer (&worker->rx_fds, g_array_unref);
-  g_clear_error (&worker->lost_error);
-  g_free (worker);
+  g_assert (proc->channel == NULL);
+  g_assert (proc->inflight.length == 0);
+  g_assert (proc->idle_source == NULL);
+  dc_wire_reader_clear (&proc->reader);
+  g_clear_pointer (&proc->watch, g_source_unref);
+  g_clear_pointer (&proc->outbuf, g_byte_array_unref);
+  g_queue_clear_full (&proc->out_fds, (GDestroyNotify) out_fds_free);
+  dc_wire_close_fds (proc->rx_fds);
+  g_clear_pointer (&proc->rx_fds, g_array_unref);
+  g_clear_error (&proc->lost_error);
+  g_free (proc);
 }
 
-/* Takes @worker out of service: no new calls go to it. */
-void
-worker_leave_service (DcWorker    *worker,
-                      WorkerState  state)
+GPid
+dc_worker_proc_get_pid (DcWorkerProc *proc)
 {
-  DcDetachedCode *self = worker->pool;
-  WorkerState old = worker->state;
-
-  worker->state = state;
-  if (old == WORKER_RUNNING && self != NULL)
-    set_n_workers (self, self->n_workers - 1);
+  return proc->pid;
 }
 
-/* Forgets what was not written yet. */
-void
-worker_drop_output (DcWorker *worker)
+DcWorkerProcState
+dc_worker_proc_get_state (DcWorkerProc *proc)
 {
-  OutFds *out;
-
-  g_byte_array_set_size (worker->outbuf, 0);
-  worker->out_pos = 0;
-  while ((out = g_queue_pop_head (&worker->out_fds)) != NULL)
-    out_fds_free (out);
+  return proc->state;
 }
 
-/* Closes received descriptors from @first on. */
-void
-worker_close_rx_fds (DcWorker *worker,
-                     guint     first)
+guint
+dc_worker_proc_get_n_calls (DcWorkerProc *proc)
 {
-  guint i;
-
-  for (i = first; i < worker->rx_fds->len; i++)
-    close (g_array_index (worker->rx_fds, int, i));
-  g_array_set_size (worker->rx_fds, first);
+  return proc->inflight.length;
 }
 
-void
-worker_close_channel (DcWorker *worker)
+guint
+dc_worker_proc_get_n_sent (DcWorkerProc *proc)
 {
-  if (worker->idle_source != NULL)
-    {
-      g_source_destroy (worker->idle_source);
-      g_clear_pointer (&worker->idle_source, g_source_unref);
-    }
-  if (worker->read_source != NULL)
-    {
-      g_source_destroy (worker->read_source);
-      g_clear_pointer (&worker->read_source, g_source_unref);
-    }
-  if (worker->write_source != NULL)
-    {
-      g_source_destroy (worker->write_source);
-      g_clear_pointer (&worker->write_source, g_source_unref);
-    }
-  g_clear_pointer (&worker->channel, dc_channel_free);
-  worker_drop_output (worker);
-  worker_close_rx_fds (worker, 0);
-}
-
-/* Takes @worker out of service for good: it finishes the calls it has,
- * then its channel is closed and it leaves on its own. */
-void
-worker_retire (DcWorker *worker)
-{
-  worker_leave_service (worker, WORKER_RETIRING);
-  worker->close_when_idle = TRUE;
-  if (worker->inflight.length == 0)
-    worker_close_channel (worker);
+  return proc->n_sent;
 }
 
 gboolean
-worker_idle_timeout_cb (gpointer data)
+dc_worker_proc_has_output (DcWorkerProc *proc)
 {
-  DcWorker *worker = data;
-  DcDetachedCode *self = worker->pool;
+  return proc->outbuf->len > 0;
+}
 
-  g_clear_pointer (&worker->idle_source, g_source_unref);
+gboolean
+dc_worker_proc_is_running (DcWorkerProc *proc,
+                           DcCall       *call)
+{
+  return call->where == DC_CALL_SENT && proc->inflight.head == &call->link;
+}
 
-  if (self == NULL || worker->state != WORKER_RUNNING || worker->inflight.length > 0)
+static void
+clear_source (GSource **source)
+{
+  if (*source != NULL)
+    {
+      g_source_destroy (*source);
+      g_clear_pointer (source, g_source_unref);
+    }
+}
+
+/* ---- timers ---- */
+
+static gboolean idle_timeout_cb (gpointer data);
+
+/* No call in flight: count towards idle-timeout. */
+static void
+proc_note_idle (DcWorkerProc *proc)
+{
+  gint64 remaining;
+
+  if (proc->settings == NULL || proc->settings->idle_timeout == 0 ||
+      proc->state != DC_WORKER_PROC_RUNNING || proc->idle_source != NULL)
+    return;
+
+  proc->idle_since = g_get_monotonic_time ();
+  remaining = (gint64) proc->settings->idle_timeout * G_TIME_SPAN_MILLISECOND;
+  proc->idle_source = g_timeout_source_new ((guint) MAX (remaining / 1000, 1));
+  g_source_set_callback (proc->idle_source, idle_timeout_cb, proc, NULL);
+  g_source_attach (proc->idle_source, proc->context);
+}
+
+static gboolean
+idle_timeout_cb (gpointer data)
+{
+  DcWorkerProc *proc = data;
+  gint64 idle_for = g_get_monotonic_time () - proc->idle_since;
+
+  g_clear_pointer (&proc->idle_source, g_source_unref);
+  if (proc->callbacks == NULL || proc->state != DC_WORKER_PROC_RUNNING || proc->inflight.length > 0)
     return G_SOURCE_REMOVE;
 
-  /* Busy and idle again meanwhile: wait out the rest. */
-  if (g_get_monotonic_time () - worker->idle_since <
-      (gint64) self->idle_timeout * G_TIME_SPAN_MILLISECOND)
+  /* The limit changed meanwhile: count again from now. */
+  if (idle_for < (gint64) proc->settings->idle_timeout * G_TIME_SPAN_MILLISECOND)
     {
-      worker_note_idle (worker);
+      proc_note_idle (proc);
       return G_SOURCE_REMOVE;
     }
 
-  if (self->n_workers > self->min_workers)
+  proc->callbacks->idle_timeout (proc, proc->user_data);
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean call_timeout_cb (gpointer data);
+
+/* The limit counts from when the call runs: from its write to an idle
+ * worker, or, pipelined, from the reply of the call before it.  Time in
+ * the queue, or behind another call, does not count. */
+static void
+proc_arm_timeout (DcWorkerProc *proc)
+{
+  DcCall *head = g_queue_peek_head (&proc->inflight);
+
+  if (proc->settings == NULL || proc->settings->call_timeout == 0 || head == NULL ||
+      head->timeout_source != NULL || proc->state == DC_WORKER_PROC_LOST)
+    return;
+  head->timeout_source = g_timeout_source_new (proc->settings->call_timeout);
+  g_source_set_callback (head->timeout_source, call_timeout_cb, head, NULL);
+  g_source_attach (head->timeout_source, proc->context);
+}
+
+static gboolean
+call_timeout_cb (gpointer data)
+{
+  DcCall *call = data;
+  DcWorkerProc *proc = call->worker;
+  g_autoptr(GTask) task = NULL;
+  guint limit;
+  gboolean running;
+  GPid pid;
+
+  g_clear_pointer (&call->timeout_source, g_source_unref);
+  if (call->where != DC_CALL_SENT || proc == NULL || proc->settings == NULL)
+    return G_SOURCE_REMOVE;
+
+  limit = proc->settings->call_timeout;
+  running = dc_worker_proc_is_running (proc, call);
+  pid = proc->pid;
+  task = dc_call_steal_task (call);
+
+  /* A call still waiting behind another on the same worker has not
+   * started: it fails, and its reply will be dropped. */
+  if (running)
+    dc_worker_proc_kill_for_call (proc, call,
+                                  g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED,
+                                               _("Worker process %d was killed: a call it was running took longer than %u ms"),
+                                               (int) pid, limit));
+
+  if (task != NULL)
     {
-      worker_retire (worker);
-      update_stats (self);
+      if (running)
+        g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
+                                 _("The call took longer than %u ms; worker process %d was killed"),
+                                 limit, (int) pid);
+      else
+        g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
+                                 _("The call did not complete within %u ms on worker process %d"),
+                                 limit, (int) pid);
     }
   return G_SOURCE_REMOVE;
 }
 
-/* @worker has no call: start counting towards idle-timeout. */
+/* ---- the channel ---- */
+
+static void
+proc_drop_output (DcWorkerProc *proc)
+{
+  g_byte_array_set_size (proc->outbuf, 0);
+  proc->out_pos = 0;
+  g_queue_clear_full (&proc->out_fds, (GDestroyNotify) out_fds_free);
+  clear_source (&proc->write_source);
+}
+
+static void
+proc_close_channel (DcWorkerProc *proc)
+{
+  clear_source (&proc->read_source);
+  proc_drop_output (proc);
+  g_clear_pointer (&proc->channel, dc_channel_free);
+  dc_wire_close_fds (proc->rx_fds);
+}
+
+static gboolean writable_cb (GIOCondition condition, gpointer data);
+
 void
-worker_note_idle (DcWorker *worker)
+dc_worker_proc_flush (DcWorkerProc *proc)
 {
-  DcDetachedCode *self = worker->pool;
-  gint64 remaining;
-
-  if (self == NULL || self->idle_timeout == 0 || worker->state != WORKER_RUNNING)
-    return;
-
-  if (worker->idle_source == NULL)
-    worker->idle_since = g_get_monotonic_time ();
-  else
-    return;
-
-  remaining = (gint64) self->idle_timeout * G_TIME_SPAN_MILLISECOND -
-              (g_get_monotonic_time () - worker->idle_since);
-  worker->idle_source = g_timeout_source_new ((guint) MAX (remaining / 1000, 1));
-  g_source_set_callback (worker->idle_source, worker_idle_timeout_cb, worker, NULL);
-  g_source_attach (worker->idle_source, self->context);
-}
-
-/* Kills @worker for a reason of ours; its in-flight calls will fail with
- * @reason (transfer full) once it is reaped. */
-void
-worker_kill (DcWorker *worker,
-             GError   *reason)
-{
-  if (worker->lost_error == NULL)
-    worker->lost_error = reason;
-  else
-    g_error_free (reason);
-
-  if (!worker->exited)
-    kill (worker->pid, SIGKILL);
-  worker_lost (worker);
-}
-
-char *
-describe_wait_status (GPid pid,
-                      int  status)
-{
-  if (WIFEXITED (status))
-    return g_strdup_printf (_("Worker process %d exited with status %d"),
-                            (int) pid, WEXITSTATUS (status));
-
-  if (WIFSIGNALED (status))
+  while (proc->channel != NULL && proc->out_pos < proc->outbuf->len)
     {
-      int sig = WTERMSIG (status);
-      const char *abbrev = sigabbrev_np (sig);
-      const char *descr = sigdescr_np (sig);
+      g_autoptr(GError) error = NULL;
+      OutFds *next = g_queue_peek_head (&proc->out_fds);
+      gsize end = proc->outbuf->len;
+      gssize n;
 
-      if (WCOREDUMP (status))
-        return g_strdup_printf (_("Worker process %d was killed by signal %d (%s, SIG%s), core dumped"),
-                                (int) pid, sig, descr ? descr : "?", abbrev ? abbrev : "?");
-      return g_strdup_printf (_("Worker process %d was killed by signal %d (%s, SIG%s)"),
-                              (int) pid, sig, descr ? descr : "?", abbrev ? abbrev : "?");
-    }
-
-  return g_strdup_printf (_("Worker process %d ended with wait status %d"), (int) pid, status);
-}
-
-/* Why the calls still in flight on a dead worker failed. */
-GError *
-worker_death_error (DcWorker *worker)
-{
-  g_autofree char *status = NULL;
-
-  if (worker->lost_error != NULL)
-    return g_error_copy (worker->lost_error);
-
-  if (worker->setup_step != 0)
-    {
-      const char *what;
-
-      switch (worker->setup_step)
+      /* A frame's descriptors go with its first byte, in one sendmsg()
+       * that reaches no further than the next frame with descriptors. */
+      if (next != NULL && next->offset == proc->out_pos)
         {
-        case DC_WIRE_SETUP_STEP_CWD:
-          what = _("cannot change to the working directory");
-          break;
-        case DC_WIRE_SETUP_STEP_DESCRIPTORS:
-        default:
-          what = _("cannot set up its descriptors");
-          break;
+          OutFds *after = g_queue_peek_nth (&proc->out_fds, 1);
+
+          if (after != NULL)
+            end = after->offset;
+          n = dc_channel_write_fds (proc->channel, proc->outbuf->data + proc->out_pos,
+                                    end - proc->out_pos, next->fds, &error);
+          if (n > 0)
+            out_fds_free (g_queue_pop_head (&proc->out_fds));
         }
-      return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
-                          _("Worker process %d could not start: %s: %s"),
-                          (int) worker->pid, what, g_strerror ((int) worker->setup_errno));
-    }
+      else
+        {
+          if (next != NULL)
+            end = next->offset;
+          n = dc_channel_write (proc->channel, proc->outbuf->data + proc->out_pos,
+                                end - proc->out_pos, &error);
+        }
 
-  status = describe_wait_status (worker->pid, worker->wait_status);
-  return g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED, status);
-}
+      if (n > 0)
+        {
+          proc->out_pos += (gsize) n;
+          continue;
+        }
 
-/* The worker is gone and reaped: fail what it still had, forget it. */
-void
-worker_finish (DcWorker *worker)
-{
-  DcDetachedCode *self = worker->pool;
-  g_autoptr(GError) error = NULL;
-  GQueue calls = G_QUEUE_INIT;
-  GList *l;
+      if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
+        {
+          if (proc->write_source == NULL)
+            {
+              proc->write_source = dc_channel_create_source (proc->channel, G_IO_OUT,
+                                                             writable_cb, proc);
+              g_source_attach (proc->write_source, proc->context);
+            }
+          return;
+        }
 
-  g_assert (worker->exited);
-  g_assert (worker->channel == NULL);
-
-  if (self == NULL)
-    return;
-
-  worker->pool = NULL;
-
-  /* Shut down: it had no calls left, only its exit to report. */
-  if (worker->departed)
-    {
-      self->departed = g_list_remove (self->departed, worker);
-      g_object_ref (self);
-      g_signal_emit (self, signals[SIGNAL_WORKER_EXITED], 0, (gint) worker->pid, worker->wait_status);
-      worker_unref (worker);
-      g_object_unref (self);
+      proc_transition (proc, EVENT_WRITE_FAILED, NULL, NULL);
       return;
     }
 
-  self->workers = g_list_remove (self->workers, worker);
-
-  calls = worker->inflight;
-  g_queue_init (&worker->inflight);
-  for (l = calls.head; l != NULL; l = l->next)
-    call_detach (l->data);
-  if (calls.length > 0)
-    error = worker_death_error (worker);
-
-  g_object_ref (self);
-  g_signal_emit (self, signals[SIGNAL_WORKER_EXITED], 0, (gint) worker->pid, worker->wait_status);
-  worker_unref (worker);   /* the pool's reference */
-
-  /* n-workers is already lower; calls queued behind get a fresh worker
-   * before the failed ones' callbacks run. */
-  dispatch (self);
-  if (error != NULL)
-    fail_calls (&calls, error);
-  update_stats (self);
-  g_object_unref (self);
+  if (proc->channel != NULL)
+    proc_drop_output (proc);   /* all written */
 }
 
-/* The channel broke, or we killed the worker.  It stops taking calls now;
- * its calls fail once its exit status is known. */
-void
-worker_lost (DcWorker *worker)
+static gboolean
+writable_cb (GIOCondition condition,
+             gpointer     data)
 {
-  DcDetachedCode *self = worker->pool;
-  GList *l;
+  DcWorkerProc *proc = data;
 
-  worker_leave_service (worker, WORKER_LOST);
-  worker_close_channel (worker);
-
-  /* What it still had fails with its death, not with a time limit that
-   * runs out while it is reaped. */
-  for (l = worker->inflight.head; l != NULL; l = l->next)
-    call_clear_timeout (l->data);
-
-  if (worker->exited && !worker->reading)
-    worker_finish (worker);
-  else if (self != NULL)
-    dispatch (self);
+  dc_worker_proc_ref (proc);
+  dc_worker_proc_flush (proc);
+  dc_worker_proc_unref (proc);
+  /* The flush destroys the source itself once everything is written. */
+  return G_SOURCE_CONTINUE;
 }
 
-/* Once the worker is reaped: read the replies it sent before it went
- * (they are still in the channel), then fail what is left. */
-void
-worker_check_exited (DcWorker *worker)
+/* A call whose frame carries descriptors: its own, and the payload as a
+ * sealed memfd when it is large.  Socket stream only. */
+static void
+proc_append_call (DcWorkerProc *proc,
+                  DcCall       *call)
 {
-  if (!worker->exited || worker->reading || worker->pool == NULL)
-    return;
+  gsize size = g_bytes_get_size (call->payload);
+  guint threshold = proc->settings->memfd_threshold;
+  gboolean socket = dc_channel_is_socket (proc->channel);
+  DcWireFrameHead head;
+  OutFds *out;
 
-  if (worker->channel != NULL)
-    worker_read (worker, TRUE);
-  if (worker->pool == NULL)
-    return;   /* finished from a callback */
-  if (worker->channel != NULL)
-    worker_lost (worker);
-  else
-    worker_finish (worker);
+  /* Made once, and kept for a resend. */
+  if (socket && call->memfd < 0 && threshold > 0 && size >= threshold)
+    call->memfd = dc_wire_memfd_from_bytes (call->payload, NULL);
+
+  if (call->fd_list == NULL && call->memfd < 0)
+    {
+      dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, FALSE, 0);
+      g_byte_array_append (proc->outbuf, head.bytes, head.len);
+      if (head.body_len > 0)
+        g_byte_array_append (proc->outbuf, head.body, head.body_len);
+      return;
+    }
+
+  out = g_new0 (OutFds, 1);
+  out->offset = proc->outbuf->len;
+  out->fds = g_unix_fd_list_new ();
+  if (call->memfd >= 0)
+    g_unix_fd_list_append (out->fds, call->memfd, NULL);
+  if (call->fd_list != NULL)
+    {
+      gint i, n;
+      const gint *fds = g_unix_fd_list_peek_fds (call->fd_list, &n);
+
+      for (i = 0; i < n; i++)
+        g_unix_fd_list_append (out->fds, fds[i], NULL);
+    }
+
+  dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, call->memfd >= 0,
+                           call->fd_list != NULL ? (guint) g_unix_fd_list_get_length (call->fd_list) : 0);
+  g_byte_array_append (proc->outbuf, head.bytes, head.len);
+  if (head.body_len > 0)
+    g_byte_array_append (proc->outbuf, head.body, head.body_len);
+  g_queue_push_tail (&proc->out_fds, out);
 }
 
 void
-child_watch_cb (GPid     pid,
-                int      status,
-                gpointer data)
+dc_worker_proc_send (DcWorkerProc *proc,
+                     DcCall       *call)
 {
-  DcWorker *worker = data;
+  g_assert (proc->state == DC_WORKER_PROC_RUNNING);
 
-  worker->exited = TRUE;
-  worker->wait_status = status;
-  g_spawn_close_pid (pid);
-
-  worker_ref (worker);
-  worker_check_exited (worker);
-  worker_unref (worker);
+  clear_source (&proc->idle_source);
+  call->worker = proc;
+  call->where = DC_CALL_SENT;
+  g_queue_push_tail_link (&proc->inflight, &call->link);
+  proc->n_sent++;
+  proc_arm_timeout (proc);
+  proc_append_call (proc, call);
 }
 
-GError *
-protocol_error (DcWorker   *worker,
-                const char *why)
+/* ---- reading ---- */
+
+static GError *
+protocol_error (DcWorkerProc *proc,
+                const char   *why)
 {
   return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
                       _("Worker process %d sent a malformed message and was killed: %s"),
-                      (int) worker->pid, why);
+                      (int) proc->pid, why);
 }
 
-/* Puts calls written to a worker that will never run them back at the
- * head of the queue, in their order. */
-void
-requeue_inflight (DcWorker *worker)
-{
-  DcDetachedCode *self = worker->pool;
-  GList *link;
-
-  /* A call keeps its payload until it completes, so it can be sent
-   * again as it is. */
-  while ((link = g_queue_pop_tail_link (&worker->inflight)) != NULL)
-    {
-      DcCall *call = link->data;
-
-      call->worker = NULL;
-      call->where = CALL_QUEUED;
-      call_clear_timeout (call);
-      if (call->task == NULL)
-        call_free (call);   /* cancelled meanwhile: nobody waits for it */
-      else
-        g_queue_push_head_link (&self->queue, link);
-    }
-  worker_drop_output (worker);
-}
-
-GError *
-marshal_failed_error (DcWorker *worker,
-                      GBytes   *payload)
+static GError *
+marshal_failed_error (GBytes *payload)
 {
   gsize size;
   const guint8 *data = g_bytes_get_data (payload, &size);
@@ -408,122 +450,95 @@ marshal_failed_error (DcWorker *worker,
   return error;
 }
 
-/* Handles one frame.  Returns FALSE if the worker can no longer be read. */
-/* Takes the frame's descriptors from those received: a memfd payload
- * replaces @payload, the rest go to @fd_list.  FALSE if the worker lied. */
-gboolean
-worker_claim_fds (DcWorker            *worker,
-                  const DcWireHeader  *header,
-                  GBytes             **payload,
-                  GUnixFDList        **fd_list,
-                  GError             **error)
+static GError *
+setup_failed_error (DcWorkerProc *proc,
+                    GBytes       *payload)
 {
-  guint n = header->n_fds;
+  const guint32 *words = g_bytes_get_data (payload, NULL);
+  const char *what;
 
-  if (worker->rx_fds->len < n)
+  switch (words[0])
     {
-      g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
-                           _("a message without its descriptors"));
-      return FALSE;
+    case DC_WIRE_SETUP_STEP_CWD:
+      what = _("cannot change to the working directory");
+      break;
+    case DC_WIRE_SETUP_STEP_DESCRIPTORS:
+    default:
+      what = _("cannot set up its descriptors");
+      break;
     }
-  if (n > 0 && header->type != DC_WIRE_RESULT)
-    {
-      g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL,
-                           _("descriptors with a message that takes none"));
-      return FALSE;
-    }
-
-  if (header->flags & DC_WIRE_FLAG_MEMFD)
-    {
-      guint64 size;
-      GBytes *mapped;
-
-      memcpy (&size, g_bytes_get_data (*payload, NULL), 8);
-      mapped = dc_wire_bytes_from_memfd (g_array_index (worker->rx_fds, int, 0), size, error);
-      g_array_remove_range (worker->rx_fds, 0, 1);
-      n--;
-      if (mapped == NULL)
-        return FALSE;
-      g_bytes_unref (*payload);
-      *payload = mapped;
-    }
-
-  if (n > 0)
-    {
-      *fd_list = g_unix_fd_list_new_from_array ((const gint *) worker->rx_fds->data, (gint) n);
-      g_array_remove_range (worker->rx_fds, 0, n);
-    }
-  return TRUE;
+  return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                      _("Worker process %d could not start: %s: %s"),
+                      (int) proc->pid, what, g_strerror ((int) words[1]));
 }
 
-gboolean
-worker_handle_frame (DcWorker           *worker,
-                     const DcWireHeader *header,
-                     GBytes             *payload_in,
-                     GQueue             *completed)
+typedef struct
 {
-  DcDetachedCode *self = worker->pool;
+  DcWorkerProc *proc;
+  GQueue        completed;   /* calls answered, to be delivered after the read */
+} Read;
+
+/* Kills the worker for a malformed message; stops the read. */
+static gboolean
+reject (DcWorkerProc *proc,
+        const char   *why)
+{
+  proc_transition (proc, EVENT_KILL, protocol_error (proc, why), NULL);
+  return FALSE;
+}
+
+static gboolean
+handle_frame (gpointer            data,
+              const DcWireHeader *header,
+              GBytes             *payload_in)
+{
+  Read *read = data;
+  DcWorkerProc *proc = read->proc;
   g_autoptr(GBytes) payload = g_bytes_ref (payload_in);
   g_autoptr(GUnixFDList) fd_list = NULL;
   g_autoptr(GError) fd_error = NULL;
   DcCall *call;
   GVariant *value = NULL;
   GError *error = NULL;
-  gboolean failed = TRUE;
 
-  if (!worker_claim_fds (worker, header, &payload, &fd_list, &fd_error))
-    {
-      worker_kill (worker, protocol_error (worker, fd_error->message));
-      return FALSE;
-    }
+  if (header->n_fds > 0 && header->type != DC_WIRE_RESULT)
+    return reject (proc, _("descriptors with a message that takes none"));
+  if (!dc_wire_claim_fds (proc->rx_fds, header, &payload, &fd_list, &fd_error))
+    return reject (proc, fd_error->message);
 
   if (header->type == DC_WIRE_SETUP_FAILED)
     {
-      const guint32 *words = g_bytes_get_data (payload, NULL);
-
-      /* Only ever the first thing a worker sends. */
-      if (g_bytes_get_size (payload) != 8 || worker->setup_step != 0 || worker->n_replies > 0)
-        {
-          worker_kill (worker, protocol_error (worker, _("a malformed set-up report")));
-          return FALSE;
-        }
-      worker->setup_step = MAX (words[0], 1);
-      worker->setup_errno = words[1];
-      /* It exits next; its calls fail with SPAWN when it is reaped. */
-      worker_leave_service (worker, WORKER_RETIRING);
-      return TRUE;
-    }
-
-  worker->n_replies++;
-  call = g_queue_peek_head (&worker->inflight);
-  if (call == NULL || header->serial != call->serial || header->type == DC_WIRE_CALL)
-    {
-      worker_kill (worker, protocol_error (worker, call == NULL ? _("a reply without a call")
-                                                   : header->type == DC_WIRE_CALL ? _("a message of the wrong type")
-                                                   : _("a reply out of order")));
+      if (g_bytes_get_size (payload) != 8 || proc->n_sent > proc->inflight.length)
+        return reject (proc, _("a malformed set-up report"));
+      /* It exits next; its calls fail with SPAWN. */
+      proc_transition (proc, EVENT_KILL, setup_failed_error (proc, payload), NULL);
       return FALSE;
     }
+
+  call = g_queue_peek_head (&proc->inflight);
+  if (call == NULL)
+    return reject (proc, _("a reply without a call"));
+  if (header->type == DC_WIRE_CALL)
+    return reject (proc, _("a message of the wrong type"));
+  if (header->serial != call->serial)
+    return reject (proc, _("a reply out of order"));
 
   switch ((DcWireType) header->type)
     {
     case DC_WIRE_RESULT:
-      value = dc_wire_unmarshal (self->marshaller, payload, &error);
-      failed = FALSE;
+      value = dc_wire_unmarshal (proc->settings->marshaller, payload, &error);
       if (value == NULL)
         {
-          worker_kill (worker, protocol_error (worker, error->message));
-          g_clear_error (&error);
-          return FALSE;
+          g_autoptr(GError) why = error;
+
+          return reject (proc, why->message);
         }
       break;
 
     case DC_WIRE_ERROR:
       error = dc_wire_decode_error (payload, NULL);
       if (error == NULL)
-        {
-          worker_kill (worker, protocol_error (worker, _("a malformed error report")));
-          return FALSE;
-        }
+        return reject (proc, _("a malformed error report"));
       break;
 
     case DC_WIRE_NULL_RESULT:
@@ -532,12 +547,9 @@ worker_handle_frame (DcWorker           *worker,
       break;
 
     case DC_WIRE_MARSHAL_FAILED:
-      error = marshal_failed_error (worker, payload);
+      error = marshal_failed_error (payload);
       if (error == NULL)
-        {
-          worker_kill (worker, protocol_error (worker, _("a malformed marshalling report")));
-          return FALSE;
-        }
+        return reject (proc, _("a malformed marshalling report"));
       break;
 
     case DC_WIRE_CALL:
@@ -546,334 +558,476 @@ worker_handle_frame (DcWorker           *worker,
       g_assert_not_reached ();
     }
 
-  g_queue_unlink (&worker->inflight, &call->link);
-  worker_arm_timeout (worker);
-
-  if (failed && worker->exit_on_die)
-    {
-      /* It exits after this reply, without reading what else we wrote. */
-      worker_leave_service (worker, WORKER_RETIRING);
-      requeue_inflight (worker);
-    }
-
-  if (worker->inflight.length == 0 && worker->close_when_idle)
-    worker_close_channel (worker);   /* retired: it sees the end and leaves */
-
+  g_queue_unlink (&proc->inflight, &call->link);
+  dc_call_detach (call);
+  call->result = value;
+  call->result_error = error;
+  g_queue_push_tail_link (&read->completed, &call->link);
   /* Descriptors that came back travel with the task. */
   if (fd_list != NULL && call->task != NULL)
     g_task_set_task_data (call->task, g_steal_pointer (&fd_list), g_object_unref);
 
-  /* Give the worker its next call before running this one's callback,
-   * which waits until the read is over: a callback may run a nested main
-   * loop, where this worker must be readable again. */
-  dispatch (self);
-  if (worker->inflight.length == 0 && worker->channel != NULL)
-    worker_note_idle (worker);
-  call_detach (call);
-  call->result = value;
-  call->result_error = error;
-  g_queue_push_tail_link (completed, &call->link);
+  proc_arm_timeout (proc);
 
-  return worker->channel != NULL;
+  /* Under exit-on-die it leaves after this reply, without reading what
+   * else was written to it. */
+  if (error != NULL && proc->exit_on_die && proc->state == DC_WORKER_PROC_RUNNING)
+    {
+      GList *link;
+
+      proc_transition (proc, EVENT_RETIRE, NULL, NULL);
+      while ((link = g_queue_pop_tail_link (&proc->inflight)) != NULL)
+        {
+          DcCall *behind = link->data;
+
+          dc_call_detach (behind);
+          if (dc_call_is_pending (behind))
+            proc->callbacks->requeue (proc, behind, proc->user_data);
+          else
+            dc_call_free (behind);   /* cancelled meanwhile: nobody waits */
+        }
+      proc_drop_output (proc);
+    }
+
+  if (proc->inflight.length == 0)
+    proc_transition (proc, EVENT_IDLE, NULL, NULL);
+
+  /* Its next call goes out before this one's callback, which waits until
+   * the read is over: a callback may run a nested main loop, where this
+   * worker must be readable again. */
+  if (proc->callbacks != NULL)
+    proc->callbacks->ready (proc, proc->user_data);
+
+  return proc->channel != NULL;
+}
+
+static gssize
+channel_read (gpointer  data,
+              void     *buffer,
+              gsize     size)
+{
+  Read *read = data;
+  DcWorkerProc *proc = read->proc;
+  g_autoptr(GError) error = NULL;
+  gssize n;
+
+  if (dc_channel_is_socket (proc->channel))
+    n = dc_channel_read_fds (proc->channel, buffer, size, proc->rx_fds, &error);
+  else
+    n = dc_channel_read (proc->channel, buffer, size, &error);
+  if (n < 0)
+    errno = g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK) ? EAGAIN : EIO;
+  return n;
 }
 
 /* Reads what the worker has sent, without blocking: a bounded amount, or
- * everything there is when @drain.  Returns FALSE when the channel is gone.
- * Callbacks run from here may re-enter the pool. */
-gboolean
-worker_read (DcWorker *worker,
-             gboolean  drain)
+ * all there is when @drain.  Callbacks run from here may re-enter. */
+static gboolean
+proc_read (DcWorkerProc *proc,
+           gboolean      drain)
 {
   guint8 buf[16 * 1024];
-  gboolean keep = TRUE;
-  GQueue completed = G_QUEUE_INIT;
-  DcDetachedCode *self;
+  Read read = { proc, G_QUEUE_INIT };
+  gboolean ended = FALSE, open;
   GList *link;
   guint rounds;
 
-  if (worker->reading || worker->channel == NULL)
-    return worker->channel != NULL;
+  if (proc->in_read || proc->channel == NULL)
+    return proc->channel != NULL;
 
-  /* Callbacks may drop the last reference to the pool. */
-  self = worker->pool ? g_object_ref (worker->pool) : NULL;
-  worker_ref (worker);
-  worker->reading = TRUE;
+  dc_worker_proc_ref (proc);
+  proc->in_read = TRUE;
 
   /* Bounded, so that one chatty worker cannot starve the context. */
-  for (rounds = 0; keep && (drain || rounds < 64); rounds++)
+  for (rounds = 0; proc->channel != NULL && (drain || rounds < 64); rounds++)
     {
-      g_autoptr(GError) error = NULL;
-      gsize space = 0;
-      guint8 *direct = dc_wire_reader_direct_buffer (&worker->reader, &space);
-      const guint8 *p;
-      gsize len;
-      gssize n;
+      gsize n = 0;
+      DcWirePumpStatus status = dc_wire_reader_pump (&proc->reader, buf, sizeof buf, channel_read,
+                                                     handle_frame, &read, &n);
 
-      /* A large payload is read straight into its final buffer. */
-      if (direct == NULL || space < sizeof buf)
-        direct = NULL;
-      if (dc_channel_is_socket (worker->channel))
-        n = dc_channel_read_fds (worker->channel, direct ? direct : buf,
-                                 direct ? space : sizeof buf, worker->rx_fds, &error);
-      else
-        n = dc_channel_read (worker->channel, direct ? direct : buf,
-                             direct ? space : sizeof buf, &error);
-
-      /* Descriptors nobody claims pile up: a worker sending them is lying. */
-      if (worker->rx_fds->len > DC_WIRE_MAX_FDS)
+      /* Descriptors nobody claims pile up: a worker sending them lies. */
+      if (proc->channel != NULL && proc->rx_fds->len > DC_WIRE_MAX_FDS)
         {
-          worker_kill (worker, protocol_error (worker, _("descriptors without messages")));
-          keep = FALSE;
+          reject (proc, _("descriptors without messages"));
           break;
         }
 
-      if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
-        break;
-      if (n <= 0)
+      if (status == DC_WIRE_PUMP_READ)
         {
-          worker_lost (worker);
-          keep = FALSE;
-          break;
-        }
-
-      if (direct != NULL)
-        {
-          dc_wire_reader_advance (&worker->reader, (gsize) n);
-          if (dc_wire_reader_frame_ready (&worker->reader))
-            {
-              DcWireHeader header;
-              g_autoptr(GBytes) payload = NULL;
-
-              dc_wire_reader_take_frame (&worker->reader, &header, &payload);
-              keep = worker_handle_frame (worker, &header, payload, &completed);
-            }
+          /* A short read took all there was: the source says when more
+           * comes, without another recv() to learn that it would block. */
+          if (!drain && n < sizeof buf)
+            break;
           continue;
         }
-
-      p = buf;
-      len = (gsize) n;
-      while (keep && len > 0)
+      if (status == DC_WIRE_PUMP_EOF || status == DC_WIRE_PUMP_IO_ERROR)
+        ended = TRUE;
+      else if (status == DC_WIRE_PUMP_CORRUPT)
         {
-          DcWireHeader header;
-          g_autoptr(GBytes) payload = NULL;
           g_autoptr(GError) why = NULL;
 
-          switch (dc_wire_reader_feed (&worker->reader, &p, &len, &header, &payload))
-            {
-            case DC_WIRE_READ_FRAME:
-              keep = worker_handle_frame (worker, &header, payload, &completed);
-              break;
-            case DC_WIRE_READ_ERROR:
-              dc_wire_reader_set_error (&worker->reader, &why);
-              worker_kill (worker, protocol_error (worker, why->message));
-              keep = FALSE;
-              break;
-            case DC_WIRE_READ_NEED_MORE:
-            default:
-              break;
-            }
+          dc_wire_reader_set_error (&proc->reader, &why);
+          reject (proc, why->message);
         }
-
-      /* A short read took all there was: the source says when more comes,
-       * without another recv() to learn that it would block. */
-      if (!drain && (gsize) n < sizeof buf)
-        break;
-    }
-
-  worker->reading = FALSE;
-
-  while ((link = g_queue_pop_head_link (&completed)) != NULL)
-    {
-      DcCall *call = link->data;
-
-      call_complete (call, g_steal_pointer (&call->result), g_steal_pointer (&call->result_error));
-    }
-  keep = keep && worker->channel != NULL;
-
-  /* The child watch fired while we were busy. */
-  worker_check_exited (worker);
-
-  if (self != NULL)
-    g_object_unref (self);
-  worker_unref (worker);
-  return keep;
-}
-
-gboolean
-worker_readable_cb (GIOCondition condition,
-                    gpointer     data)
-{
-  DcWorker *worker = data;
-
-  return worker_read (worker, FALSE) ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
-}
-
-/* Writes what can be written now; waits for the channel otherwise. */
-void
-worker_flush (DcWorker *worker)
-{
-  while (worker->channel != NULL && worker->out_pos < worker->outbuf->len)
-    {
-      g_autoptr(GError) error = NULL;
-      OutFds *next = g_queue_peek_head (&worker->out_fds);
-      gsize end = worker->outbuf->len;
-      gssize n;
-
-      /* A frame's descriptors go with its first byte, in one sendmsg()
-       * that reaches no further than the next frame with descriptors. */
-      if (next != NULL && next->offset == worker->out_pos)
-        {
-          OutFds *after = g_queue_peek_nth (&worker->out_fds, 1);
-
-          if (after != NULL)
-            end = after->offset;
-          n = dc_channel_write_fds (worker->channel, worker->outbuf->data + worker->out_pos,
-                                    end - worker->out_pos, next->fds, &error);
-          if (n > 0)
-            out_fds_free (g_queue_pop_head (&worker->out_fds));
-        }
-      else
-        {
-          if (next != NULL)
-            end = next->offset;
-          n = dc_channel_write (worker->channel, worker->outbuf->data + worker->out_pos,
-                                end - worker->out_pos, &error);
-        }
-
-      if (n > 0)
-        {
-          worker->out_pos += (gsize) n;
-          continue;
-        }
-
-      if (n < 0 && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
-        {
-          if (worker->write_source == NULL)
-            {
-              worker->write_source = dc_channel_create_source (worker->channel, G_IO_OUT,
-                                                               worker_writable_cb, worker);
-              g_source_attach (worker->write_source, worker->pool->context);
-            }
-          return;
-        }
-
-      /* Broken: the worker is gone.  Stop writing, and keep reading: the
-       * replies it sent before it went are still to be read, and the end
-       * of the stream comes next. */
-      worker_leave_service (worker, WORKER_LOST);
       break;
     }
 
-  if (worker->channel == NULL)
-    return;
+  /* Still in the read: a worker reaped meanwhile is finished below, after
+   * the replies it sent. */
+  if (ended && proc->channel != NULL)
+    proc_transition (proc, EVENT_EOF, NULL, NULL);
+  proc->in_read = FALSE;
 
-  /* Drained, or broken. */
-  worker_drop_output (worker);
-  if (worker->write_source != NULL)
+  while ((link = g_queue_pop_head_link (&read.completed)) != NULL)
+    dc_call_deliver (link->data);
+
+  /* Reaped while we were busy.  (A drain is the reaping's own read.) */
+  if (!drain && proc->reaped && proc->state != DC_WORKER_PROC_EXITED)
+    proc_transition (proc, EVENT_REAPED, NULL, NULL);
+
+  open = proc->channel != NULL;
+  dc_worker_proc_unref (proc);
+  return open;
+}
+
+static gboolean
+readable_cb (GIOCondition condition,
+             gpointer     data)
+{
+  DcWorkerProc *proc = data;
+
+  return proc_read (proc, FALSE) ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
+}
+
+/* ---- the state machine ---- */
+
+char *
+dc_describe_wait_status (GPid pid,
+                         int  status)
+{
+  if (WIFEXITED (status))
+    return g_strdup_printf (_("Worker process %d exited with status %d"),
+                            (int) pid, WEXITSTATUS (status));
+
+  if (WIFSIGNALED (status))
     {
-      g_source_destroy (worker->write_source);
-      g_clear_pointer (&worker->write_source, g_source_unref);
+      int sig = WTERMSIG (status);
+      const char *abbrev = sigabbrev_np (sig);
+      const char *descr = sigdescr_np (sig);
+
+      if (WCOREDUMP (status))
+        return g_strdup_printf (_("Worker process %d was killed by signal %d (%s, SIG%s), core dumped"),
+                                (int) pid, sig, descr ? descr : "?", abbrev ? abbrev : "?");
+      return g_strdup_printf (_("Worker process %d was killed by signal %d (%s, SIG%s)"),
+                              (int) pid, sig, descr ? descr : "?", abbrev ? abbrev : "?");
     }
+
+  return g_strdup_printf (_("Worker process %d ended with wait status %d"), (int) pid, status);
+}
+
+/* Why the calls still in flight on a dead worker fail. */
+static GError *
+death_error (DcWorkerProc *proc)
+{
+  g_autofree char *status = NULL;
+
+  if (proc->lost_error != NULL)
+    return g_error_copy (proc->lost_error);
+
+  status = dc_describe_wait_status (proc->pid, proc->wait_status);
+  return g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED, status);
+}
+
+static gboolean
+transition_allowed (DcWorkerProcState from,
+                    DcWorkerProcState to)
+{
+  switch (from)
+    {
+    case DC_WORKER_PROC_RUNNING:
+      return to == DC_WORKER_PROC_RETIRING || to == DC_WORKER_PROC_CLOSED ||
+             to == DC_WORKER_PROC_LOST;
+    case DC_WORKER_PROC_RETIRING:
+      return to == DC_WORKER_PROC_CLOSED || to == DC_WORKER_PROC_LOST;
+    case DC_WORKER_PROC_CLOSED:
+      return to == DC_WORKER_PROC_LOST || to == DC_WORKER_PROC_EXITED;
+    case DC_WORKER_PROC_LOST:
+      return to == DC_WORKER_PROC_EXITED;
+    case DC_WORKER_PROC_EXITED:
+    default:
+      return FALSE;
+    }
+}
+
+static void
+proc_set_state (DcWorkerProc      *proc,
+                DcWorkerProcState  state)
+{
+  DcWorkerProcState old = proc->state;
+  GList *l;
+
+  if (old == state)
+    return;
+  g_assert (transition_allowed (old, state));
+  proc->state = state;
+
+  if (old == DC_WORKER_PROC_RUNNING)
+    {
+      clear_source (&proc->idle_source);
+      if (proc->callbacks != NULL)
+        proc->callbacks->left_service (proc, proc->user_data);
+    }
+
+  /* What it still has fails with its death, not with a time limit that
+   * runs out while it is reaped. */
+  if (state == DC_WORKER_PROC_LOST)
+    for (l = proc->inflight.head; l != NULL; l = l->next)
+      dc_call_clear_timeout (l->data);
+}
+
+/* Reaped, its channel closed, no read under way: fail what it still had,
+ * and tell the pool. */
+static void
+proc_finish (DcWorkerProc *proc)
+{
+  g_autoptr(GError) error = NULL;
+  GQueue calls = G_QUEUE_INIT;
+  DcCall *call;
+
+  g_assert (proc->reaped && proc->channel == NULL && !proc->in_read);
+
+  proc_set_state (proc, DC_WORKER_PROC_EXITED);
+  while (proc->inflight.length > 0)
+    {
+      call = g_queue_pop_head_link (&proc->inflight)->data;
+      dc_call_detach (call);
+      g_queue_push_tail_link (&calls, &call->link);
+    }
+  if (calls.length > 0)
+    error = death_error (proc);
+
+  if (proc->callbacks != NULL)
+    proc->callbacks->exited (proc, proc->wait_status, &calls, error, proc->user_data);
+  g_assert (calls.length == 0);
+}
+
+static void
+proc_transition (DcWorkerProc *proc,
+                 Event         event,
+                 GError       *reason,
+                 GQueue       *calls)
+{
+  DcWorkerProcState state = proc->state;
+
+  dc_worker_proc_ref (proc);
+
+  switch (event)
+    {
+    case EVENT_RETIRE:
+      g_assert (state == DC_WORKER_PROC_RUNNING);
+      proc_set_state (proc, DC_WORKER_PROC_RETIRING);
+      if (proc->inflight.length == 0)
+        proc_transition (proc, EVENT_IDLE, NULL, NULL);
+      break;
+
+    case EVENT_IDLE:
+      g_assert (proc->inflight.length == 0);
+      if (state == DC_WORKER_PROC_RUNNING)
+        proc_note_idle (proc);
+      else if (state == DC_WORKER_PROC_RETIRING)
+        {
+          /* It sees the end of its channel and leaves. */
+          proc_close_channel (proc);
+          proc_set_state (proc, DC_WORKER_PROC_CLOSED);
+        }
+      break;
+
+    case EVENT_WRITE_FAILED:
+      /* It stopped reading, so it is leaving: the replies it sent before
+       * are still to be read, and the end of the stream comes next. */
+      proc_drop_output (proc);
+      if (state == DC_WORKER_PROC_RUNNING || state == DC_WORKER_PROC_RETIRING)
+        proc_set_state (proc, DC_WORKER_PROC_LOST);
+      break;
+
+    case EVENT_EOF:
+      proc_close_channel (proc);
+      if (state == DC_WORKER_PROC_RUNNING || state == DC_WORKER_PROC_RETIRING)
+        proc_set_state (proc, DC_WORKER_PROC_LOST);
+      break;
+
+    case EVENT_KILL:
+      if (state == DC_WORKER_PROC_EXITED)
+        {
+          g_clear_error (&reason);
+          break;
+        }
+      if (proc->lost_error == NULL)
+        proc->lost_error = g_steal_pointer (&reason);
+      g_clear_error (&reason);
+      if (!proc->reaped)
+        kill (proc->pid, SIGKILL);
+      proc_close_channel (proc);
+      proc_set_state (proc, DC_WORKER_PROC_LOST);
+      break;
+
+    case EVENT_DETACH:
+      {
+        gboolean busy = proc->inflight.length > 0;
+        DcCall *call;
+
+        while (proc->inflight.length > 0)
+          {
+            call = g_queue_pop_head_link (&proc->inflight)->data;
+            dc_call_detach (call);
+            g_queue_push_tail_link (calls, &call->link);
+          }
+        /* An idle worker leaves when it reads the end of its channel; a
+         * busy one would finish a call nobody waits for. */
+        if (!proc->reaped && (busy || state == DC_WORKER_PROC_LOST))
+          kill (proc->pid, SIGKILL);
+        proc_close_channel (proc);
+        if (state == DC_WORKER_PROC_RUNNING && !busy)
+          proc_set_state (proc, DC_WORKER_PROC_CLOSED);
+        else if (state != DC_WORKER_PROC_CLOSED && state != DC_WORKER_PROC_EXITED)
+          proc_set_state (proc, DC_WORKER_PROC_LOST);
+      }
+      break;
+
+    case EVENT_REAPED:
+      if (proc->in_read || state == DC_WORKER_PROC_EXITED)
+        break;   /* proc_read() comes back here when it is done */
+      /* The replies it sent before it went are still in the channel. */
+      if (proc->channel != NULL)
+        proc_read (proc, TRUE);
+      /* Finished from a callback of those replies. */
+      if (proc->state == DC_WORKER_PROC_EXITED)
+        break;
+      /* Whatever still holds the other end (a child of the worker's), the
+       * worker is gone. */
+      proc_close_channel (proc);
+      if (proc->state == DC_WORKER_PROC_RUNNING || proc->state == DC_WORKER_PROC_RETIRING)
+        proc_set_state (proc, DC_WORKER_PROC_LOST);
+      proc_finish (proc);
+      break;
+
+    default:
+      g_assert_not_reached ();
+    }
+
+  /* A worker reaped before it lost its channel is finished now. */
+  if (event != EVENT_REAPED && proc->reaped && proc->channel == NULL && !proc->in_read &&
+      proc->state != DC_WORKER_PROC_EXITED)
+    proc_finish (proc);
+
+  dc_worker_proc_unref (proc);
+}
+
+/* ---- what the pool asks ---- */
+
+void
+dc_worker_proc_retire (DcWorkerProc *proc)
+{
+  proc_transition (proc, EVENT_RETIRE, NULL, NULL);
+}
+
+void
+dc_worker_proc_kill (DcWorkerProc *proc,
+                     GError       *reason)
+{
+  proc_transition (proc, EVENT_KILL, reason, NULL);
+}
+
+void
+dc_worker_proc_kill_for_call (DcWorkerProc *proc,
+                              DcCall       *call,
+                              GError       *reason)
+{
+  g_assert (!dc_call_is_pending (call) && call->worker == proc);
+
+  g_queue_unlink (&proc->inflight, &call->link);
+  dc_call_detach (call);
+  dc_call_free (call);
+  proc_transition (proc, EVENT_KILL, reason, NULL);
+}
+
+void
+dc_worker_proc_detach (DcWorkerProc *proc,
+                       GQueue       *calls)
+{
+  proc_transition (proc, EVENT_DETACH, NULL, calls);
 }
 
 gboolean
-worker_writable_cb (GIOCondition condition,
-                    gpointer     data)
+dc_worker_proc_disown (DcWorkerProc *proc,
+                       gboolean      own_reaper)
 {
-  DcWorker *worker = data;
+  g_assert (proc->channel == NULL && proc->inflight.length == 0);
 
-  worker_ref (worker);
-  worker_flush (worker);
-  worker_unref (worker);
-  /* worker_flush() destroys the source itself once drained. */
-  return G_SOURCE_CONTINUE;
+  proc->callbacks = NULL;
+  proc->settings = NULL;
+  if (!own_reaper || proc->reaped || proc->watch == NULL)
+    return FALSE;
+
+  /* Asked to leave already; now for certain, and reaped by the caller
+   * rather than by a watch nobody may dispatch. */
+  kill (proc->pid, SIGKILL);
+  g_source_destroy (proc->watch);
+  return TRUE;
 }
 
-/* The limit counts from when the call runs: from its write to an idle
- * worker, or, pipelined, from the reply of the call before it.  Time in
- * the queue, or behind another call, does not count. */
-void
-worker_arm_timeout (DcWorker *worker)
+static void
+child_watch_cb (GPid     pid,
+                int      status,
+                gpointer data)
 {
-  DcDetachedCode *self = worker->pool;
-  DcCall *head = g_queue_peek_head (&worker->inflight);
+  DcWorkerProc *proc = data;
 
-  if (self == NULL || self->call_timeout == 0 || head == NULL || head->timeout_source != NULL)
-    return;
-  head->timeout_source = g_timeout_source_new (self->call_timeout);
-  g_source_set_callback (head->timeout_source, call_timeout_cb, head, NULL);
-  g_source_attach (head->timeout_source, self->context);
+  proc->reaped = TRUE;
+  proc->wait_status = status;
+  g_spawn_close_pid (pid);
+  proc_transition (proc, EVENT_REAPED, NULL, NULL);
 }
 
-/* A call whose frame carries descriptors: its own, and the payload as a
- * sealed memfd when it is large.  Socket stream only. */
-void
-send_call_with_fds (DcWorker *worker,
-                    DcCall   *call)
+DcWorkerProc *
+dc_worker_proc_new (GPid                         pid,
+                    DcChannel                   *channel,
+                    GMainContext                *context,
+                    const DcWorkerProcSettings  *settings,
+                    gboolean                     exit_on_die,
+                    const DcWorkerProcCallbacks *callbacks,
+                    gpointer                     user_data)
 {
-  DcDetachedCode *self = worker->pool;
-  gsize size;
-  const guint8 *data = g_bytes_get_data (call->payload, &size);
-  guint8 header[DC_WIRE_HEADER_SIZE];
-  OutFds *out = g_new0 (OutFds, 1);
-  guint flags = 0;
-  guint64 size64 = size;
+  DcWorkerProc *proc = g_new0 (DcWorkerProc, 1);
 
-  out->offset = worker->outbuf->len;
-  out->fds = g_unix_fd_list_new ();
+  proc->ref_count = 2;   /* the caller's, the child watch's */
+  proc->state = DC_WORKER_PROC_RUNNING;
+  proc->pid = pid;
+  proc->context = context;
+  proc->settings = settings;
+  proc->callbacks = callbacks;
+  proc->user_data = user_data;
+  proc->exit_on_die = exit_on_die;
+  proc->channel = channel;
+  dc_wire_reader_init (&proc->reader);
+  proc->rx_fds = g_array_new (FALSE, FALSE, sizeof (int));
+  proc->outbuf = g_byte_array_new ();
+  g_queue_init (&proc->out_fds);
+  g_queue_init (&proc->inflight);
 
-  /* Made once, and kept for a resend. */
-  if (call->memfd < 0 && self->memfd_threshold > 0 && size >= self->memfd_threshold)
-    call->memfd = dc_wire_memfd_from_bytes (call->payload, NULL);
-  if (call->memfd >= 0)
-    {
-      flags |= DC_WIRE_FLAG_MEMFD;
-      g_unix_fd_list_append (out->fds, call->memfd, NULL);
-      data = (const guint8 *) &size64;
-      size = 8;
-    }
-  if (call->fd_list != NULL)
-    {
-      gint i, n;
-      const gint *fds = g_unix_fd_list_peek_fds (call->fd_list, &n);
+  proc->read_source = dc_channel_create_source (channel, G_IO_IN | G_IO_HUP | G_IO_ERR,
+                                                readable_cb, proc);
+  /* Without this, GLib blocks and unblocks the source around each
+   * dispatch: two more wake-ups per reply.  proc_read() refuses re-entry
+   * itself. */
+  g_source_set_can_recurse (proc->read_source, TRUE);
+  g_source_attach (proc->read_source, context);
 
-      for (i = 0; i < n; i++)
-        g_unix_fd_list_append (out->fds, fds[i], NULL);
-    }
+  proc->watch = g_child_watch_source_new (pid);
+  g_source_set_callback (proc->watch, G_SOURCE_FUNC (child_watch_cb), proc,
+                         (GDestroyNotify) dc_worker_proc_unref);
+  g_source_attach (proc->watch, context);
 
-  dc_wire_header_encode_full (header, DC_WIRE_CALL, flags,
-                              (guint) g_unix_fd_list_get_length (out->fds), call->serial, size);
-  g_byte_array_append (worker->outbuf, header, sizeof header);
-  g_byte_array_append (worker->outbuf, data, size);
-  g_queue_push_tail (&worker->out_fds, out);
-}
-
-void
-send_call (DcWorker *worker,
-           DcCall   *call)
-{
-  DcDetachedCode *self = worker->pool;
-  gsize size;
-  const guint8 *data = g_bytes_get_data (call->payload, &size);
-
-  if (worker->idle_source != NULL)
-    {
-      g_source_destroy (worker->idle_source);
-      g_clear_pointer (&worker->idle_source, g_source_unref);
-    }
-
-  call->worker = worker;
-  call->where = CALL_IN_FLIGHT;
-  g_queue_push_tail_link (&worker->inflight, &call->link);
-  worker_arm_timeout (worker);
-
-  if (call->fd_list == NULL && (self->memfd_threshold == 0 || size < self->memfd_threshold ||
-                                !dc_channel_is_socket (worker->channel)))
-    dc_wire_append_frame (worker->outbuf, DC_WIRE_CALL, call->serial, data, size);
-  else
-    send_call_with_fds (worker, call);
-
-  /* Its last call: a replacement may fork at once, while it finishes. */
-  if (self->max_worker_calls > 0 && ++worker->n_calls >= self->max_worker_calls)
-    worker_retire (worker);
+  proc_note_idle (proc);
+  return proc;
 }

@@ -4,6 +4,9 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  */
 
+/* The worker side, after fork(): the async-signal-safe set-up, then the
+ * loop that reads calls, runs the user's code and writes replies. */
+
 #include "config.h"
 
 #include <errno.h>

@@ -2510,7 +2510,7 @@ test_properties (void)
 
   /* These may not change while workers run. */
   g_test_expect_message (G_LOG_DOMAIN == NULL ? NULL : "DetachedCode", G_LOG_LEVEL_CRITICAL,
-                         "*workers_alive*");
+                         "*no worker runs*");
   dc_detached_code_set_stream (code, DC_STREAM_PIPE);
   g_test_assert_expected_messages ();
   g_assert_cmpint (dc_detached_code_get_stream (code), ==, DC_STREAM_AUTO);

@@ -1,0 +1,73 @@
+/*
+ * Copyright (C) 2026 The libdetached-code authors
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+/* How a worker is made: its code, environment, working directory and
+ * standard descriptors, the channel to it, and the fork itself. */
+
+#pragma once
+
+#include "dc-channel-private.h"
+#include "dc-detached-code.h"
+
+G_BEGIN_DECLS
+
+typedef struct _DcLauncher DcLauncher;
+
+/* Per spawn: what the pool's settings say now. */
+typedef struct
+{
+  DcMarshaller  marshaller;
+  gboolean      exit_on_die;
+  guint         memfd_threshold;
+} DcLaunchOptions;
+
+typedef struct
+{
+  GPid          pid;
+  DcChannel    *channel;   /* the parent's end */
+} DcLaunched;
+
+DcLauncher   *dc_launcher_new              (void);
+void          dc_launcher_free             (DcLauncher        *launcher);
+
+/* Takes @user_data_free, called when the launcher is freed. */
+void          dc_launcher_set_code         (DcLauncher        *launcher,
+                                            DcCodeFunc         func,
+                                            DcCodeFdFunc       fd_func,
+                                            gpointer           user_data,
+                                            GDestroyNotify     user_data_free);
+gboolean      dc_launcher_has_code         (DcLauncher        *launcher);
+gboolean      dc_launcher_takes_fds        (DcLauncher        *launcher);
+
+/* Frees the previous init data. */
+void          dc_launcher_set_init_func    (DcLauncher        *launcher,
+                                            DcWorkerInitFunc   func,
+                                            gpointer           user_data,
+                                            GDestroyNotify     user_data_free);
+void          dc_launcher_setenv           (DcLauncher        *launcher,
+                                            const char        *variable,
+                                            const char        *value,
+                                            gboolean           overwrite);
+void          dc_launcher_unsetenv         (DcLauncher        *launcher,
+                                            const char        *variable);
+void          dc_launcher_set_cwd          (DcLauncher        *launcher,
+                                            const char        *cwd);
+const char   *dc_launcher_get_cwd          (DcLauncher        *launcher);
+void          dc_launcher_set_setup_flags  (DcLauncher        *launcher,
+                                            DcSetupFlags       flags);
+DcSetupFlags  dc_launcher_get_setup_flags  (DcLauncher        *launcher);
+void          dc_launcher_set_stream       (DcLauncher        *launcher,
+                                            DcStream           stream);
+DcStream      dc_launcher_get_stream       (DcLauncher        *launcher);
+gboolean      dc_launcher_is_socket        (DcLauncher        *launcher);
+
+/* Forks a worker.  FALSE with a SPAWN @error when it cannot. */
+gboolean      dc_launcher_spawn            (DcLauncher            *launcher,
+                                            const DcLaunchOptions *options,
+                                            DcLaunched            *launched,
+                                            GError               **error);
+
+G_END_DECLS
