@@ -298,6 +298,212 @@ test_call_cancel_handler_shuts_down (void)
   destroy_pool (code);
 }
 
+/* ---- a cancellation racing the reply ---- */
+
+typedef struct
+{
+  guint    serial;
+  gboolean cancel;           /* whether the other thread cancels it */
+  guint    times_called;
+  gboolean cancelled;        /* how it ended */
+  gint     canceller_done;   /* atomic: the other thread is done with it */
+} RaceCall;
+
+typedef struct
+{
+  GCancellable *cancellable;   /* the other thread's reference; NULL: stop */
+  RaceCall     *call;
+  guint         spin;          /* iterations to wait before cancelling */
+} RaceJob;
+
+typedef struct
+{
+  DcDetachedCode *code;
+  guint           calls_per_round;
+  guint           centre;   /* of the spins: where cancels meet replies */
+  guint           n_value, n_cancelled;
+} RacePool;
+
+typedef struct
+{
+  RaceCall *calls;
+  guint     n;
+} RaceRound;
+
+static volatile guint race_spin_sink;
+
+static void
+race_cb (GObject      *source,
+         GAsyncResult *res,
+         gpointer      data)
+{
+  RaceCall *c = data;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GVariant) value = dc_detached_code_call_finish (DC_DETACHED_CODE (source), res, &error);
+
+  c->times_called++;
+  g_assert_cmpuint (c->times_called, ==, 1);
+  if (value != NULL)
+    {
+      g_autoptr(GVariant) inner = NULL;
+
+      g_assert_no_error (error);
+      g_variant_get (value, "(v)", &inner);
+      g_assert_cmpuint (g_variant_get_uint32 (inner), ==, c->serial);
+    }
+  else
+    {
+      /* Only its own cancellable, cancelled, may end a call early. */
+      g_assert_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      g_assert_true (c->cancel);
+      c->cancelled = TRUE;
+    }
+  /* The task goes as this returns, the value and error here: nothing of
+   * the call is kept for a late cancellation to find. */
+}
+
+static gpointer
+race_canceller (gpointer data)
+{
+  GAsyncQueue *jobs = data;
+
+  for (;;)
+    {
+      RaceJob *job = g_async_queue_pop (jobs);
+      guint i;
+
+      if (job->cancellable == NULL)
+        {
+          g_free (job);
+          return NULL;
+        }
+      for (i = 0; i < job->spin; i++)
+        race_spin_sink++;
+      if (job->call->cancel)
+        g_cancellable_cancel (job->cancellable);
+      /* Often the last reference, the call having completed. */
+      g_object_unref (job->cancellable);
+      g_atomic_int_set (&job->call->canceller_done, TRUE);
+      g_free (job);
+      g_main_context_wakeup (NULL);
+    }
+}
+
+static gboolean
+race_round_done (gpointer data)
+{
+  RaceRound *round = data;
+  guint i;
+
+  for (i = 0; i < round->n; i++)
+    if (round->calls[i].times_called == 0 || !g_atomic_int_get (&round->calls[i].canceller_done))
+      return FALSE;
+  return TRUE;
+}
+
+static void
+test_threads_cancel_vs_completion (void)
+{
+  /* Each round, calls to a worker that answers at once, and another thread
+   * that cancels each call's cancellable about when its reply comes in:
+   * the reply completes the call on the pool's context while the
+   * cancellable's handler runs in the other thread.  The spin before each
+   * cancel is random around a centre that follows the outcomes, so that
+   * about half of the cancels come first: the two meet on any machine,
+   * loaded or not.  Nothing here keeps a call's task or cancellable alive
+   * past its end, so that a handler still using one is seen (under
+   * AddressSanitizer, or as a crash). */
+  const guint n_rounds = 15000;   /* 5,000 on each pool */
+  RacePool pools[3] = {
+    { new_pool (1, 1), 1, 1000, 0, 0 },
+    { new_pool (2, 2), 4, 1000, 0, 0 },   /* pipelined, over two workers */
+    { new_pool (1, 1), 3, 1000, 0, 0 },   /* pipelined, on one */
+  };
+  GAsyncQueue *jobs = g_async_queue_new ();
+  RaceCall *calls = g_new0 (RaceCall, n_rounds * 4);
+  guint n_calls = 0, round, i;
+  RaceJob *stop;
+  GThread *thread;
+
+  dc_detached_code_set_pipeline_depth (pools[1].code, 4);
+  dc_detached_code_set_pipeline_depth (pools[2].code, 8);
+  /* Every worker is forked before the other thread exists. */
+  for (i = 0; i < G_N_ELEMENTS (pools); i++)
+    g_assert_true (dc_detached_code_start (pools[i].code, NULL));
+  thread = g_thread_new ("canceller", race_canceller, jobs);
+
+  for (round = 0; round < n_rounds; round++)
+    {
+      RacePool *pool = &pools[round % G_N_ELEMENTS (pools)];
+      RaceRound this_round = { &calls[n_calls], pool->calls_per_round };
+
+      for (i = 0; i < pool->calls_per_round; i++)
+        {
+          RaceCall *c = &calls[n_calls++];
+          RaceJob *job = g_new (RaceJob, 1);
+
+          c->serial = n_calls;
+          /* Some are never cancelled: those must all succeed. */
+          c->cancel = g_test_rand_int_range (0, 8) != 0;
+          job->cancellable = g_cancellable_new ();
+          job->call = c;
+          job->spin = (guint) g_test_rand_int_range (0, 2 * pool->centre + 1);
+          dc_detached_code_call_async (pool->code, cmd ("echo", g_variant_new_uint32 (c->serial)),
+                                       G_PRIORITY_DEFAULT, job->cancellable, race_cb, c);
+          /* Sent: the other thread may cancel it from now on. */
+          g_async_queue_push (jobs, job);
+        }
+      wait_until (race_round_done, &this_round, "a round of calls raced by cancels");
+
+      for (i = 0; i < this_round.n; i++)
+        {
+          RaceCall *c = &this_round.calls[i];
+
+          if (c->cancelled)
+            {
+              pool->n_cancelled++;
+              pool->centre = MIN (pool->centre + pool->centre / 16 + 1, 1 << 16);
+            }
+          else
+            {
+              pool->n_value++;
+              if (c->cancel)
+                pool->centre -= pool->centre / 16;
+            }
+        }
+    }
+
+  stop = g_new0 (RaceJob, 1);
+  g_async_queue_push (jobs, stop);
+  g_thread_join (thread);
+  g_async_queue_unref (jobs);
+  /* What the cancels left queued on the pools' context. */
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+
+  /* Still once each, nothing late. */
+  for (i = 0; i < n_calls; i++)
+    g_assert_cmpuint (calls[i].times_called, ==, 1);
+  g_free (calls);
+
+  for (i = 0; i < G_N_ELEMENTS (pools); i++)
+    {
+      g_autoptr(GCancellable) unused = g_cancellable_new ();
+      Result r = { 0, };
+
+      g_test_message ("pool %u: %u calls returned their value, %u were cancelled; spin centre %u",
+                      i, pools[i].n_value, pools[i].n_cancelled, pools[i].centre);
+      /* The pool goes on as before. */
+      dc_detached_code_call_async (pools[i].code, cmd ("pid", NULL), G_PRIORITY_DEFAULT, unused,
+                                   result_cb, &r);
+      wait_for_flag (&r.done, "a call after the races");
+      g_assert_no_error (r.error);
+      result_clear (&r);
+      g_assert_cmpint (call_pid (pools[i].code), >, 0);
+      destroy_pool (pools[i].code);
+    }
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -310,6 +516,8 @@ main (int   argc,
   g_test_add_func ("/detached-code/call/nested-loop", test_call_nested_loop);
   g_test_add_func ("/detached-code/call/cancel-handler-shuts-down", test_call_cancel_handler_shuts_down);
   g_test_add_func ("/detached-code/call/kill-on-cancel", test_call_kill_on_cancel);
+  g_test_add_func ("/detached-code/threads/cancel-vs-completion",
+                   test_threads_cancel_vs_completion);
 
   return g_test_run ();
 }
