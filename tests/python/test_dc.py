@@ -369,7 +369,7 @@ def worker_fd_shapes(args, fd_list):
     if what == 'no-list':
         return GLib.Variant('(sb)', (what, fd_list is None)), None
     if what == 'bare':
-        # Not a (value, out_fd_list) pair: see test_31.
+        # Not a (value, out_fd_list) pair: see test_fd_func_returns_a_pair.
         return GLib.Variant('(sb)', (what, fd_list is None))
     if what == 'pipe-back':
         return GLib.Variant('(sb)', (what, fd_list is None)), fd_list_of(pipe_holding(b'x'))
@@ -390,7 +390,7 @@ def worker_memfd_echo(args):
 
 class TestPython(DcTestCase):
 
-    def test_01_synopsis_is_prime(self):
+    def test_synopsis_is_prime(self):
         # (closure user_data): extra arguments to new() reach the function.
         pool = self.make_pool(worker_is_prime, 'user data')
         not_prime = self.call(pool, GLib.Variant('(t)', (123454321,)))
@@ -406,7 +406,7 @@ class TestPython(DcTestCase):
         self.assertEqual(pid, pid2, 'one worker by default')
         self.assertEqual(pool.get_worker_pids(), [pid])
 
-    def test_02_several_workers(self):
+    def test_several_workers(self):
         pool = self.make_pool(worker_echo_pid)
         pool.props.min_workers = 2
         pool.props.max_workers = 4
@@ -437,7 +437,7 @@ class TestPython(DcTestCase):
         self.assertNotIn(os.getpid(), pids)
         self.assertTrue(set(pids) <= set(spawned))
 
-    def test_03_call_order_one_worker(self):
+    def test_call_order_one_worker(self):
         pool = self.make_pool(worker_echo_pid)
         sink = []
         n_calls = 40
@@ -450,7 +450,7 @@ class TestPython(DcTestCase):
         self.assertEqual([i for i, _ in values], list(range(n_calls)))
         self.assertEqual(len({pid for _, pid in values}), 1)
 
-    def test_04_glib_error_keeps_domain_code_message(self):
+    def test_glib_error_keeps_domain_code_message(self):
         pool = self.make_pool(worker_behave)
         outcome = self.call_sync(pool, GLib.Variant('(s)', ('gerror',)))
         self.assertIsNotNone(outcome.error)
@@ -459,7 +459,7 @@ class TestPython(DcTestCase):
         self.assertEqual(outcome.error.message, 'nope')
         self.assertTrue(outcome.error.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NOT_FOUND))
 
-    def test_05_python_exception_is_failed(self):
+    def test_python_exception_is_failed(self):
         pool = self.make_pool(worker_behave)
         # PyGObject prints the worker's traceback; it is expected noise.
         pool.props.setup_flags = Dc.SetupFlags.SILENCE_STDERR
@@ -476,7 +476,7 @@ class TestPython(DcTestCase):
         after = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
         self.assertEqual(after, before, 'the worker survives a failed call')
 
-    def test_06_worker_exit_is_worker_died(self):
+    def test_worker_exit_is_worker_died(self):
         pool = self.make_pool(worker_behave)
         exited = []
         pool.connect('worker-exited', lambda _pool, pid, status: exited.append((pid, status)))
@@ -502,7 +502,7 @@ class TestPython(DcTestCase):
         self.assertNotEqual(new_pid, pid, 'a fresh worker took the call')
         self.assertEqual(pool.get_worker_pids(), [new_pid])
 
-    def test_07_setenv(self):
+    def test_setenv(self):
         keep = 'DC_TEST_KEEP'
         gone = 'DC_TEST_GONE'
         os.environ[keep] = 'parent'
@@ -524,7 +524,7 @@ class TestPython(DcTestCase):
         self.assertIsNone(GLib.getenv('DC_TEST_VAR'))
         self.assertEqual(GLib.getenv(gone), 'parent')
 
-    def test_07b_set_cwd(self):
+    def test_set_cwd(self):
         pool = self.make_pool(worker_cwd)
         with tempfile.TemporaryDirectory() as directory:
             pool.set_cwd(directory)
@@ -534,7 +534,7 @@ class TestPython(DcTestCase):
             self.assertEqual(os.path.realpath(cwd), os.path.realpath(directory))
             self.assertEqual(os.getcwd(), here)
 
-    def test_08_shutdown_fails_every_call(self):
+    def test_shutdown_fails_every_call(self):
         pool = self.make_pool(worker_touch_then_sleep)
         pool.props.max_workers = 2
         spawned = []
@@ -565,7 +565,7 @@ class TestPython(DcTestCase):
         for pid in spawned:
             self.wait_reaped(pid)
 
-    def test_09_flat_marshaller(self):
+    def test_flat_marshaller(self):
         pool = self.make_pool(worker_identity)
         pool.props.marshaller = Dc.Marshaller.FLAT
         self.assertEqual(pool.props.marshaller, Dc.Marshaller.FLAT)
@@ -583,13 +583,13 @@ class TestPython(DcTestCase):
         value = self.call_sync(pool, GLib.Variant('(s)', ('still',))).value
         self.assertEqual(value.unpack(), ('still',))
 
-    def test_09b_flat_marshaller_refuses_result(self):
+    def test_flat_marshaller_refuses_result(self):
         pool = self.make_pool(lambda args: GLib.Variant('(i)', (7,)))
         pool.props.marshaller = Dc.Marshaller.FLAT
         outcome = self.call_sync(pool, GLib.Variant('(s)', ('x',)))
         self.assertDcError(outcome, Dc.DetachedCodeError.MARSHAL)
 
-    def test_10_properties_and_notify(self):
+    def test_properties_and_notify(self):
         pool = self.make_pool(worker_echo_pid)
         self.assertEqual(pool.props.min_workers, 1)
         self.assertEqual(pool.props.max_workers, 1)
@@ -634,7 +634,7 @@ class TestPython(DcTestCase):
         self.assertIn('n-workers', notified)
         self.assertEqual(pool.props.n_workers, 0)
 
-    def test_11_exit_on_die(self):
+    def test_exit_on_die(self):
         pool = self.make_pool(worker_behave)
         pool.props.exit_on_die = True
         spawned = []
@@ -649,7 +649,7 @@ class TestPython(DcTestCase):
         self.assertEqual(pid, spawned[1])
         self.wait_reaped(spawned[0])
 
-    def test_12_priority_order(self):
+    def test_priority_order(self):
         pool = self.make_pool(worker_echo_pid)
         self.assertTrue(pool.start())
         sink = []
@@ -662,7 +662,7 @@ class TestPython(DcTestCase):
         self.spin_until(lambda: len(sink) == 5, 'all calls')
         self.assertEqual([self.assertValue(o)[0] for o in sink], [0, 3, 2, 4, 1])
 
-    def test_13_bare_gobject_constructor(self):
+    def test_bare_gobject_constructor(self):
         # Dc.DetachedCode() bypasses new() and so has no function; whatever
         # the pool does about it, the call must end with a pool error.
         pool = Dc.DetachedCode()
@@ -672,7 +672,7 @@ class TestPython(DcTestCase):
         self.assertEqual(outcome.error.domain, 'dc-detached-code-error-quark')
 
 
-    def test_14_pool_copy_in_worker_is_inert(self):
+    def test_pool_copy_in_worker_is_inert(self):
         holder = []
         pool = self.make_pool(worker_meddle, holder)
         holder.append(pool)
@@ -683,7 +683,7 @@ class TestPython(DcTestCase):
         self.assertEqual(pool.get_worker_pids(), [pid1])
         self.assertEqual(pool.props.n_workers, 1)
 
-    def test_15_cancel_queued_call_never_runs(self):
+    def test_cancel_queued_call_never_runs(self):
         pool = self.make_pool(worker_gate)
         directory = self.make_dir()
         started = lambda i: os.path.exists(os.path.join(directory, 'started-%d' % i))
@@ -718,7 +718,7 @@ class TestPython(DcTestCase):
         self.assertFalse(started(1), 'the cancelled call reached a worker')
         self.assertFalse(started(3), 'the call cancelled in advance reached a worker')
 
-    def test_16_cancel_running_call_drops_late_result(self):
+    def test_cancel_running_call_drops_late_result(self):
         pool = self.make_pool(worker_gate)
         exited = self.record_exits(pool)
         directory = self.make_dir()
@@ -746,7 +746,7 @@ class TestPython(DcTestCase):
         self.assertEqual(len(running), 1, 'a cancelled call completes exactly once')
         self.assertEqual(exited, [])
 
-    def test_17_kill_on_cancel(self):
+    def test_kill_on_cancel(self):
         pool = self.make_pool(worker_gate)
         self.assertFalse(pool.props.kill_on_cancel)
         pool.props.kill_on_cancel = True
@@ -777,7 +777,7 @@ class TestPython(DcTestCase):
         self.assertNotEqual(new_pid, pid)
         self.assertEqual(len(running), 1, 'a cancelled call completes exactly once')
 
-    def test_18_worker_signals(self):
+    def test_worker_signals(self):
         pool = self.make_pool(worker_gate)
         pool.props.min_workers = 2
         spawned = []
@@ -810,7 +810,7 @@ class TestPython(DcTestCase):
         self.assertEqual(os.WEXITSTATUS(status), 0)
         self.assertEqual(pool.get_worker_pids(), [spawned[2]])
 
-    def test_19_call_timeout(self):
+    def test_call_timeout(self):
         pool = self.make_pool(worker_gate)
         self.assertEqual(pool.props.call_timeout, 0)
         exited = self.record_exits(pool)
@@ -852,7 +852,7 @@ class TestPython(DcTestCase):
         self.assertEqual(i, 3)
         self.assertNotEqual(new_pid, pid)
 
-    def test_20_restart_sees_parent_changes(self):
+    def test_restart_sees_parent_changes(self):
         global GENERATION
         self.addCleanup(globals().__setitem__, 'GENERATION', GENERATION)
         pool = self.make_pool(worker_generation)
@@ -871,7 +871,7 @@ class TestPython(DcTestCase):
         self.assertNotEqual(new_pid, pid)
         self.wait_reaped(pid)
 
-    def test_20b_restart_lets_running_calls_finish(self):
+    def test_restart_lets_running_calls_finish(self):
         pool = self.make_pool(worker_gate)
         exited = self.record_exits(pool)
         directory = self.make_dir()
@@ -895,7 +895,7 @@ class TestPython(DcTestCase):
         self.assertTrue(os.WIFEXITED(exited[0][1]))
         self.assertEqual(pool.get_worker_pids(), [new_pid])
 
-    def test_21_n_busy_n_queued_notify(self):
+    def test_n_busy_n_queued_notify(self):
         pool = self.make_pool(worker_gate)
         pool.props.max_workers = 2
         directory = self.make_dir()
@@ -929,7 +929,7 @@ class TestPython(DcTestCase):
         for values in seen.values():
             self.assertTrue(all(a != b for a, b in zip(values, values[1:])), seen)
 
-    def test_22_max_worker_calls(self):
+    def test_max_worker_calls(self):
         pool = self.make_pool(worker_echo_pid)
         pool.props.max_worker_calls = 3
         self.assertEqual(pool.get_max_worker_calls(), 3)
@@ -962,7 +962,7 @@ class TestPython(DcTestCase):
             self.assertTrue(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0,
                             'worker %d: wait status %d' % (pid, status))
 
-    def test_23_pipeline_depth(self):
+    def test_pipeline_depth(self):
         pool = self.make_pool(worker_echo_pid)
         self.assertEqual(pool.props.pipeline_depth, 1)
         pool.props.pipeline_depth = 8
@@ -981,7 +981,7 @@ class TestPython(DcTestCase):
         self.assertEqual([i for i, _ in values], list(range(n_calls)))
         self.assertEqual(len({pid for _, pid in values}), 1)
 
-    def test_23b_pipeline_prefers_idle_workers(self):
+    def test_pipeline_prefers_idle_workers(self):
         pool = self.make_pool(worker_echo_pid)
         pool.props.min_workers = 2
         pool.props.pipeline_depth = 4
@@ -993,7 +993,7 @@ class TestPython(DcTestCase):
         self.spin_until(lambda: len(sink) == 2, 'both calls')
         self.assertNotEqual(self.assertValue(sink[0])[1], self.assertValue(sink[1])[1])
 
-    def test_23c_pipelined_calls_behind_a_killed_worker(self):
+    def test_pipelined_calls_behind_a_killed_worker(self):
         pool = self.make_pool(worker_gate)
         pool.props.pipeline_depth = 4
         pool.props.kill_on_cancel = True
@@ -1019,7 +1019,7 @@ class TestPython(DcTestCase):
         self.assertFalse(os.path.exists(os.path.join(directory, 'started-1')))
         self.wait_gone(pid)
 
-    def test_24_idle_timeout(self):
+    def test_idle_timeout(self):
         pool = self.make_pool(worker_gate)
         pool.props.max_workers = 3
         pool.props.idle_timeout = 200
@@ -1041,7 +1041,7 @@ class TestPython(DcTestCase):
             self.assertTrue(os.WIFEXITED(status), status)
         self.assertEqual(len(pool.get_worker_pids()), 1)
 
-    def test_25_call_from_another_thread(self):
+    def test_call_from_another_thread(self):
         pool = self.make_pool(worker_echo_pid)
         # Forked now, while this process has a single thread: a worker
         # forked while another thread holds the GIL would wait for it forever.
@@ -1085,7 +1085,7 @@ class TestPython(DcTestCase):
         self.assertEqual(self.assertValue(outcome), (7, pid))
 
 
-    def test_26_worker_exited_after_shutdown(self):
+    def test_worker_exited_after_shutdown(self):
         pool = self.make_pool(worker_echo_pid)
         exited = self.record_exits(pool)
         self.assertTrue(pool.start())
@@ -1096,7 +1096,7 @@ class TestPython(DcTestCase):
         # the pool object lives.
         self.assertEqual([p for p, _ in exited], [pid])
 
-    def test_27_descriptor_round_trip(self):
+    def test_descriptor_round_trip(self):
         # Once through the socket, once with both messages big enough to
         # travel as memfds: a memfd goes first among a frame's descriptors,
         # and the handles must still find the caller's.  No subTest(): the
@@ -1126,7 +1126,7 @@ class TestPython(DcTestCase):
             self.assertEqual(fd_list.get_length(), 2, where)
             self.assertEqual(read_all(fd_list.get(0)), b'', where)
 
-    def test_28_calls_without_descriptors(self):
+    def test_calls_without_descriptors(self):
         # A pool made with new_with_fds() takes plain calls, and a plain
         # pool takes call_with_unix_fd_list_async() without descriptors.
         pool = self.make_fd_pool(worker_fd_shapes)
@@ -1144,7 +1144,7 @@ class TestPython(DcTestCase):
         self.assertEqual(self.assertValue(outcome), ('plain',))
         self.assertIsNone(outcome.fd_list)
 
-    def test_29_descriptors_refused_with_marshal(self):
+    def test_descriptors_refused_with_marshal(self):
         spawned = []
         # On the pipe stream, SCM_RIGHTS has no socket to ride on.
         piped = self.make_fd_pool(worker_fd_shapes)
@@ -1174,7 +1174,7 @@ class TestPython(DcTestCase):
         outcome = self.call_fds_sync(piped, GLib.Variant('(s)', ('no-list',)), None)
         self.assertEqual(self.assertValue(outcome), ('no-list', True))
 
-    def test_30_no_descriptor_leak(self):
+    def test_no_descriptor_leak(self):
         pool = self.make_fd_pool(worker_pipes)
         pool.props.memfd_threshold = 64 * 1024
         piped = self.make_fd_pool(worker_pipes)
@@ -1229,7 +1229,7 @@ class TestPython(DcTestCase):
         self.assertEqual(after, before, 'descriptors open after a round: %d, then %d'
                          % (before, after))
 
-    def test_31_fd_func_returns_a_pair(self):
+    def test_fd_func_returns_a_pair(self):
         # PyGObject maps a callback's (out) parameter to the second member
         # of a returned tuple.  A bare variant is not a tuple; PyGObject
         # then gives up on the out parameter without raising, so the
@@ -1240,7 +1240,7 @@ class TestPython(DcTestCase):
         self.assertEqual(self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))[0],
                          'ok')
 
-    def test_32_descriptors_returned_on_pipe_stream(self):
+    def test_descriptors_returned_on_pipe_stream(self):
         pool = self.make_fd_pool(worker_fd_shapes)
         pool.props.stream = Dc.Stream.PIPE
         exited = self.record_exits(pool)
@@ -1249,7 +1249,7 @@ class TestPython(DcTestCase):
         self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
         self.assertEqual(exited, [], 'the worker left')
 
-    def test_33_too_many_descriptors_returned(self):
+    def test_too_many_descriptors_returned(self):
         pool = self.make_fd_pool(worker_fd_shapes)
         exited = self.record_exits(pool)
         outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('too-many',)), None)
@@ -1257,7 +1257,7 @@ class TestPython(DcTestCase):
         self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
         self.assertEqual(exited, [], 'the worker left')
 
-    def test_34_memfd_threshold_one_mib(self):
+    def test_memfd_threshold_one_mib(self):
         data = os.urandom(1 << 20)
         args = GLib.Variant.new_tuple(bytes_variant(data))
         self.assertEqual(self.make_pool(worker_memfd_echo).props.memfd_threshold, 0,
