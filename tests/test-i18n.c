@@ -49,7 +49,6 @@ test_worker_died_in_german (void)
   g_autoptr(DcDetachedCode) code = NULL;
   g_autoptr(GError) error = NULL;
   g_autofree char *localedir = NULL;
-  g_autofree char *pid_text = NULL;
   guint deadline;
 
   if (setlocale (LC_ALL, "de_DE.UTF-8") == NULL)

@@ -245,6 +245,7 @@ nested_outer_cb (GObject      *source,
   Nested *n = data;
   g_autoptr(GVariant) value = dc_detached_code_call_finish (DC_DETACHED_CODE (source), res, NULL);
 
+  g_assert_nonnull (value);
   /* A callback that waits for another call in a nested loop: the same
    * worker must be readable from inside it. */
   call (n->code, cmd ("pid", NULL), &n->inner);

@@ -463,7 +463,6 @@ test_error_domains_bounded (void)
   for (i = 0; i < 600; i++)
     {
       g_autofree char *name = g_strdup_printf ("dc-test-made-up-%u-error-quark", i);
-      g_autoptr(GError) original = g_error_new_literal (g_quark_from_static_string ("x-quark"), 3, "m");
       g_autoptr(GVariant) v = g_variant_ref_sink (g_variant_new ("(sis)", name, 3, "m"));
       g_autoptr(GBytes) bytes = g_variant_get_data_as_bytes (v);
       g_autoptr(GError) decoded = dc_wire_decode_error (bytes, NULL);

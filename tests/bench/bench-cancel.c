@@ -50,7 +50,7 @@ done_cb (GObject      *source,
   g_autoptr(GVariant) value = dc_detached_code_call_finish (DC_DETACHED_CODE (source), result, &error);
 
   t->completed = bench_now_ns ();
-  t->was_cancelled = g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  t->was_cancelled = value == NULL && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
   if (t->reaped != 0)
     bench_loop_quit ();
 }
