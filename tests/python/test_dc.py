@@ -831,12 +831,13 @@ class TestPython(DcTestCase):
         self.assertTrue(os.WIFSIGNALED(exited[0][1]))
         self.assertEqual(os.WTERMSIG(exited[0][1]), 9)
 
-        # The limit counts from the write to the worker: time spent queued
-        # behind a call written before the limit was set does not count.
+        # The limit counts from when a call starts running in its worker:
+        # time spent queued behind a call that started before the limit
+        # was set does not count.
         pool.props.call_timeout = 0
         blocker = self.call(pool, gate_args(directory, 2, wait=True))
         self.assertEqual(pool.get_n_queued(), 0, 'written before the limit was set')
-        # Generous: the queued call must still finish within it once written.
+        # Generous: the queued call must still finish within it once started.
         limit_ms = 4000
         pool.props.call_timeout = limit_ms
         queued = self.call(pool, gate_args(directory, 3))
