@@ -189,6 +189,9 @@ guint8           *dc_wire_reader_direct_buffer (DcWireReader *reader,
 void              dc_wire_reader_advance (DcWireReader       *reader,
                                           gsize               n);
 gboolean          dc_wire_reader_frame_ready (DcWireReader   *reader);
+/* No byte of a frame read yet: descriptors received now belong to none
+ * (they travel with a frame's first byte). */
+gboolean          dc_wire_reader_between_frames (DcWireReader *reader);
 void              dc_wire_reader_take_frame (DcWireReader    *reader,
                                              DcWireHeader    *header,
                                              GBytes         **payload);
@@ -229,6 +232,15 @@ DcWirePumpStatus  dc_wire_reader_pump   (DcWireReader      *reader,
  * @error if too few came or the memfd is not what it claims; the frame's
  * descriptors are closed then.  @error may be NULL (in a worker, which
  * composes no message). */
+/* One sendmsg() of @data, with @n_fds (at most DC_WIRE_MAX_FDS, maybe 0)
+ * descriptors on its first byte; retried on EINTR, never raising SIGPIPE.
+ * Returns what sendmsg() did.  Async-signal-safe: the template and the
+ * worker call it after fork(). */
+gssize    dc_wire_sendmsg                (int                 fd,
+                                          const void         *data,
+                                          gsize               len,
+                                          const int          *fds,
+                                          guint               n_fds);
 gboolean  dc_wire_claim_fds              (GArray             *rx_fds,
                                           const DcWireHeader *header,
                                           GBytes            **payload,
@@ -255,6 +267,9 @@ void      dc_wire_frame_head_init        (DcWireFrameHead    *head,
                                           GBytes             *payload,
                                           gboolean            in_memfd,
                                           guint               n_fds);
+
+/* Bytes held in recycled payload buffers (for tests). */
+gsize     dc_wire_buffer_cache_size      (void);
 
 /* In a worker, before its first call. */
 void      dc_wire_forget_buffers_after_fork (void);

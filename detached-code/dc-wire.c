@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -30,12 +31,18 @@
  *
  * A large payload buffer freed and allocated again costs page faults and
  * zeroing each time (glibc gives big blocks back to the kernel), more than
- * the copy itself.  A few are kept for the next message.  Payloads end up
- * in GBytes that any thread may free, hence the lock.
+ * the copy itself.  A few are kept for the next message, within a bound
+ * in bytes: a worker can make the parent allocate up to the frame limit,
+ * which must not stay allocated after the message is freed.  Payloads end
+ * up in GBytes that any thread may free, hence the lock.
  */
 
 #define BUFFER_CACHE_MIN   (64 * 1024)
 #define BUFFER_CACHE_SLOTS 4
+/* Larger buffers go back to the system at once. */
+#define BUFFER_CACHE_MAX   (8 * 1024 * 1024)
+/* All those kept. */
+#define BUFFER_CACHE_BYTES (16 * 1024 * 1024)
 
 typedef struct
 {
@@ -46,6 +53,7 @@ typedef struct
 static GMutex buffer_cache_lock;
 static Buffer buffer_cache[BUFFER_CACHE_SLOTS];
 static guint  buffer_cache_len;
+static gsize  buffer_cache_bytes;
 
 /* Never NULL unless @try_only and the allocation failed. */
 static gpointer
@@ -67,6 +75,7 @@ buffer_alloc (gsize     size,
       {
         data = buffer_cache[i].data;
         *capacity = buffer_cache[i].capacity;
+        buffer_cache_bytes -= buffer_cache[i].capacity;
         buffer_cache[i] = buffer_cache[--buffer_cache_len];
         break;
       }
@@ -82,12 +91,14 @@ buffer_release (gpointer data)
 {
   Buffer *buffer = data;
 
-  if (buffer->capacity >= BUFFER_CACHE_MIN)
+  if (buffer->capacity >= BUFFER_CACHE_MIN && buffer->capacity <= BUFFER_CACHE_MAX)
     {
       g_mutex_lock (&buffer_cache_lock);
-      if (buffer_cache_len < BUFFER_CACHE_SLOTS)
+      if (buffer_cache_len < BUFFER_CACHE_SLOTS &&
+          buffer_cache_bytes + buffer->capacity <= BUFFER_CACHE_BYTES)
         {
           buffer_cache[buffer_cache_len++] = *buffer;
+          buffer_cache_bytes += buffer->capacity;
           buffer->data = NULL;
         }
       g_mutex_unlock (&buffer_cache_lock);
@@ -112,6 +123,17 @@ buffer_to_bytes (gpointer data,
   return g_bytes_new_with_free_func (data, size, buffer_release, buffer);
 }
 
+gsize
+dc_wire_buffer_cache_size (void)
+{
+  gsize bytes;
+
+  g_mutex_lock (&buffer_cache_lock);
+  bytes = buffer_cache_bytes;
+  g_mutex_unlock (&buffer_cache_lock);
+  return bytes;
+}
+
 /* Called in a worker before its first call, not async-signal-safe: a
  * thread of the parent may have held the lock at the fork, and the
  * buffers are the parent's to forget. */
@@ -120,6 +142,7 @@ dc_wire_forget_buffers_after_fork (void)
 {
   g_mutex_init (&buffer_cache_lock);
   buffer_cache_len = 0;
+  buffer_cache_bytes = 0;
 }
 
 void
@@ -425,7 +448,8 @@ variant_unmarshal (GBytes *payload)
    * anything else is a corrupt or hostile message. */
   type_string = (const char *) data + 4;
   if (type_string[type_len] != '\0' || strlen (type_string) != type_len ||
-      !g_variant_type_string_is_valid (type_string))
+      !g_variant_type_string_is_valid (type_string) ||
+      !g_variant_type_is_definite (G_VARIANT_TYPE (type_string)))
     return NULL;
 
   /* GLib 2.74 frees a type's description when its last value goes and
@@ -618,6 +642,12 @@ static gboolean
 reader_in_payload (DcWireReader *reader)
 {
   return reader->header_len == DC_WIRE_HEADER_SIZE;
+}
+
+gboolean
+dc_wire_reader_between_frames (DcWireReader *reader)
+{
+  return reader->header_len == 0;
 }
 
 gboolean
@@ -820,6 +850,49 @@ close_first_fds (GArray *fds,
   for (i = 0; i < n; i++)
     close (g_array_index (fds, int, i));
   g_array_remove_range (fds, 0, n);
+}
+
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: sendmsg() and memcpy() only. */
+gssize
+dc_wire_sendmsg (int         fd,
+                 const void *data,
+                 gsize       len,
+                 const int  *fds,
+                 guint       n_fds)
+{
+  union {
+    char buf[CMSG_SPACE (sizeof (int) * DC_WIRE_MAX_FDS)];
+    struct cmsghdr align;
+  } control;
+  struct iovec iov = { (void *) data, len };
+  struct msghdr msg = { 0, };
+  ssize_t n;
+
+  if (n_fds > DC_WIRE_MAX_FDS)
+    {
+      errno = EINVAL;
+      return -1;
+    }
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (n_fds > 0)
+    {
+      struct cmsghdr *cmsg;
+
+      msg.msg_control = control.buf;
+      msg.msg_controllen = CMSG_SPACE (sizeof (int) * n_fds);
+      cmsg = CMSG_FIRSTHDR (&msg);
+      cmsg->cmsg_level = SOL_SOCKET;
+      cmsg->cmsg_type = SCM_RIGHTS;
+      cmsg->cmsg_len = CMSG_LEN (sizeof (int) * n_fds);
+      memcpy (CMSG_DATA (cmsg), fds, sizeof (int) * n_fds);
+    }
+
+  do
+    n = sendmsg (fd, &msg, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  return n;
 }
 
 gboolean

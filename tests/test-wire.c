@@ -8,8 +8,11 @@
 
 #include "config.h"
 
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "dc-template-private.h"
 #include "dc-wire-private.h"
 
 /* Feeds @data to a fresh reader in chunks of @chunk bytes and collects the
@@ -482,6 +485,253 @@ test_error_domains_bounded (void)
   g_assert_cmpuint (folded, >=, 600 - 256);
 }
 
+/* A type string that is valid but not definite ("(?)", "*") describes no
+ * value: GLib would log criticals on it and leak the payload. */
+static void
+test_variant_indefinite (void)
+{
+  const char *types[] = { "*", "?", "(?)", "a*", "m?", "(r)", "a{?*}", "r" };
+  guint i;
+
+  for (i = 0; i < G_N_ELEMENTS (types); i++)
+    {
+      gsize type_len = strlen (types[i]);
+      gsize offset = (4 + type_len + 1 + 7) & ~(gsize) 7;
+      g_autofree guint8 *data = g_malloc0 (offset + 8);
+      guint32 len32 = (guint32) type_len;
+      g_autoptr(GBytes) payload = NULL;
+      g_autoptr(GVariant) value = NULL;
+      g_autoptr(GError) error = NULL;
+
+      memcpy (data, &len32, 4);
+      memcpy (data + 4, types[i], type_len);
+      payload = g_bytes_new (data, offset + 8);
+      value = dc_wire_unmarshal (DC_MARSHALLER_VARIANT, payload, &error);
+      g_assert_null (value);
+      g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+    }
+}
+
+/* Payload buffers are recycled, within a bound in bytes: one a worker made
+ * the parent allocate is not kept when it is large. */
+static void
+test_reader_cache_bounded (void)
+{
+  const gsize sizes[] = { 100 * 1024, 2 * 1024 * 1024, 20 * 1024 * 1024, 64 * 1024 * 1024,
+                          6 * 1024 * 1024, 6 * 1024 * 1024, 6 * 1024 * 1024 };
+  GPtrArray *held = g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref);
+  guint i, round;
+
+  for (round = 0; round < 3; round++)
+    {
+      for (i = 0; i < G_N_ELEMENTS (sizes); i++)
+        {
+          DcWireReader reader;
+          guint8 header[DC_WIRE_HEADER_SIZE];
+          const guint8 *p = header;
+          gsize len = sizeof header, space = 0;
+          DcWireHeader h;
+          GBytes *payload = NULL;
+
+          dc_wire_reader_init (&reader);
+          dc_wire_header_encode (header, DC_WIRE_RESULT, 1, sizes[i]);
+          g_assert_cmpint (dc_wire_reader_feed (&reader, &p, &len, &h, &payload), ==,
+                           DC_WIRE_READ_NEED_MORE);
+          g_assert_nonnull (dc_wire_reader_direct_buffer (&reader, &space));
+          g_assert_cmpuint (space, ==, sizes[i]);
+          dc_wire_reader_advance (&reader, space);
+          dc_wire_reader_take_frame (&reader, &h, &payload);
+          g_ptr_array_add (held, payload);
+          dc_wire_reader_clear (&reader);
+        }
+      /* Every message freed: what stays allocated is bounded. */
+      g_ptr_array_set_size (held, 0);
+      g_assert_cmpuint (dc_wire_buffer_cache_size (), <=, 16 * 1024 * 1024);
+    }
+  g_ptr_array_unref (held);
+}
+
+typedef struct
+{
+  const guint8 *data;
+  gsize         len;
+  gsize         chunk;
+  GPtrArray    *frames;
+} Source;
+
+static gssize
+source_read (gpointer  user_data,
+             void     *buffer,
+             gsize     size)
+{
+  Source *src = user_data;
+  gsize n = MIN (MIN (size, src->chunk), src->len);
+
+  if (n == 0)
+    return 0;
+  memcpy (buffer, src->data, n);
+  src->data += n;
+  src->len -= n;
+  return (gssize) n;
+}
+
+static gboolean
+source_frame (gpointer            user_data,
+              const DcWireHeader *header,
+              GBytes             *payload)
+{
+  Source *src = user_data;
+
+  g_ptr_array_add (src->frames, g_bytes_ref (payload));
+  return header->serial != 99;   /* serial 99: stop here */
+}
+
+/* The read loop both ends share: frames whole whatever the reads, large
+ * payloads straight into their buffer, a stop honoured. */
+static void
+test_reader_pump (void)
+{
+  g_autoptr(GByteArray) stream = g_byte_array_new ();
+  guint8 *big = g_malloc (300 * 1024);
+  gsize chunks[] = { 1, 7, 16, 4096, 1 << 20 };
+  guint i, j;
+
+  for (i = 0; i < 300 * 1024; i++)
+    big[i] = (guint8) (i * 7);
+  dc_wire_append_frame (stream, DC_WIRE_RESULT, 1, "abc", 3);
+  dc_wire_append_frame (stream, DC_WIRE_RESULT, 2, big, 300 * 1024);
+  dc_wire_append_frame (stream, DC_WIRE_RESULT, 3, NULL, 0);
+  dc_wire_append_frame (stream, DC_WIRE_RESULT, 99, "x", 1);
+  dc_wire_append_frame (stream, DC_WIRE_RESULT, 4, "never", 5);
+
+  for (j = 0; j < G_N_ELEMENTS (chunks); j++)
+    {
+      guint8 scratch[64 * 1024];
+      DcWireReader reader;
+      Source src = { stream->data, stream->len, chunks[j], g_ptr_array_new_with_free_func ((GDestroyNotify) g_bytes_unref) };
+      DcWirePumpStatus status;
+      gsize n;
+
+      dc_wire_reader_init (&reader);
+      do
+        status = dc_wire_reader_pump (&reader, scratch, sizeof scratch, source_read,
+                                      source_frame, &src, &n);
+      while (status == DC_WIRE_PUMP_READ);
+      g_assert_cmpint (status, ==, DC_WIRE_PUMP_STOPPED);
+      g_assert_cmpuint (src.frames->len, ==, 4);
+      g_assert_cmpmem (g_bytes_get_data (src.frames->pdata[1], NULL),
+                       g_bytes_get_size (src.frames->pdata[1]), big, 300 * 1024);
+      g_assert_cmpuint (g_bytes_get_size (src.frames->pdata[2]), ==, 0);
+      g_ptr_array_unref (src.frames);
+      dc_wire_reader_clear (&reader);
+    }
+  g_free (big);
+}
+
+/* Descriptors go with the frame that declares them, and only those. */
+static void
+test_claim_fds (void)
+{
+  g_autoptr(GArray) fds = g_array_new (FALSE, FALSE, sizeof (int));
+  g_autoptr(GBytes) payload = g_bytes_new ("abcd", 4);
+  g_autoptr(GError) error = NULL;
+  GUnixFDList *list = NULL;
+  DcWireHeader header = { .size = 4, .type = DC_WIRE_RESULT, .n_fds = 2 };
+  int p[2];
+
+  g_assert_cmpint (pipe (p), ==, 0);
+  g_array_append_vals (fds, p, 2);
+
+  /* Too few came: a lie. */
+  header.n_fds = 3;
+  g_assert_false (dc_wire_claim_fds (fds, &header, &payload, &list, &error));
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+  g_clear_error (&error);
+
+  header.n_fds = 2;
+  g_assert_true (dc_wire_claim_fds (fds, &header, &payload, &list, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (fds->len, ==, 0);
+  g_assert_cmpint (g_unix_fd_list_get_length (list), ==, 2);
+  g_object_unref (list);
+
+  /* Between frames, a reader has read nothing of the next. */
+  {
+    DcWireReader reader;
+    guint8 head[DC_WIRE_HEADER_SIZE];
+    const guint8 *q = head;
+    gsize len = 3;
+    DcWireHeader h;
+    GBytes *out = NULL;
+
+    dc_wire_reader_init (&reader);
+    g_assert_true (dc_wire_reader_between_frames (&reader));
+    dc_wire_header_encode (head, DC_WIRE_RESULT, 1, 0);
+    dc_wire_reader_feed (&reader, &q, &len, &h, &out);
+    g_assert_false (dc_wire_reader_between_frames (&reader));
+    len = sizeof head - 3;
+    g_assert_cmpint (dc_wire_reader_feed (&reader, &q, &len, &h, &out), ==, DC_WIRE_READ_FRAME);
+    g_assert_true (dc_wire_reader_between_frames (&reader));
+    g_bytes_unref (out);
+    dc_wire_reader_clear (&reader);
+  }
+}
+
+/* What the parent asks of the worker template, and what the template
+ * makes of it, without forking. */
+static void
+test_template_request (void)
+{
+  char *envp[] = { "A=1", "PATH=/bin", "EMPTY=", NULL };
+  char *storage[DC_TEMPLATE_MAX_ENV + 1];
+  g_autoptr(GBytes) request = dc_template_encode_request (DC_SETUP_SILENCE_STDERR, "/tmp", envp,
+                                                          DC_MARSHALLER_FLAT, TRUE, 4096);
+  g_autofree guint8 *copy = g_memdup2 (g_bytes_get_data (request, NULL), g_bytes_get_size (request));
+  gsize size = g_bytes_get_size (request);
+  DcWorkerSetup setup = { 0, };
+  DcWorkerCode code = { 0, };
+  int fds[2] = { 7, 8 };
+  gsize cut;
+
+  g_assert_true (dc_template_decode_request (copy, size, fds, 2, storage, &setup, &code));
+  g_assert_cmpint (setup.read_fd, ==, 7);
+  g_assert_cmpint (setup.write_fd, ==, 8);
+  g_assert_cmpint (setup.flags, ==, DC_SETUP_SILENCE_STDERR);
+  g_assert_cmpstr (setup.cwd, ==, "/tmp");
+  g_assert_cmpstrv (setup.envp, envp);
+  g_assert_cmpint (code.marshaller, ==, DC_MARSHALLER_FLAT);
+  g_assert_true (code.exit_on_die);
+  g_assert_cmpuint (code.memfd_threshold, ==, 4096);
+  g_assert_false (code.is_socket);
+
+  /* Nothing to change: the template's own directory and environment. */
+  {
+    g_autoptr(GBytes) plain = dc_template_encode_request (DC_SETUP_NONE, NULL, NULL,
+                                                          DC_MARSHALLER_VARIANT, FALSE, 0);
+    g_autofree guint8 *plain_copy = g_memdup2 (g_bytes_get_data (plain, NULL), g_bytes_get_size (plain));
+
+    g_assert_true (dc_template_decode_request (plain_copy, g_bytes_get_size (plain), fds, 1,
+                                               storage, &setup, &code));
+    g_assert_null (setup.cwd);
+    g_assert_null (setup.envp);
+    g_assert_true (code.is_socket);
+  }
+
+  /* Every truncation, and a string without its end, is refused. */
+  for (cut = 1; cut < size; cut++)
+    {
+      g_autofree guint8 *shorter = g_memdup2 (g_bytes_get_data (request, NULL), size);
+
+      g_assert_false (dc_template_decode_request (shorter, size - cut, fds, 2, storage,
+                                                  &setup, &code));
+    }
+  copy = (g_free (copy), g_memdup2 (g_bytes_get_data (request, NULL), size));
+  copy[size - 1] = 'x';
+  g_assert_false (dc_template_decode_request (copy, size, fds, 2, storage, &setup, &code));
+  copy[size - 1] = '\0';
+  g_assert_false (dc_template_decode_request (copy, size, fds, 3, storage, &setup, &code));
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -496,6 +746,11 @@ main (int   argc,
   g_test_add_func ("/detached-code/wire/variant/round-trip", test_variant_roundtrip);
   g_test_add_func ("/detached-code/wire/variant/large-is-shared", test_variant_large_is_shared);
   g_test_add_func ("/detached-code/wire/variant/garbage", test_variant_garbage);
+  g_test_add_func ("/detached-code/wire/variant/indefinite", test_variant_indefinite);
+  g_test_add_func ("/detached-code/wire/reader/cache-bounded", test_reader_cache_bounded);
+  g_test_add_func ("/detached-code/wire/reader/pump", test_reader_pump);
+  g_test_add_func ("/detached-code/wire/claim-fds", test_claim_fds);
+  g_test_add_func ("/detached-code/wire/template-request", test_template_request);
   g_test_add_func ("/detached-code/wire/flat/round-trip", test_flat_roundtrip);
   g_test_add_func ("/detached-code/wire/flat/refuses", test_flat_refuses);
   g_test_add_func ("/detached-code/wire/flat/corrupt", test_flat_corrupt);
