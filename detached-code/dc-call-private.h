@@ -56,6 +56,8 @@ void      dc_call_free            (DcCall       *call);
 
 /* Whether the caller still waits for it. */
 gboolean  dc_call_is_pending      (DcCall       *call);
+/* Whether its cancellable was cancelled (any thread may have done it). */
+gboolean  dc_call_is_cancelled    (DcCall       *call);
 
 void      dc_call_clear_timeout   (DcCall       *call);
 
@@ -90,13 +92,18 @@ DcCall   *dc_call_from_task       (GTask        *task);
 void      dc_call_watch_cancellable (DcCall     *call,
                                      gpointer    mailbox);
 
-/* Waiting calls, by io_priority (lower first), FIFO among equals. */
+/* Waiting calls, by io_priority (lower first), FIFO among equals: one
+ * FIFO per priority in use, the priorities in a balanced tree.  A push or
+ * a removal costs O(1) among equal priorities and O(log p) for p distinct
+ * ones. */
 typedef struct
 {
-  GQueue   calls;
+  GTree   *buckets;   /* GINT_TO_POINTER (priority) -> GQueue of DcCall */
+  guint    length;
 } DcCallQueue;
 
 void      dc_call_queue_init      (DcCallQueue  *queue);
+void      dc_call_queue_clear     (DcCallQueue  *queue);
 guint     dc_call_queue_length    (DcCallQueue  *queue);
 void      dc_call_queue_push      (DcCallQueue  *queue,
                                    DcCall       *call);
@@ -104,6 +111,7 @@ void      dc_call_queue_push      (DcCallQueue  *queue,
  * never run it goes again before those that came after it. */
 void      dc_call_queue_push_front (DcCallQueue *queue,
                                     DcCall      *call);
+DcCall   *dc_call_queue_peek      (DcCallQueue  *queue);
 DcCall   *dc_call_queue_pop       (DcCallQueue  *queue);
 void      dc_call_queue_remove    (DcCallQueue  *queue,
                                    DcCall       *call);

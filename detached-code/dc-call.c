@@ -66,6 +66,12 @@ dc_call_is_pending (DcCall *call)
   return call->task != NULL;
 }
 
+gboolean
+dc_call_is_cancelled (DcCall *call)
+{
+  return call->cancellable != NULL && g_cancellable_is_cancelled (call->cancellable);
+}
+
 DcCall *
 dc_call_from_task (GTask *task)
 {
@@ -176,63 +182,109 @@ dc_call_return_cancelled (GTask *task)
 
 /* ---- the queue ---- */
 
+static gint
+compare_priorities (gconstpointer a,
+                    gconstpointer b,
+                    gpointer      user_data)
+{
+  int pa = GPOINTER_TO_INT (a), pb = GPOINTER_TO_INT (b);
+
+  return pa < pb ? -1 : pa > pb;
+}
+
+static void
+bucket_free (gpointer data)
+{
+  GQueue *bucket = data;
+
+  g_assert (bucket->length == 0);
+  g_queue_free (bucket);
+}
+
 void
 dc_call_queue_init (DcCallQueue *queue)
 {
-  g_queue_init (&queue->calls);
+  queue->buckets = g_tree_new_full (compare_priorities, NULL, NULL, bucket_free);
+  queue->length = 0;
+}
+
+void
+dc_call_queue_clear (DcCallQueue *queue)
+{
+  g_assert (queue->length == 0);
+  g_clear_pointer (&queue->buckets, g_tree_unref);
 }
 
 guint
 dc_call_queue_length (DcCallQueue *queue)
 {
-  return queue->calls.length;
+  return queue->length;
+}
+
+static GQueue *
+bucket_for (DcCallQueue *queue,
+            int          priority)
+{
+  gpointer key = GINT_TO_POINTER (priority);
+  GQueue *bucket = g_tree_lookup (queue->buckets, key);
+
+  if (bucket == NULL)
+    {
+      bucket = g_queue_new ();
+      g_tree_insert (queue->buckets, key, bucket);
+    }
+  return bucket;
+}
+
+static void
+bucket_unlink (DcCallQueue *queue,
+               GQueue      *bucket,
+               DcCall      *call)
+{
+  g_queue_unlink (bucket, &call->link);
+  queue->length--;
+  /* Priorities come and go (a random one per call, say): keep only
+   * those in use. */
+  if (bucket->length == 0)
+    g_tree_remove (queue->buckets, GINT_TO_POINTER (call->priority));
 }
 
 void
 dc_call_queue_push (DcCallQueue *queue,
                     DcCall      *call)
 {
-  GList *sibling;
-
   call->where = DC_CALL_QUEUED;
   call->worker = NULL;
-  /* Walk from the tail: equal priorities, the common case, stop at once. */
-  for (sibling = queue->calls.tail; sibling != NULL; sibling = sibling->prev)
-    if (((DcCall *) sibling->data)->priority <= call->priority)
-      break;
-
-  if (sibling == NULL)
-    g_queue_push_head_link (&queue->calls, &call->link);
-  else
-    g_queue_insert_after_link (&queue->calls, sibling, &call->link);
+  g_queue_push_tail_link (bucket_for (queue, call->priority), &call->link);
+  queue->length++;
 }
 
 void
 dc_call_queue_push_front (DcCallQueue *queue,
                           DcCall      *call)
 {
-  GList *sibling;
-
   call->where = DC_CALL_QUEUED;
   call->worker = NULL;
-  for (sibling = queue->calls.head; sibling != NULL; sibling = sibling->next)
-    if (((DcCall *) sibling->data)->priority >= call->priority)
-      break;
+  g_queue_push_head_link (bucket_for (queue, call->priority), &call->link);
+  queue->length++;
+}
 
-  if (sibling == NULL)
-    g_queue_push_tail_link (&queue->calls, &call->link);
-  else if (sibling->prev == NULL)
-    g_queue_push_head_link (&queue->calls, &call->link);
-  else
-    g_queue_insert_after_link (&queue->calls, sibling->prev, &call->link);
+DcCall *
+dc_call_queue_peek (DcCallQueue *queue)
+{
+  if (queue->length == 0)
+    return NULL;
+  return g_queue_peek_head (g_tree_node_value (g_tree_node_first (queue->buckets)));
 }
 
 DcCall *
 dc_call_queue_pop (DcCallQueue *queue)
 {
-  GList *link = g_queue_pop_head_link (&queue->calls);
+  DcCall *call = dc_call_queue_peek (queue);
 
-  return link != NULL ? link->data : NULL;
+  if (call != NULL)
+    dc_call_queue_remove (queue, call);
+  return call;
 }
 
 void
@@ -240,7 +292,7 @@ dc_call_queue_remove (DcCallQueue *queue,
                       DcCall      *call)
 {
   g_assert (call->where == DC_CALL_QUEUED);
-  g_queue_unlink (&queue->calls, &call->link);
+  bucket_unlink (queue, g_tree_lookup (queue->buckets, GINT_TO_POINTER (call->priority)), call);
 }
 
 void
