@@ -93,8 +93,9 @@ gulong    dc_cancel_hop_connect        (DcMailbox     *mailbox,
 void      dc_cancel_hop_disconnect     (GCancellable  *cancellable,
                                         gulong         handler_id);
 
-/* Waits, in a thread of its own, for processes that no context will reap
- * (their pool's private context may never run again). */
-void      dc_context_reap_in_thread    (GArray        *pids);
+/* Reaps, in a thread of its own, processes that no context will reap
+ * (their pool's private context may never run again): takes @pidfds and
+ * closes them. */
+void      dc_context_reap_in_thread    (GArray        *pidfds);
 
 G_END_DECLS

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "dc-context-private.h"
+#include "dc-process-private.h"
 
 void
 dc_context_init (DcContext *ctx)
@@ -280,23 +281,28 @@ dc_cancel_hop_disconnect (GCancellable *cancellable,
 static gpointer
 reaper_thread (gpointer data)
 {
-  GArray *pids = data;
+  GArray *pidfds = data;
   guint i;
 
-  for (i = 0; i < pids->len; i++)
-    while (waitpid (g_array_index (pids, GPid, i), NULL, 0) < 0 && errno == EINTR)
-      ;
-  g_array_unref (pids);
+  for (i = 0; i < pidfds->len; i++)
+    {
+      int pidfd = g_array_index (pidfds, int, i);
+      int status;
+
+      dc_process_reap (pidfd, TRUE, &status);
+      close (pidfd);
+    }
+  g_array_unref (pidfds);
   return NULL;
 }
 
 void
-dc_context_reap_in_thread (GArray *pids)
+dc_context_reap_in_thread (GArray *pidfds)
 {
-  if (pids->len == 0)
+  if (pidfds->len == 0)
     {
-      g_array_unref (pids);
+      g_array_unref (pidfds);
       return;
     }
-  g_thread_unref (g_thread_new ("dc-reaper", reaper_thread, pids));
+  g_thread_unref (g_thread_new ("dc-reaper", reaper_thread, pidfds));
 }

@@ -5,7 +5,8 @@
  */
 
 /* How a worker is made: its code, environment, working directory and
- * standard descriptors, the channel to it, and the fork itself. */
+ * standard descriptors, the channel to it, and the clone itself, from the
+ * worker template (the fork server) or from the parent. */
 
 #pragma once
 
@@ -27,11 +28,16 @@ typedef struct
 typedef struct
 {
   GPid          pid;
+  int           pidfd;     /* reaps it; owned by the caller */
   DcChannel    *channel;   /* the parent's end */
 } DcLaunched;
 
-DcLauncher   *dc_launcher_new              (void);
-void          dc_launcher_free             (DcLauncher        *launcher);
+/* The template's death is noticed on @context. */
+DcLauncher   *dc_launcher_new              (GMainContext      *context);
+/* Closes the template; @reap_now: reap it before returning (its context
+ * may never run again). */
+void          dc_launcher_free             (DcLauncher        *launcher,
+                                            gboolean           reap_now);
 
 /* Takes @user_data_free, called when the launcher is freed. */
 void          dc_launcher_set_code         (DcLauncher        *launcher,
@@ -63,8 +69,23 @@ void          dc_launcher_set_stream       (DcLauncher        *launcher,
                                             DcStream           stream);
 DcStream      dc_launcher_get_stream       (DcLauncher        *launcher);
 gboolean      dc_launcher_is_socket        (DcLauncher        *launcher);
+void          dc_launcher_set_fork_server  (DcLauncher        *launcher,
+                                            gboolean           fork_server);
+gboolean      dc_launcher_get_fork_server  (DcLauncher        *launcher);
 
-/* Forks a worker.  FALSE with a SPAWN @error when it cannot. */
+/* Checks what would make every spawn fail (a missing directory); with
+ * the fork server, makes the template now if there is none. */
+gboolean      dc_launcher_prepare          (DcLauncher        *launcher,
+                                            GError           **error);
+/* Lets the template go: the next worker comes from a new one, made from
+ * the parent as it is then.  @reap_now as for dc_launcher_free(). */
+void          dc_launcher_close_template   (DcLauncher        *launcher,
+                                            gboolean           reap_now);
+/* The template's pid, or 0. */
+GPid          dc_launcher_get_template_pid (DcLauncher        *launcher);
+
+/* Makes a worker.  FALSE with a SPAWN @error when it cannot.  Runs on the
+ * pool's context. */
 gboolean      dc_launcher_spawn            (DcLauncher            *launcher,
                                             const DcLaunchOptions *options,
                                             DcLaunched            *launched,

@@ -5,21 +5,35 @@
  */
 
 /* How a worker is made: everything it is given, prepared in the parent,
- * and the fork.  What runs in the child is in dc-worker.c. */
+ * and the clone, asked of the worker template or done here.  What runs in
+ * the template is in dc-template.c, what runs in a worker in dc-worker.c. */
 
 #include "config.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <glib/gi18n-lib.h>
+#include <glib-unix.h>
 
 #include "dc-launcher-private.h"
+#include "dc-process-private.h"
+#include "dc-template-private.h"
+#include "dc-wire-private.h"
 #include "dc-worker-private.h"
+
+/* How long a spawn waits for the template's answer before it gives the
+ * template up: it answers in well under a millisecond unless it is
+ * stopped or swapped out. */
+#define TEMPLATE_TIMEOUT_MS 10000
+
+typedef struct _DcTemplate DcTemplate;
 
 typedef struct
 {
@@ -42,6 +56,22 @@ struct _DcLauncher
   DcSetupFlags      setup_flags;
   char             *cwd;
   GArray           *env_ops;    /* EnvOp, applied in order at each fork */
+
+  GMainContext     *context;
+  gboolean          fork_server;
+  DcTemplate       *template;   /* NULL until needed, or once let go */
+  gboolean          warned_threads;
+};
+
+/* The template as the parent sees it.  Its pidfd watch owns it: it
+ * outlives the launcher until it is reaped. */
+struct _DcTemplate
+{
+  DcLauncher *launcher;   /* NULL once let go */
+  GPid        pid;
+  int         pidfd;
+  int         fd;         /* the channel; -1 once let go */
+  GSource    *watch;
 };
 
 static void
@@ -52,10 +82,12 @@ env_op_clear (EnvOp *op)
 }
 
 DcLauncher *
-dc_launcher_new (void)
+dc_launcher_new (GMainContext *context)
 {
   DcLauncher *launcher = g_new0 (DcLauncher, 1);
 
+  launcher->context = context;
+  launcher->fork_server = TRUE;
   launcher->stream = DC_STREAM_AUTO;
   launcher->setup_flags = DC_SETUP_NONE;
   launcher->env_ops = g_array_new (FALSE, FALSE, sizeof (EnvOp));
@@ -64,8 +96,10 @@ dc_launcher_new (void)
 }
 
 void
-dc_launcher_free (DcLauncher *launcher)
+dc_launcher_free (DcLauncher *launcher,
+                  gboolean    reap_now)
 {
+  dc_launcher_close_template (launcher, reap_now);
   if (launcher->user_data_free != NULL)
     launcher->user_data_free (launcher->user_data);
   if (launcher->init_data_free != NULL)
@@ -112,6 +146,9 @@ dc_launcher_set_init_func (DcLauncher       *launcher,
   launcher->init_func = func;
   launcher->init_data = user_data;
   launcher->init_data_free = user_data_free;
+  /* The template holds the old function and data, and the new data may
+   * not exist in its memory: the next worker comes from a new one. */
+  dc_launcher_close_template (launcher, FALSE);
 }
 
 void
@@ -176,6 +213,21 @@ gboolean
 dc_launcher_is_socket (DcLauncher *launcher)
 {
   return launcher->stream != DC_STREAM_PIPE;
+}
+
+void
+dc_launcher_set_fork_server (DcLauncher *launcher,
+                             gboolean    fork_server)
+{
+  launcher->fork_server = fork_server;
+  if (!fork_server)
+    dc_launcher_close_template (launcher, FALSE);
+}
+
+gboolean
+dc_launcher_get_fork_server (DcLauncher *launcher)
+{
+  return launcher->fork_server;
 }
 
 /* The child stores this array; it builds nothing itself. */
@@ -292,25 +344,435 @@ fail:
   return FALSE;
 }
 
-gboolean
-dc_launcher_spawn (DcLauncher             *launcher,
-                   const DcLaunchOptions  *options,
-                   DcLaunched             *launched,
-                   GError                **error)
+/* The worker's code, as the launcher holds it now; the per-spawn parts
+ * from @options. */
+static void
+fill_code (DcLauncher            *launcher,
+           const DcLaunchOptions *options,
+           DcWorkerCode          *code)
 {
-  DcWorkerSetup setup = { 0, };
-  DcWorkerCode code = { 0, };
+  memset (code, 0, sizeof *code);
+  code->func = launcher->func;
+  code->fd_func = launcher->fd_func;
+  code->user_data = launcher->user_data;
+  code->init_func = launcher->init_func;
+  code->init_data = launcher->init_data;
+  code->is_socket = dc_launcher_is_socket (launcher);
+  if (options != NULL)
+    {
+      code->marshaller = options->marshaller;
+      code->exit_on_die = options->exit_on_die;
+      code->memfd_threshold = options->memfd_threshold;
+    }
+}
+
+/* Clones with every signal blocked: a handler of the host's must not run
+ * in the child before the child resets the dispositions.  The child
+ * unblocks once they are default. */
+static pid_t
+clone_blocked (int *pidfd)
+{
   sigset_t all_signals, old_mask;
-  int parent_fds[2];
-  g_auto(GStrv) envp = NULL;
   pid_t pid;
   int errsv;
 
+  sigfillset (&all_signals);
+  pthread_sigmask (SIG_SETMASK, &all_signals, &old_mask);
+  pid = dc_process_clone (FALSE, pidfd);
+  if (pid == 0)
+    return 0;
+  errsv = errno;
+  pthread_sigmask (SIG_SETMASK, &old_mask, NULL);
+  errno = errsv;
+  return pid;
+}
+
+/* The parent's end of a new channel, made into a DcChannel.  A worker
+ * made already must not outlive a failure here unreaped. */
+static gboolean
+wrap_channel (int          parent_fds[2],
+              GPid         pid,
+              int          pidfd,
+              DcLaunched  *launched,
+              GError     **error)
+{
+  if (parent_fds[0] == parent_fds[1])
+    {
+      g_autoptr(GError) local_error = NULL;
+      int status;
+
+      launched->channel = dc_channel_new_socket (parent_fds[0], &local_error);
+      if (launched->channel == NULL)
+        {
+          dc_process_signal (pidfd, SIGKILL);
+          dc_process_reap (pidfd, TRUE, &status);
+          close (pidfd);
+          g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                       _("Cannot set up a worker channel: %s"), local_error->message);
+          return FALSE;
+        }
+    }
+  else
+    launched->channel = dc_channel_new_pipes (parent_fds[0], parent_fds[1]);
+
+  launched->pid = pid;
+  launched->pidfd = pidfd;
+  return TRUE;
+}
+
+/* ---- the template ---- */
+
+static void
+template_free (gpointer data)
+{
+  DcTemplate *template = data;
+
+  g_assert (template->launcher == NULL);
+  if (template->fd >= 0)
+    close (template->fd);
+  close (template->pidfd);
+  g_free (template);
+}
+
+/* Reaped: says why, unless we asked it to go. */
+static void
+template_reaped (DcTemplate *template,
+                 int         status)
+{
+  if (template->launcher != NULL)
+    {
+      if (WIFEXITED (status))
+        g_warning ("The worker template (process %d) exited with status %d; the next worker "
+                   "comes from a new one, made from this process as it is now",
+                   (int) template->pid, WEXITSTATUS (status));
+      else
+        g_warning ("The worker template (process %d) was killed by signal %d (SIG%s); the next "
+                   "worker comes from a new one, made from this process as it is now",
+                   (int) template->pid, WTERMSIG (status),
+                   sigabbrev_np (WTERMSIG (status)) ? sigabbrev_np (WTERMSIG (status)) : "?");
+      template->launcher->template = NULL;
+      template->launcher = NULL;
+    }
+}
+
+static gboolean
+template_exited_cb (gint         fd,
+                    GIOCondition condition,
+                    gpointer     data)
+{
+  DcTemplate *template = data;
+  int status;
+
+  if (!dc_process_reap (template->pidfd, FALSE, &status))
+    return G_SOURCE_CONTINUE;
+  template_reaped (template, status);
+  return G_SOURCE_REMOVE;
+}
+
+/* It stopped answering or died: kill it, reap it, say why. */
+static void
+template_lost (DcLauncher *launcher)
+{
+  DcTemplate *template = launcher->template;
+  int status;
+
+  dc_process_signal (template->pidfd, SIGKILL);
+  dc_process_reap (template->pidfd, TRUE, &status);
+  template_reaped (template, status);
+  g_source_destroy (template->watch);
+}
+
+void
+dc_launcher_close_template (DcLauncher *launcher,
+                            gboolean    reap_now)
+{
+  DcTemplate *template = g_steal_pointer (&launcher->template);
+  int status;
+
+  if (template == NULL)
+    return;
+
+  /* It reads the end of its channel and leaves. */
+  template->launcher = NULL;
+  close (template->fd);
+  template->fd = -1;
+  if (reap_now)
+    {
+      dc_process_signal (template->pidfd, SIGKILL);
+      dc_process_reap (template->pidfd, TRUE, &status);
+      g_source_destroy (template->watch);
+    }
+}
+
+GPid
+dc_launcher_get_template_pid (DcLauncher *launcher)
+{
+  return launcher->template != NULL ? launcher->template->pid : 0;
+}
+
+static gboolean
+template_start (DcLauncher  *launcher,
+                GError     **error)
+{
+  DcTemplateSetup tsetup = { 0, };
+  DcWorkerSetup targets = { 0, };
+  DcWorkerCode code;
+  DcTemplate *template;
+  int sv[2], pidfd = -1, errsv;
+  pid_t pid;
+
+  if (socketpair (AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    sv[0] = sv[1] = -1;
+  if (sv[0] < 0 || !move_above_stdio (&sv[0], &sv[0]) || !move_above_stdio (&sv[1], &sv[1]))
+    {
+      errsv = errno;
+      close_pair (sv[0], -1);
+      close_pair (sv[1], -1);
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                   _("Cannot create the worker template's channel: %s"), g_strerror (errsv));
+      return FALSE;
+    }
+
+  /* Below the two numbers its workers' channels take. */
+  dc_worker_pick_targets (&targets);
+  tsetup.channel_fd = sv[1];
+  tsetup.channel_target = MAX (targets.target_write_fd - 2, 3);
+  tsetup.fd_limit = targets.fd_limit;
+  tsetup.parent_pid = getpid ();
+  tsetup.die_with_parent = gettid () == getpid ();
+  fill_code (launcher, NULL, &code);
+
+  pid = clone_blocked (&pidfd);
+  if (pid == 0)
+    dc_template_main (&tsetup, &code);   /* never returns */
+  errsv = errno;
+  close (sv[1]);
+  if (pid < 0)
+    {
+      close (sv[0]);
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                   _("Cannot fork the worker template: %s"), g_strerror (errsv));
+      return FALSE;
+    }
+
+  template = g_new0 (DcTemplate, 1);
+  template->launcher = launcher;
+  template->pid = pid;
+  template->pidfd = pidfd;
+  template->fd = sv[0];
+  template->watch = g_unix_fd_source_new (pidfd, G_IO_IN);
+  g_source_set_callback (template->watch, G_SOURCE_FUNC (template_exited_cb), template,
+                         template_free);
+  g_source_attach (template->watch, launcher->context);
+  g_source_unref (template->watch);   /* attached: the context holds it */
+  launcher->template = template;
+  return TRUE;
+}
+
+/* What would make every spawn fail, told before any is tried. */
+static gboolean
+check_settings (DcLauncher  *launcher,
+                GError     **error)
+{
   if (launcher->cwd != NULL && !g_file_test (launcher->cwd, G_FILE_TEST_IS_DIR))
     {
       g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                    _("Cannot start a worker: “%s” is not a directory"), launcher->cwd);
       return FALSE;
+    }
+  return TRUE;
+}
+
+gboolean
+dc_launcher_prepare (DcLauncher  *launcher,
+                     GError     **error)
+{
+  if (!check_settings (launcher, error))
+    return FALSE;
+  if (!launcher->fork_server || launcher->template != NULL)
+    return TRUE;
+  return template_start (launcher, error);
+}
+
+/* Sends @request with the worker's ends of its channel. */
+static gboolean
+template_send (DcTemplate *template,
+               GBytes     *request,
+               const int  *fds,
+               guint       n_fds)
+{
+  gsize size;
+  const void *data = g_bytes_get_data (request, &size);
+
+  return dc_wire_sendmsg (template->fd, data, size, fds, n_fds) == (gssize) size;
+}
+
+typedef enum
+{
+  ANSWER_OK,
+  ANSWER_REFUSED,    /* it could not clone: errno in the reply */
+  ANSWER_GONE,       /* it died */
+  ANSWER_SILENT,     /* it did not answer in time */
+} Answer;
+
+static Answer
+template_receive (DcTemplate      *template,
+                  DcTemplateReply *reply,
+                  int             *pidfd)
+{
+  union {
+    char buf[CMSG_SPACE (sizeof (int) * 2)];
+    struct cmsghdr align;
+  } control;
+  struct pollfd pfd = { template->fd, POLLIN, 0 };
+  struct iovec iov = { reply, sizeof *reply };
+  struct msghdr msg = { 0, };
+  struct cmsghdr *cmsg;
+  gint64 deadline = g_get_monotonic_time () + TEMPLATE_TIMEOUT_MS * G_TIME_SPAN_MILLISECOND;
+  ssize_t n;
+  int r;
+
+  /* A blocking wait, on purpose: the worker is wanted now, and the
+   * template answers at once. */
+  do
+    {
+      gint64 left = (deadline - g_get_monotonic_time ()) / G_TIME_SPAN_MILLISECOND;
+
+      r = poll (&pfd, 1, (int) MAX (left, 0));
+    }
+  while (r < 0 && errno == EINTR);
+  if (r == 0)
+    return ANSWER_SILENT;
+
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.buf;
+  msg.msg_controllen = sizeof control.buf;
+  do
+    n = recvmsg (template->fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  if (n != sizeof *reply || reply->magic != DC_TEMPLATE_MAGIC)
+    return ANSWER_GONE;
+
+  *pidfd = -1;
+  for (cmsg = CMSG_FIRSTHDR (&msg); cmsg != NULL; cmsg = CMSG_NXTHDR (&msg, cmsg))
+    if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS)
+      {
+        gsize i, count = (cmsg->cmsg_len - CMSG_LEN (0)) / sizeof (int);
+
+        for (i = 0; i < count; i++)
+          {
+            int fd;
+
+            memcpy (&fd, CMSG_DATA (cmsg) + i * sizeof (int), sizeof (int));
+            if (*pidfd < 0)
+              *pidfd = fd;
+            else
+              close (fd);
+          }
+      }
+  if (reply->pid <= 0 || *pidfd < 0)
+    {
+      if (*pidfd >= 0)
+        close (*pidfd);
+      return reply->pid > 0 ? ANSWER_GONE : ANSWER_REFUSED;
+    }
+  return ANSWER_OK;
+}
+
+static gboolean
+spawn_from_template (DcLauncher             *launcher,
+                     const DcLaunchOptions  *options,
+                     DcLaunched             *launched,
+                     GError                **error)
+{
+  g_auto(GStrv) envp = build_envp (launcher);
+  g_autoptr(GBytes) request = NULL;
+  guint attempt;
+
+  request = dc_template_encode_request (launcher->setup_flags, launcher->cwd, envp,
+                                        options->marshaller, options->exit_on_die,
+                                        options->memfd_threshold);
+  if (request == NULL)
+    {
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                   _("Cannot start a worker: its environment is larger than %u KiB"),
+                   DC_TEMPLATE_MAX_REQUEST / 1024);
+      return FALSE;
+    }
+
+  /* A template found dead is replaced once, from the parent as it is. */
+  for (attempt = 0; attempt < 2; attempt++)
+    {
+      DcWorkerSetup ends = { 0, };
+      DcTemplateReply reply;
+      int parent_fds[2], worker_fds[2], pidfd = -1;
+      Answer answer;
+      gboolean sent;
+
+      if (!dc_launcher_prepare (launcher, error))
+        return FALSE;
+      if (!make_channel_fds (launcher, parent_fds, &ends, error))
+        return FALSE;
+
+      worker_fds[0] = ends.read_fd;
+      worker_fds[1] = ends.write_fd;
+      sent = template_send (launcher->template, request, worker_fds,
+                            ends.read_fd == ends.write_fd ? 1 : 2);
+      close_pair (ends.read_fd, ends.write_fd);
+      answer = sent ? template_receive (launcher->template, &reply, &pidfd) : ANSWER_GONE;
+
+      if (answer == ANSWER_OK)
+        return wrap_channel (parent_fds, reply.pid, pidfd, launched, error);
+
+      close_pair (parent_fds[0], parent_fds[1]);
+      if (answer == ANSWER_REFUSED)
+        {
+          g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                       _("Cannot fork a worker: %s"), g_strerror (reply.error));
+          return FALSE;
+        }
+      template_lost (launcher);
+      if (answer == ANSWER_SILENT)
+        {
+          g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                       _("Cannot start a worker: the worker template did not answer within %u s"),
+                       TEMPLATE_TIMEOUT_MS / 1000);
+          return FALSE;
+        }
+    }
+
+  g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                       _("Cannot start a worker: the worker template keeps dying"));
+  return FALSE;
+}
+
+/* Without the fork server: a clone of the parent as it is now. */
+static gboolean
+spawn_directly (DcLauncher             *launcher,
+                const DcLaunchOptions  *options,
+                DcLaunched             *launched,
+                GError                **error)
+{
+  DcWorkerSetup setup = { 0, };
+  DcWorkerCode code;
+  int parent_fds[2], pidfd = -1;
+  g_auto(GStrv) envp = NULL;
+  pid_t pid;
+  int errsv;
+
+  /* A lock another thread holds now stays locked in the worker. */
+  if (!launcher->warned_threads)
+    {
+      guint n_threads = dc_process_count_threads ();
+
+      if (n_threads > 1)
+        {
+          g_warning ("Forking a worker from a process with %u threads: a lock another thread "
+                     "holds at the fork stays locked in the worker, which may hang.  The "
+                     "fork-server property (on by default) avoids this.", n_threads);
+          launcher->warned_threads = TRUE;
+        }
     }
 
   if (!make_channel_fds (launcher, parent_fds, &setup, error))
@@ -323,28 +785,12 @@ dc_launcher_spawn (DcLauncher             *launcher,
   setup.cwd = launcher->cwd;
   envp = build_envp (launcher);
   setup.envp = envp;
+  fill_code (launcher, options, &code);
 
-  code.func = launcher->func;
-  code.fd_func = launcher->fd_func;
-  code.user_data = launcher->user_data;
-  code.init_func = launcher->init_func;
-  code.init_data = launcher->init_data;
-  code.marshaller = options->marshaller;
-  code.exit_on_die = options->exit_on_die;
-  code.is_socket = dc_launcher_is_socket (launcher);
-  code.memfd_threshold = options->memfd_threshold;
-
-  /* All signals blocked across fork(): a handler of the host's must not
-   * run in the child before the child resets the dispositions.  The
-   * child unblocks once they are default. */
-  sigfillset (&all_signals);
-  pthread_sigmask (SIG_SETMASK, &all_signals, &old_mask);
-  pid = fork ();
+  pid = clone_blocked (&pidfd);
   if (pid == 0)
     dc_worker_main (&setup, &code);   /* never returns */
   errsv = errno;
-  pthread_sigmask (SIG_SETMASK, &old_mask, NULL);
-
   close_pair (setup.read_fd, setup.write_fd);
 
   if (pid < 0)
@@ -354,27 +800,18 @@ dc_launcher_spawn (DcLauncher             *launcher,
                    _("Cannot fork a worker: %s"), g_strerror (errsv));
       return FALSE;
     }
+  return wrap_channel (parent_fds, pid, pidfd, launched, error);
+}
 
-  if (parent_fds[0] == parent_fds[1])
-    {
-      g_autoptr(GError) local_error = NULL;
-
-      launched->channel = dc_channel_new_socket (parent_fds[0], &local_error);
-      if (launched->channel == NULL)
-        {
-          /* It would see the end of its channel and leave; it must not
-           * outlive this call unreaped. */
-          kill (pid, SIGKILL);
-          while (waitpid (pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-          g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
-                       _("Cannot set up a worker channel: %s"), local_error->message);
-          return FALSE;
-        }
-    }
-  else
-    launched->channel = dc_channel_new_pipes (parent_fds[0], parent_fds[1]);
-
-  launched->pid = pid;
-  return TRUE;
+gboolean
+dc_launcher_spawn (DcLauncher             *launcher,
+                   const DcLaunchOptions  *options,
+                   DcLaunched             *launched,
+                   GError                **error)
+{
+  if (!check_settings (launcher, error))
+    return FALSE;
+  if (launcher->fork_server)
+    return spawn_from_template (launcher, options, launched, error);
+  return spawn_directly (launcher, options, launched, error);
 }

@@ -60,9 +60,17 @@ enum
   DC_WORKER_EXIT_SETUP = 122,       /* set-up failed (a SETUP_FAILED frame was sent) */
 };
 
-/* Picks the high descriptor numbers the channel takes in a worker.
- * Called in the parent. */
+/* Picks the high descriptor numbers the channel takes in a worker: the top
+ * two below the descriptor limit (or 1024).  Async-signal-safe. */
 void      dc_worker_pick_targets  (DcWorkerSetup       *setup);
+
+/* Async-signal-safe: every signal at its default disposition, none
+ * blocked. */
+void      dc_worker_reset_signals (void);
+/* Async-signal-safe: dies with the parent (PR_SET_PDEATHSIG when
+ * @die_with_parent), and _exit()s now if the parent is gone already. */
+void      dc_worker_tie_to_parent (pid_t                parent_pid,
+                                   gboolean             die_with_parent);
 
 /* Async-signal-safe.  On failure it reports a DC_WIRE_SETUP_FAILED frame
  * on the channel and _exit()s. */

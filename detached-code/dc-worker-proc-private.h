@@ -74,8 +74,9 @@ typedef struct
                         gpointer      user_data);
 } DcWorkerProcCallbacks;
 
-/* Takes @channel.  Watches @pid for its exit. */
+/* Takes @pidfd and @channel.  Reaps the worker through @pidfd. */
 DcWorkerProc      *dc_worker_proc_new           (GPid                          pid,
+                                                 int                           pidfd,
                                                  DcChannel                    *channel,
                                                  GMainContext                 *context,
                                                  const DcWorkerProcSettings   *settings,
@@ -117,10 +118,10 @@ void               dc_worker_proc_kill_for_call (DcWorkerProc  *proc,
  * and leaves, a busy one is killed.  It is still reaped and reported. */
 void               dc_worker_proc_detach        (DcWorkerProc  *proc,
                                                  GQueue        *calls);
-/* The pool goes: no more callbacks.  Returns TRUE if @pid is still to be
- * reaped by somebody else than the context (which may never run again
- * when @own_reaper): it was killed and its watch removed. */
-gboolean           dc_worker_proc_disown        (DcWorkerProc  *proc,
+/* The pool goes: no more callbacks.  With @own_reaper (its context may
+ * never run again), a worker not reaped yet is killed and a pidfd to reap
+ * it with is returned (the caller's); otherwise -1. */
+int                dc_worker_proc_disown        (DcWorkerProc  *proc,
                                                  gboolean       own_reaper);
 
 char              *dc_describe_wait_status      (GPid           pid,

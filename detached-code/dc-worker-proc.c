@@ -17,7 +17,9 @@
 #include <unistd.h>
 
 #include <glib/gi18n-lib.h>
+#include <glib-unix.h>
 
+#include "dc-process-private.h"
 #include "dc-wire-private.h"
 #include "dc-worker-proc-private.h"
 
@@ -45,6 +47,7 @@ struct _DcWorkerProc
   gint                         ref_count;  /* the pool's, the child watch's, a read's */
   DcWorkerProcState            state;
   GPid                         pid;
+  int                          pidfd;      /* -1 once reaped */
   GMainContext                *context;
   const DcWorkerProcSettings  *settings;   /* NULL once disowned */
   const DcWorkerProcCallbacks *callbacks;  /* NULL once disowned */
@@ -74,7 +77,7 @@ struct _DcWorkerProc
 
   gint64                       idle_since;
   GSource                     *idle_source;
-  GSource                     *watch;      /* the child watch; owns a reference */
+  GSource                     *watch;      /* on the pidfd; owns a reference */
 };
 
 static void proc_transition (DcWorkerProc *proc, Event event, GError *reason, GQueue *calls);
@@ -112,6 +115,8 @@ dc_worker_proc_unref (DcWorkerProc *proc)
   dc_wire_close_fds (proc->rx_fds);
   g_clear_pointer (&proc->rx_fds, g_array_unref);
   g_clear_error (&proc->lost_error);
+  if (proc->pidfd >= 0)
+    close (proc->pidfd);
   g_free (proc);
 }
 
@@ -620,6 +625,24 @@ channel_read (gpointer  data,
   return n;
 }
 
+/* Turns the replies from @link on into PROTOCOL errors. */
+static void
+fail_answered (DcWorkerProc *proc,
+               GList        *link,
+               const char   *why)
+{
+  for (; link != NULL; link = link->next)
+    {
+      DcCall *call = link->data;
+
+      g_clear_pointer (&call->result, g_variant_unref);
+      g_clear_error (&call->result_error);
+      call->result_error = protocol_error (proc, why);
+      if (call->task != NULL)
+        g_task_set_task_data (call->task, NULL, NULL);
+    }
+}
+
 /* Reads what the worker has sent, without blocking: a bounded amount, or
  * all there is when @drain.  Callbacks run from here may re-enter. */
 static gboolean
@@ -642,13 +665,21 @@ proc_read (DcWorkerProc *proc,
   for (rounds = 0; proc->channel != NULL && (drain || rounds < 64); rounds++)
     {
       gsize n = 0;
+      GList *answered_before = read.completed.tail;
       DcWirePumpStatus status = dc_wire_reader_pump (&proc->reader, buf, sizeof buf, channel_read,
                                                      handle_frame, &read, &n);
 
-      /* Descriptors nobody claims pile up: a worker sending them lies. */
-      if (proc->channel != NULL && proc->rx_fds->len > DC_WIRE_MAX_FDS)
+      /* Descriptors travel with a frame's first byte and go with it:
+       * between frames, none may be left over. */
+      if (proc->channel != NULL && proc->rx_fds->len > 0 &&
+          (dc_wire_reader_between_frames (&proc->reader) || proc->rx_fds->len > DC_WIRE_MAX_FDS))
         {
-          reject (proc, _("descriptors without messages"));
+          const char *why = _("descriptors without a message to go with");
+
+          /* They came in this read, with one of the replies it held: none
+           * of those replies can be trusted. */
+          fail_answered (proc, answered_before ? answered_before->next : read.completed.head, why);
+          reject (proc, why);
           break;
         }
 
@@ -705,6 +736,9 @@ char *
 dc_describe_wait_status (GPid pid,
                          int  status)
 {
+  if (status == DC_PROCESS_STATUS_UNKNOWN)
+    return g_strdup_printf (_("Worker process %d ended; its exit status is unknown (another "
+                              "part of the program reaped it)"), (int) pid);
   if (WIFEXITED (status))
     return g_strdup_printf (_("Worker process %d exited with status %d"),
                             (int) pid, WEXITSTATUS (status));
@@ -866,7 +900,7 @@ proc_transition (DcWorkerProc *proc,
         proc->lost_error = g_steal_pointer (&reason);
       g_clear_error (&reason);
       if (!proc->reaped)
-        kill (proc->pid, SIGKILL);
+        dc_process_signal (proc->pidfd, SIGKILL);
       proc_close_channel (proc);
       proc_set_state (proc, DC_WORKER_PROC_LOST);
       break;
@@ -885,7 +919,7 @@ proc_transition (DcWorkerProc *proc,
         /* An idle worker leaves when it reads the end of its channel; a
          * busy one would finish a call nobody waits for. */
         if (!proc->reaped && (busy || state == DC_WORKER_PROC_LOST))
-          kill (proc->pid, SIGKILL);
+          dc_process_signal (proc->pidfd, SIGKILL);
         proc_close_channel (proc);
         if (state == DC_WORKER_PROC_RUNNING && !busy)
           proc_set_state (proc, DC_WORKER_PROC_CLOSED);
@@ -958,39 +992,51 @@ dc_worker_proc_detach (DcWorkerProc *proc,
   proc_transition (proc, EVENT_DETACH, NULL, calls);
 }
 
-gboolean
+int
 dc_worker_proc_disown (DcWorkerProc *proc,
                        gboolean      own_reaper)
 {
+  int pidfd;
+
   g_assert (proc->channel == NULL && proc->inflight.length == 0);
 
   proc->callbacks = NULL;
   proc->settings = NULL;
   if (!own_reaper || proc->reaped || proc->watch == NULL)
-    return FALSE;
+    return -1;
 
   /* Asked to leave already; now for certain, and reaped by the caller
    * rather than by a watch nobody may dispatch. */
-  kill (proc->pid, SIGKILL);
+  dc_process_signal (proc->pidfd, SIGKILL);
+  pidfd = dup (proc->pidfd);
   g_source_destroy (proc->watch);
-  return TRUE;
+  return pidfd;
 }
 
-static void
-child_watch_cb (GPid     pid,
-                int      status,
-                gpointer data)
+static gboolean
+exited_cb (gint         fd,
+           GIOCondition condition,
+           gpointer     data)
 {
   DcWorkerProc *proc = data;
+  int status;
 
+  if (!dc_process_reap (proc->pidfd, FALSE, &status))
+    return G_SOURCE_CONTINUE;
   proc->reaped = TRUE;
   proc->wait_status = status;
-  g_spawn_close_pid (pid);
+  /* Out of the poll before the number is closed: a callback below may run
+   * a nested loop, where a reused number must not wake this source. */
+  g_source_destroy (proc->watch);
+  close (proc->pidfd);
+  proc->pidfd = -1;
   proc_transition (proc, EVENT_REAPED, NULL, NULL);
+  return G_SOURCE_REMOVE;
 }
 
 DcWorkerProc *
 dc_worker_proc_new (GPid                         pid,
+                    int                          pidfd,
                     DcChannel                   *channel,
                     GMainContext                *context,
                     const DcWorkerProcSettings  *settings,
@@ -1000,9 +1046,10 @@ dc_worker_proc_new (GPid                         pid,
 {
   DcWorkerProc *proc = g_new0 (DcWorkerProc, 1);
 
-  proc->ref_count = 2;   /* the caller's, the child watch's */
+  proc->ref_count = 2;   /* the caller's, the watch's */
   proc->state = DC_WORKER_PROC_RUNNING;
   proc->pid = pid;
+  proc->pidfd = pidfd;
   proc->context = context;
   proc->settings = settings;
   proc->callbacks = callbacks;
@@ -1023,8 +1070,8 @@ dc_worker_proc_new (GPid                         pid,
   g_source_set_can_recurse (proc->read_source, TRUE);
   g_source_attach (proc->read_source, context);
 
-  proc->watch = g_child_watch_source_new (pid);
-  g_source_set_callback (proc->watch, G_SOURCE_FUNC (child_watch_cb), proc,
+  proc->watch = g_unix_fd_source_new (pidfd, G_IO_IN);
+  g_source_set_callback (proc->watch, G_SOURCE_FUNC (exited_cb), proc,
                          (GDestroyNotify) dc_worker_proc_unref);
   g_source_attach (proc->watch, context);
 

@@ -29,6 +29,8 @@
  * which user code in the worker may still write to. */
 #define DC_WORKER_TARGET_CEILING 1024
 
+/* Called in the parent, and in the template, where it must be
+ * async-signal-safe: getrlimit() only. */
 void
 dc_worker_pick_targets (DcWorkerSetup *setup)
 {
@@ -145,21 +147,17 @@ std_fd_to_dev_null (int std_fd)
 }
 
 /* This function is called between fork() and the user's code and hence
- * must be async-signal-safe: sigaction(), sigprocmask(), prctl(),
- * getppid(), dup2(), fcntl(), open(), close(), close_range(), chdir(), and
- * a store to environ.  Nothing here allocates or takes a lock. */
+ * must be async-signal-safe: sigaction(), sigprocmask().  Default
+ * dispositions before unblocking: a handler the host installed (GLib's
+ * SIGCHLD handler, an interpreter's wake-up fd writer) must never run in
+ * a child. */
 void
-dc_worker_child_setup (const DcWorkerSetup *setup)
+dc_worker_reset_signals (void)
 {
   struct sigaction dfl;
   sigset_t empty;
-  int rfd = setup->read_fd;
-  int wfd = setup->write_fd;
-  int lo, hi, sig, i, flags;
+  int sig;
 
-  /* Default dispositions before unblocking: a handler the host installed
-   * (GLib's SIGCHLD handler, an interpreter's wake-up fd writer) must never
-   * run here. */
   memset (&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
   sigemptyset (&dfl.sa_mask);
@@ -168,16 +166,39 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
       sigaction (sig, &dfl, NULL);   /* EINVAL for libc-reserved numbers */
   sigemptyset (&empty);
   sigprocmask (SIG_SETMASK, &empty, NULL);
+}
 
-  /* Die with the parent.  The signal comes when the forking *thread*
-   * exits, so it is asked for only when that thread is the process's main
-   * one; a worker forked from another thread leaves when its channel
-   * ends instead (at the latest after the call it runs).  getppid()
-   * closes the race with a parent that died before prctl(). */
-  if (setup->die_with_parent)
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: prctl(), getppid(), _exit().
+ *
+ * Die with the parent.  The signal comes when the forking *thread* exits
+ * (for a worker made by the template, the thread that made the
+ * template), so it is asked for only when that thread is the process's
+ * main one; otherwise the child leaves when its channel ends.  getppid()
+ * closes the race with a parent that died before prctl(). */
+void
+dc_worker_tie_to_parent (pid_t    parent_pid,
+                         gboolean die_with_parent)
+{
+  if (die_with_parent)
     prctl (PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-  if (getppid () != setup->parent_pid)
+  if (getppid () != parent_pid)
     _exit (DC_WORKER_EXIT_SETUP);
+}
+
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: sigaction(), sigprocmask(), prctl(),
+ * getppid(), dup2(), fcntl(), open(), close(), close_range(), chdir(), and
+ * a store to environ.  Nothing here allocates or takes a lock. */
+void
+dc_worker_child_setup (const DcWorkerSetup *setup)
+{
+  int rfd = setup->read_fd;
+  int wfd = setup->write_fd;
+  int lo, hi, i, flags;
+
+  dc_worker_reset_signals ();
+  dc_worker_tie_to_parent (setup->parent_pid, setup->die_with_parent);
 
   /* Move the channel to its high numbers.  A write end sitting on the read
    * end's target must move away first. */
@@ -194,6 +215,18 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
   if (wfd != rfd && move_channel_fd (wfd, setup->target_write_fd) < 0)
     setup_fail (wfd, DC_WIRE_SETUP_STEP_DESCRIPTORS, errno);
   wfd = setup->target_write_fd;
+
+  /* Nothing else the parent had open survives: not its files, not its
+   * main context's eventfd, not another worker's channel (which would
+   * keep that worker from seeing EOF).  First: opening /dev/null below
+   * needs a free number under a tight descriptor limit. */
+  lo = MIN (setup->target_read_fd, setup->target_write_fd);
+  hi = MAX (setup->target_read_fd, setup->target_write_fd);
+  if (lo > 3)
+    close_fds (3, lo - 1, setup->fd_limit);
+  if (hi - lo > 1)
+    close_fds (lo + 1, hi - 1, setup->fd_limit);
+  close_fds (hi + 1, G_MAXINT, setup->fd_limit);
 
   /* 0..2: /dev/null unless inherited.  A standard number the parent had
    * closed may hold a copy of our channel; that is never inherited. */
@@ -218,17 +251,6 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
       if (inherit && move_fd (i, i) < 0)
         setup_fail (wfd, DC_WIRE_SETUP_STEP_DESCRIPTORS, errno);
     }
-
-  /* Nothing else the parent had open survives: not its files, not its
-   * main context's eventfd, not another worker's channel (which would
-   * keep that worker from seeing EOF). */
-  lo = MIN (setup->target_read_fd, setup->target_write_fd);
-  hi = MAX (setup->target_read_fd, setup->target_write_fd);
-  if (lo > 3)
-    close_fds (3, lo - 1, setup->fd_limit);
-  if (hi - lo > 1)
-    close_fds (lo + 1, hi - 1, setup->fd_limit);
-  close_fds (hi + 1, G_MAXINT, setup->fd_limit);
 
   if (setup->cwd != NULL && chdir (setup->cwd) < 0)
     setup_fail (wfd, DC_WIRE_SETUP_STEP_CWD, errno);
@@ -286,30 +308,11 @@ send_with_fds (int         fd,
                const int  *fds,
                guint       n_fds)
 {
-  union {
-    char buf[CMSG_SPACE (sizeof (int) * DC_WIRE_MAX_FDS)];
-    struct cmsghdr align;
-  } control;
-  struct msghdr msg = { 0, };
-  struct iovec iov = { (void *) data, len };
-  struct cmsghdr *cmsg;
-  ssize_t n;
+  gssize n;
 
   g_assert (n_fds > 0 && n_fds <= DC_WIRE_MAX_FDS && len > 0);
 
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control.buf;
-  msg.msg_controllen = CMSG_SPACE (sizeof (int) * n_fds);
-  cmsg = CMSG_FIRSTHDR (&msg);
-  cmsg->cmsg_level = SOL_SOCKET;
-  cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN (sizeof (int) * n_fds);
-  memcpy (CMSG_DATA (cmsg), fds, sizeof (int) * n_fds);
-
-  do
-    n = sendmsg (fd, &msg, MSG_NOSIGNAL);
-  while (n < 0 && errno == EINTR);
+  n = dc_wire_sendmsg (fd, data, len, fds, n_fds);
   if (n <= 0)
     return FALSE;
   return write_all (fd, (const guint8 *) data + n, len - (gsize) n);
@@ -547,6 +550,10 @@ dc_worker_serve (int                 read_fd,
         }
 
       status = dc_wire_reader_pump (&serve.reader, buf, 64 * 1024, receive, handle_call, &serve, &n);
+      /* The parent sends descriptors only with the frame that takes them. */
+      if (status == DC_WIRE_PUMP_READ && serve.rx_fds->len > 0 &&
+          dc_wire_reader_between_frames (&serve.reader))
+        status = DC_WIRE_PUMP_CORRUPT;
       if (status == DC_WIRE_PUMP_READ || status == DC_WIRE_PUMP_AGAIN)
         continue;
       if (status == DC_WIRE_PUMP_IO_ERROR)

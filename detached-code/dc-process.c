@@ -1,0 +1,119 @@
+/*
+ * Copyright (C) 2026 The libdetached-code authors
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+/* Processes the pool makes: cloned with a pidfd and no exit signal, and
+ * reaped through that pidfd. */
+
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <linux/sched.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dc-process-private.h"
+
+#ifndef P_PIDFD
+#define P_PIDFD ((idtype_t) 3)
+#endif
+
+/* This function is called between fork() and the user's code (in the
+ * template) and hence must be async-signal-safe: only raw system calls.
+ *
+ * No exit signal: the kernel reaps a child that signals SIGCHLD to a
+ * parent ignoring SIGCHLD, and loses its status; a child with none waits
+ * for us.  A sibling inherits its maker's exit signal, so the template,
+ * made with none, makes workers with none. */
+pid_t
+dc_process_clone (gboolean  sibling,
+                  int      *pidfd)
+{
+  struct clone_args args;
+  long pid;
+
+  memset (&args, 0, sizeof args);
+  args.flags = CLONE_PIDFD | (sibling ? CLONE_PARENT : 0);
+  args.pidfd = (guint64) (guintptr) pidfd;
+  args.exit_signal = 0;
+  pid = syscall (SYS_clone3, &args, sizeof args);
+
+  /* Refused (an old kernel, a container's filter): clone() takes the same
+   * flags, the pidfd going where the parent's tid would. */
+#if defined(__x86_64__) || defined(__aarch64__) || defined(__i386__) || defined(__arm__) || \
+    defined(__powerpc64__) || defined(__riscv)
+  if (pid < 0 && errno == ENOSYS)
+    pid = syscall (SYS_clone, (unsigned long) args.flags, 0UL, pidfd, 0UL, 0UL);
+#endif
+  return (pid_t) pid;
+}
+
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: one system call. */
+int
+dc_process_signal (int pidfd,
+                   int signum)
+{
+  return (int) syscall (SYS_pidfd_send_signal, pidfd, signum, NULL, 0);
+}
+
+gboolean
+dc_process_reap (int       pidfd,
+                 gboolean  block,
+                 int      *wait_status)
+{
+  siginfo_t info;
+  int r;
+
+  memset (&info, 0, sizeof info);
+  do
+    r = waitid (P_PIDFD, (id_t) pidfd, &info, WEXITED | __WALL | (block ? 0 : WNOHANG));
+  while (r < 0 && errno == EINTR);
+
+  if (r < 0)
+    {
+      /* Reaped by someone else (a waitpid (-1, __WALL) of the host's): the
+       * status is gone. */
+      *wait_status = DC_PROCESS_STATUS_UNKNOWN;
+      return TRUE;
+    }
+  if (info.si_pid == 0)
+    return FALSE;   /* still running */
+
+  switch (info.si_code)
+    {
+    case CLD_EXITED:
+      *wait_status = (info.si_status & 0xff) << 8;
+      break;
+    case CLD_DUMPED:
+      *wait_status = (info.si_status & 0x7f) | 0x80;
+      break;
+    case CLD_KILLED:
+    default:
+      *wait_status = info.si_status & 0x7f;
+      break;
+    }
+  return TRUE;
+}
+
+guint
+dc_process_count_threads (void)
+{
+  DIR *dir = opendir ("/proc/self/task");
+  struct dirent *entry;
+  guint n = 0;
+
+  if (dir == NULL)
+    return 0;
+  while ((entry = readdir (dir)) != NULL)
+    if (entry->d_name[0] != '.')
+      n++;
+  closedir (dir);
+  return n;
+}

@@ -1,0 +1,266 @@
+/*
+ * Copyright (C) 2026 The libdetached-code authors
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+/* The worker template: its requests, and its life, which clones workers.
+ * Everything but the encoder runs in the template and is async-signal-safe. */
+
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "dc-process-private.h"
+#include "dc-template-private.h"
+#include "dc-wire-private.h"
+
+GBytes *
+dc_template_encode_request (DcSetupFlags   flags,
+                            const char    *cwd,
+                            char         **envp,
+                            DcMarshaller   marshaller,
+                            gboolean       exit_on_die,
+                            guint          memfd_threshold)
+{
+  DcTemplateRequest request = { DC_TEMPLATE_MAGIC, };
+  GByteArray *bytes = g_byte_array_new ();
+  guint i;
+
+  g_byte_array_append (bytes, (const guint8 *) &request, sizeof request);
+  if (cwd != NULL)
+    {
+      request.cwd_len = (guint32) strlen (cwd) + 1;
+      g_byte_array_append (bytes, (const guint8 *) cwd, request.cwd_len);
+    }
+  for (i = 0; envp != NULL && envp[i] != NULL; i++)
+    {
+      gsize len = strlen (envp[i]) + 1;
+
+      g_byte_array_append (bytes, (const guint8 *) envp[i], (guint) len);
+      request.env_len += (guint32) len;
+      request.n_env++;
+    }
+  if (bytes->len > DC_TEMPLATE_MAX_REQUEST || request.n_env > DC_TEMPLATE_MAX_ENV)
+    {
+      g_byte_array_unref (bytes);
+      return NULL;
+    }
+
+  request.size = bytes->len;
+  request.setup_flags = flags;
+  request.marshaller = marshaller;
+  request.exit_on_die = !!exit_on_die;
+  request.memfd_threshold = memfd_threshold;
+  memcpy (bytes->data, &request, sizeof request);
+  return g_byte_array_free_to_bytes (bytes);
+}
+
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: it only reads and writes memory. */
+gboolean
+dc_template_decode_request (guint8         *data,
+                            gsize           size,
+                            const int      *channel_fds,
+                            guint           n_channel_fds,
+                            char          **envp_storage,
+                            DcWorkerSetup  *setup,
+                            DcWorkerCode   *code)
+{
+  DcTemplateRequest request;
+  gsize pos, end;
+  guint i;
+
+  if (size < sizeof request)
+    return FALSE;
+  memcpy (&request, data, sizeof request);
+  if (request.magic != DC_TEMPLATE_MAGIC || request.size != size ||
+      (n_channel_fds != 1 && n_channel_fds != 2) ||
+      (request.marshaller != DC_MARSHALLER_VARIANT && request.marshaller != DC_MARSHALLER_FLAT) ||
+      request.exit_on_die > 1 || request.n_env > DC_TEMPLATE_MAX_ENV ||
+      request.cwd_len > size - sizeof request ||
+      request.env_len != size - sizeof request - request.cwd_len)
+    return FALSE;
+
+  pos = sizeof request;
+  setup->cwd = NULL;
+  if (request.cwd_len > 0)
+    {
+      if (data[pos + request.cwd_len - 1] != '\0' ||
+          memchr (data + pos, '\0', request.cwd_len - 1) != NULL)
+        return FALSE;
+      setup->cwd = (const char *) data + pos;
+      pos += request.cwd_len;
+    }
+
+  /* Each string ends with its NUL, and the last one with the request. */
+  setup->envp = NULL;
+  if (request.n_env > 0 || request.env_len > 0)
+    {
+      end = size;
+      if (request.n_env == 0 || data[end - 1] != '\0')
+        return FALSE;
+      for (i = 0; i < request.n_env; i++)
+        {
+          const guint8 *nul;
+
+          if (pos >= end)
+            return FALSE;
+          nul = memchr (data + pos, '\0', end - pos);
+          envp_storage[i] = (char *) data + pos;
+          pos = (gsize) (nul - data) + 1;
+        }
+      if (pos != end)
+        return FALSE;
+      envp_storage[request.n_env] = NULL;
+      setup->envp = envp_storage;
+    }
+
+  setup->read_fd = channel_fds[0];
+  setup->write_fd = channel_fds[n_channel_fds - 1];
+  setup->flags = request.setup_flags;
+  code->marshaller = request.marshaller;
+  code->exit_on_die = request.exit_on_die;
+  code->memfd_threshold = request.memfd_threshold;
+  code->is_socket = n_channel_fds == 1;
+  return TRUE;
+}
+
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: sendmsg(). */
+static void
+reply (int   fd,
+       pid_t pid,
+       int   errsv,
+       int   pidfd)
+{
+  DcTemplateReply answer = { DC_TEMPLATE_MAGIC, pid, errsv, 0 };
+
+  /* The parent sees a lost reply as the template's failure. */
+  (void) dc_wire_sendmsg (fd, &answer, sizeof answer, &pidfd, pidfd >= 0 ? 1 : 0);
+}
+
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: it takes what recvmsg() brought, no more than
+ * two descriptors, closing any others.  Returns how many it kept. */
+static guint
+take_fds (struct msghdr *msg,
+          int            fds[2])
+{
+  struct cmsghdr *cmsg;
+  guint n = 0;
+
+  for (cmsg = CMSG_FIRSTHDR (msg); cmsg != NULL; cmsg = CMSG_NXTHDR (msg, cmsg))
+    if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS)
+      {
+        gsize i, count = (cmsg->cmsg_len - CMSG_LEN (0)) / sizeof (int);
+
+        for (i = 0; i < count; i++)
+          {
+            int fd;
+
+            memcpy (&fd, CMSG_DATA (cmsg) + i * sizeof (int), sizeof (int));
+            if (n < 2)
+              fds[n++] = fd;
+            else
+              close (fd);
+          }
+      }
+  return n;
+}
+
+/* The request being served, and its environment: static, since the
+ * template allocates nothing.  (In the parent they are untouched and cost
+ * no memory.) */
+static guint8 request_buf[DC_TEMPLATE_MAX_REQUEST];
+static char *request_envp[DC_TEMPLATE_MAX_ENV + 1];
+
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: recvmsg(), sendmsg(), close(), fcntl(),
+ * dup3(), close_range(), and the clone of a worker, which then runs
+ * dc_worker_main(). */
+void
+dc_template_main (const DcTemplateSetup *tsetup,
+                  const DcWorkerCode    *code_template)
+{
+  int chan = tsetup->channel_target;
+  int r;
+
+  dc_worker_reset_signals ();
+  dc_worker_tie_to_parent (tsetup->parent_pid, tsetup->die_with_parent);
+
+  /* Its channel on a high number; nothing else of the parent's but stdio,
+   * which workers inherit or replace as each request says. */
+  do
+    r = tsetup->channel_fd == chan ? fcntl (chan, F_SETFD, FD_CLOEXEC)
+                                   : dup3 (tsetup->channel_fd, chan, O_CLOEXEC);
+  while (r < 0 && errno == EINTR);
+  if (r < 0)
+    _exit (DC_WORKER_EXIT_SETUP);
+  if (close_range (3, (unsigned int) chan - 1, 0) < 0 ||
+      close_range ((unsigned int) chan + 1, ~0U, 0) < 0)
+    {
+      int fd;
+
+      for (fd = 3; fd < tsetup->fd_limit; fd++)
+        if (fd != chan)
+          close (fd);
+    }
+
+  for (;;)
+    {
+      union {
+        char buf[CMSG_SPACE (sizeof (int) * 4)];
+        struct cmsghdr align;
+      } control;
+      struct iovec iov = { request_buf, sizeof request_buf };
+      struct msghdr msg = { 0, };
+      DcWorkerSetup setup = { 0, };
+      DcWorkerCode code = *code_template;
+      int fds[2] = { -1, -1 };
+      guint n_fds;
+      ssize_t n;
+      pid_t pid;
+      int pidfd = -1;
+
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = control.buf;
+      msg.msg_controllen = sizeof control.buf;
+      n = recvmsg (chan, &msg, MSG_CMSG_CLOEXEC);
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        _exit (n == 0 ? DC_WORKER_EXIT_OK : DC_WORKER_EXIT_CHANNEL);
+
+      n_fds = take_fds (&msg, fds);
+      if ((msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
+          !dc_template_decode_request (request_buf, (gsize) n, fds, n_fds, request_envp,
+                                       &setup, &code))
+        {
+          reply (chan, -1, EINVAL, -1);
+          goto done;
+        }
+
+      setup.parent_pid = tsetup->parent_pid;
+      setup.die_with_parent = tsetup->die_with_parent;
+      dc_worker_pick_targets (&setup);
+
+      pid = dc_process_clone (TRUE, &pidfd);
+      if (pid == 0)
+        dc_worker_main (&setup, &code);   /* never returns */
+      reply (chan, pid, pid < 0 ? errno : 0, pid > 0 ? pidfd : -1);
+      if (pidfd >= 0)
+        close (pidfd);
+
+    done:
+      if (fds[0] >= 0)
+        close (fds[0]);
+      if (fds[1] >= 0)
+        close (fds[1]);
+    }
+}
