@@ -676,3 +676,49 @@ dc_detached_code_set_memfd_threshold (DcDetachedCode *self,
     }
   code_leave (self);
 }
+
+/**
+ * dc_detached_code_get_fork_server:
+ * @self: a pool
+ *
+ * Gets whether workers are made by a worker template.
+ *
+ * Returns: the value of [property@DetachedCode:fork-server]
+ *
+ * Since: 1.0
+ */
+gboolean
+dc_detached_code_get_fork_server (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), TRUE);
+
+  return dc_launcher_get_fork_server (code_launcher (self));
+}
+
+/**
+ * dc_detached_code_set_fork_server:
+ * @self: a pool
+ * @fork_server: whether workers come from a worker template
+ *
+ * Sets [property@DetachedCode:fork-server].  Only while no worker runs.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_fork_server (DcDetachedCode *self,
+                                  gboolean        fork_server)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (!code_enter (self, G_STRFUNC))
+    return;
+  fork_server = !!fork_server;
+  if (dc_pool_has_workers (self->pool))
+    g_log (G_LOG_DOMAIN, G_LOG_LEVEL_CRITICAL, "%s: only while no worker runs", G_STRFUNC);
+  else if (dc_launcher_get_fork_server (code_launcher (self)) != fork_server)
+    {
+      dc_launcher_set_fork_server (code_launcher (self), fork_server);
+      g_object_notify_by_pspec (G_OBJECT (self), dc_detached_code_props[PROP_FORK_SERVER]);
+    }
+  code_leave (self);
+}

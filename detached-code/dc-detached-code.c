@@ -250,6 +250,9 @@ dc_detached_code_get_property (GObject    *object,
     case PROP_MEMFD_THRESHOLD:
       g_value_set_uint (value, dc_detached_code_get_memfd_threshold (self));
       break;
+    case PROP_FORK_SERVER:
+      g_value_set_boolean (value, dc_detached_code_get_fork_server (self));
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
     }
@@ -300,6 +303,9 @@ dc_detached_code_set_property (GObject      *object,
       break;
     case PROP_MEMFD_THRESHOLD:
       dc_detached_code_set_memfd_threshold (self, g_value_get_uint (value));
+      break;
+    case PROP_FORK_SERVER:
+      dc_detached_code_set_fork_server (self, g_value_get_boolean (value));
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -510,6 +516,33 @@ dc_detached_code_class_init (DcDetachedCodeClass *klass)
   dc_detached_code_props[PROP_MEMFD_THRESHOLD] =
     g_param_spec_uint ("memfd-threshold", NULL, NULL, 0, G_MAXUINT, 0,
                        G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:fork-server:
+   *
+   * Whether workers are made by a worker template rather than forked from
+   * this process.  The template is forked once, by
+   * [method@DetachedCode.start] (or the first call, or
+   * [method@DetachedCode.restart]), and does nothing but clone workers, so
+   * every worker starts as a copy of this process as it was then, with
+   * only the thread that made it.  Locks that other threads of this
+   * process take later (GLib's, the application's) can no longer be caught
+   * held in a worker forked after a crash, a time limit, recycling or
+   * growth; and the cost of a new worker no longer grows with this
+   * process.  Workers are still children of this process: their pids,
+   * exit statuses and signals are as without the template, which is not a
+   * worker and is never counted or reported as one.
+   *
+   * Settings made later (environment, directory, set-up flags) still
+   * apply to every worker made after them; a new worker init function
+   * makes a new template.  May change only while no worker runs.  See
+   * [Fork safety](fork-safety.html).
+   *
+   * Since: 1.0
+   */
+  dc_detached_code_props[PROP_FORK_SERVER] =
+    g_param_spec_boolean ("fork-server", NULL, NULL, TRUE,
+                          G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
 
   g_object_class_install_properties (object_class, N_PROPS, dc_detached_code_props);
 

@@ -307,4 +307,10 @@ DC_AVAILABLE_IN_ALL
 void            dc_detached_code_set_memfd_threshold (DcDetachedCode   *self,
                                                     guint               memfd_threshold);
 
+DC_AVAILABLE_IN_ALL
+gboolean        dc_detached_code_get_fork_server    (DcDetachedCode    *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_fork_server    (DcDetachedCode    *self,
+                                                    gboolean            fork_server);
+
 G_END_DECLS
