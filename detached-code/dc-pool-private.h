@@ -78,6 +78,9 @@ void             dc_pool_disown           (DcPool        *pool);
 
 /* Whether any worker process is alive. */
 gboolean         dc_pool_has_workers      (DcPool        *pool);
+/* Every process it made that is not reaped yet: workers, leaving ones
+ * too, and the template.  For tests that check nothing is left behind. */
+GArray          *dc_pool_list_processes   (DcPool        *pool);
 /* Whether a call waits, here or on its way from another thread. */
 gboolean         dc_pool_has_waiting      (DcPool        *pool);
 guint            dc_pool_get_n_workers    (DcPool        *pool);

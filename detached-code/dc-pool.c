@@ -25,13 +25,18 @@ struct _DcPool
   gboolean               started;
   DcCallQueue            queue;
   GList                 *workers;     /* DcWorkerProc, one reference each, until reaped */
+  guint                  n_alive;     /* those: the processes max-workers bounds */
   guint                  n_running;   /* workers taking calls */
+  /* After start() or restart(): make min-workers as room comes. */
+  gboolean               refill;
   guint                  n_busy;      /* last notified */
   guint                  n_queued;    /* last notified */
   guint64                next_serial;
 
-  /* dispatch() runs; what changes meanwhile asks it to go round again. */
+  /* dispatch() runs, or is held off; what changes meanwhile asks it to go
+   * round again. */
   gboolean               dispatching;
+  guint                  held;
   gboolean               dispatch_again;
 
   DcMailbox              incoming;    /* calls from other threads */
@@ -39,6 +44,7 @@ struct _DcPool
 };
 
 static const DcWorkerProcCallbacks proc_callbacks;
+static void pool_refill (DcPool *pool);
 
 static void
 pool_notify (DcPool      *pool,
@@ -77,6 +83,30 @@ effective_max (DcPool *pool)
   return MAX (pool->settings.min_workers, pool->settings.max_workers);
 }
 
+/* Whether one more worker process may be alive: those leaving count too,
+ * until they are reaped. */
+static gboolean
+has_room (DcPool *pool)
+{
+  return pool->n_alive < effective_max (pool);
+}
+
+/* Holds dispatching off while several things change at once; the last
+ * release dispatches if anything asked to. */
+static void
+pool_hold (DcPool *pool)
+{
+  pool->held++;
+}
+
+static void
+pool_release (DcPool *pool)
+{
+  g_assert (pool->held > 0);
+  if (--pool->held == 0 && pool->dispatch_again)
+    dc_pool_dispatch (pool);
+}
+
 /* ---- workers ---- */
 
 /* Returns a new reference: the caller's, beside the pool's own. */
@@ -95,10 +125,11 @@ pool_spawn (DcPool  *pool,
   if (!dc_launcher_spawn (pool->launcher, &options, &launched, error))
     return NULL;
 
-  proc = dc_worker_proc_new (launched.pid, launched.channel, pool->ctx.main_context,
+  proc = dc_worker_proc_new (launched.pid, launched.pidfd, launched.channel, pool->ctx.main_context,
                              &pool->settings.proc, pool->settings.exit_on_die,
                              &proc_callbacks, pool);
   pool->workers = g_list_prepend (pool->workers, dc_worker_proc_ref (proc));
+  pool->n_alive++;
   pool->n_running++;
   pool_notify (pool, DC_POOL_COUNT_WORKERS);
   if (pool->callbacks != NULL)
@@ -161,6 +192,7 @@ proc_exited (DcWorkerProc *proc,
 
   g_queue_init (calls);
   pool->workers = g_list_remove (pool->workers, proc);
+  pool->n_alive--;
   dc_worker_proc_unref (proc);
 
   if (pool->callbacks != NULL)
@@ -168,6 +200,7 @@ proc_exited (DcWorkerProc *proc,
 
   /* n-workers is lower already; calls queued behind get a fresh worker
    * before the failed ones' callbacks run. */
+  pool_refill (pool);
   dc_pool_dispatch (pool);
   if (failed.length > 0)
     dc_call_fail_all (&failed, error);
@@ -242,10 +275,25 @@ dispatch_round (DcPool  *pool,
 
   while (dc_call_queue_length (&pool->queue) > 0 && pool->callbacks != NULL)
     {
-      DcWorkerProc *proc = find_idle_worker (pool);
-      DcCall *call;
+      DcWorkerProc *proc;
+      DcCall *call = dc_call_queue_peek (&pool->queue);
 
-      if (proc == NULL && pool->n_running < effective_max (pool) && *spawn_error == NULL)
+      /* Cancelled in another thread, its cancellation not here yet: it
+       * reaches no worker, and makes none. */
+      if (dc_call_is_cancelled (call))
+        {
+          g_autoptr(GTask) task = NULL;
+
+          dc_call_queue_remove (&pool->queue, call);
+          dc_call_detach (call);
+          task = dc_call_steal_task (call);
+          dc_call_free (call);
+          dc_call_return_cancelled (task);
+          continue;
+        }
+
+      proc = find_idle_worker (pool);
+      if (proc == NULL && has_room (pool) && *spawn_error == NULL)
         {
           DcWorkerProc *spawned = pool_spawn (pool, spawn_error);
 
@@ -298,7 +346,7 @@ dc_pool_dispatch (DcPool *pool)
 {
   g_autoptr(GError) spawn_error = NULL;
 
-  if (pool->dispatching)
+  if (pool->dispatching || pool->held > 0)
     {
       pool->dispatch_again = TRUE;
       return;
@@ -410,6 +458,9 @@ deliver_cancels (GQueue   *tasks,
   DcPool *pool = dc_pool_ref (data);
   GList *link;
 
+  /* Every cancellation at hand first: a worker killed for one is not
+   * replaced for a call that is cancelled next. */
+  pool_hold (pool);
   while ((link = g_queue_pop_head_link (tasks)) != NULL)
     {
       GTask *task = link->data;
@@ -422,6 +473,7 @@ deliver_cancels (GQueue   *tasks,
       g_object_unref (task);
       g_list_free_1 (link);
     }
+  pool_release (pool);
   pool_update_stats (pool);
   dc_pool_unref (pool);
 }
@@ -436,7 +488,7 @@ dc_pool_new (const DcPoolCallbacks *callbacks,
 
   pool->ref_count = 1;
   dc_context_init (&pool->ctx);
-  pool->launcher = dc_launcher_new ();
+  pool->launcher = dc_launcher_new (pool->ctx.main_context);
   pool->callbacks = callbacks;
   pool->user_data = user_data;
   pool->settings.proc.marshaller = DC_MARSHALLER_VARIANT;
@@ -470,10 +522,11 @@ dc_pool_unref (DcPool *pool)
   if (dc_context_in_owner_process (&pool->ctx))
     {
       g_assert (pool->workers == NULL);
+      dc_call_queue_clear (&pool->queue);
       dc_mailbox_clear (&pool->incoming);
       dc_mailbox_clear (&pool->cancels);
     }
-  dc_launcher_free (pool->launcher);
+  dc_launcher_free (pool->launcher, FALSE);
   dc_context_clear (&pool->ctx);
   g_free (pool);
 }
@@ -500,19 +553,53 @@ gboolean
 dc_pool_start (DcPool  *pool,
                GError **error)
 {
-  gboolean ok = TRUE;
+  gboolean ok;
 
   pool->started = TRUE;
-  while (ok && pool->n_running < pool->settings.min_workers)
+  /* The template now, from the parent as it is at start(). */
+  ok = dc_launcher_prepare (pool->launcher, error);
+  /* Workers still leaving (after a shutdown) count against max-workers:
+   * the rest come as they are reaped. */
+  pool->refill = TRUE;
+  while (ok && pool->n_running < pool->settings.min_workers && has_room (pool))
     {
       DcWorkerProc *proc = pool_spawn (pool, error);
 
       ok = proc != NULL;
       g_clear_pointer (&proc, dc_worker_proc_unref);
     }
+  if (!ok || pool->n_running >= pool->settings.min_workers)
+    pool->refill = FALSE;
   /* Calls made before may be waiting. */
   dc_pool_dispatch (pool);
   return ok;
+}
+
+/* Up to min-workers after a start() or restart(), as room allows. */
+static void
+pool_refill (DcPool *pool)
+{
+  g_autoptr(GError) error = NULL;
+
+  if (!pool->refill || !pool->started || pool->callbacks == NULL ||
+      !dc_launcher_has_code (pool->launcher))
+    return;
+
+  while (pool->n_running < pool->settings.min_workers && has_room (pool))
+    {
+      DcWorkerProc *proc = pool_spawn (pool, &error);
+
+      if (proc == NULL)
+        {
+          /* Calls fork their own worker, or fail with SPAWN. */
+          g_debug ("Cannot make min-workers workers: %s", error->message);
+          pool->refill = FALSE;
+          return;
+        }
+      dc_worker_proc_unref (proc);
+    }
+  if (pool->n_running >= pool->settings.min_workers)
+    pool->refill = FALSE;
 }
 
 void
@@ -525,6 +612,7 @@ dc_pool_shutdown (DcPool *pool)
 
   dc_pool_ref (pool);
   pool->started = FALSE;
+  pool->refill = FALSE;
 
   /* Everything is taken before any callback runs: callbacks may call in.
    * Waiting calls first, so that no worker leaving finds one to take. */
@@ -553,6 +641,7 @@ dc_pool_shutdown (DcPool *pool)
         }
     }
   g_list_free_full (workers, (GDestroyNotify) dc_worker_proc_unref);
+  dc_launcher_close_template (pool->launcher, FALSE);
 
   pool_update_stats (pool);
   if (calls.length > 0)
@@ -567,7 +656,6 @@ dc_pool_shutdown (DcPool *pool)
 void
 dc_pool_restart (DcPool *pool)
 {
-  g_autoptr(GError) error = NULL;
   GList *workers, *l;
 
   dc_pool_ref (pool);
@@ -579,19 +667,14 @@ dc_pool_restart (DcPool *pool)
       dc_worker_proc_retire (l->data);
   g_list_free_full (workers, (GDestroyNotify) dc_worker_proc_unref);
 
-  if (pool->started && dc_launcher_has_code (pool->launcher))
-    while (pool->n_running < pool->settings.min_workers)
-      {
-        DcWorkerProc *proc = pool_spawn (pool, &error);
-
-        if (proc == NULL)
-          {
-            /* Calls fork their own worker, or fail with SPAWN. */
-            g_debug ("restart: %s", error->message);
-            break;
-          }
-        dc_worker_proc_unref (proc);
-      }
+  /* New workers come from the parent as it is now, as the old ones leave
+   * (they count against max-workers until they are reaped). */
+  dc_launcher_close_template (pool->launcher, FALSE);
+  if (pool->started)
+    {
+      pool->refill = TRUE;
+      pool_refill (pool);
+    }
   dc_pool_dispatch (pool);
   dc_pool_unref (pool);
 }
@@ -602,26 +685,45 @@ dc_pool_disown (DcPool *pool)
   /* A private context may never run again once the pool is gone, and the
    * child watches with it; the default one runs for the process's life. */
   gboolean own_reaper = pool->ctx.main_context != g_main_context_default ();
-  GArray *pids = g_array_new (FALSE, FALSE, sizeof (GPid));
+  GArray *pidfds = g_array_new (FALSE, FALSE, sizeof (int));
   GList *workers = g_steal_pointer (&pool->workers);
   GList *l;
 
   pool->callbacks = NULL;
   for (l = workers; l != NULL; l = l->next)
     {
-      GPid pid = dc_worker_proc_get_pid (l->data);
+      int pidfd = dc_worker_proc_disown (l->data, own_reaper);
 
-      if (dc_worker_proc_disown (l->data, own_reaper))
-        g_array_append_val (pids, pid);
+      if (pidfd >= 0)
+        g_array_append_val (pidfds, pidfd);
     }
   g_list_free_full (workers, (GDestroyNotify) dc_worker_proc_unref);
-  dc_context_reap_in_thread (pids);
+  dc_launcher_close_template (pool->launcher, own_reaper);
+  dc_context_reap_in_thread (pidfds);
 }
 
 gboolean
 dc_pool_has_workers (DcPool *pool)
 {
   return pool->workers != NULL;
+}
+
+GArray *
+dc_pool_list_processes (DcPool *pool)
+{
+  GArray *pids = g_array_new (FALSE, FALSE, sizeof (GPid));
+  GPid template_pid = dc_launcher_get_template_pid (pool->launcher);
+  GList *l;
+
+  for (l = pool->workers; l != NULL; l = l->next)
+    {
+      GPid pid = dc_worker_proc_get_pid (l->data);
+
+      g_array_append_val (pids, pid);
+    }
+  if (template_pid > 0)
+    g_array_append_val (pids, template_pid);
+  return pids;
 }
 
 gboolean
