@@ -11,10 +11,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "dc-detached-code-private.h"
 #include "dc-wire-private.h"
 
 #include "dc-test-common.h"
@@ -340,17 +342,75 @@ new_pool (guint min_workers,
   return code;
 }
 
-/* Shuts down and waits until every worker is reaped. */
+GArray *
+list_children (void)
+{
+  GArray *children = g_array_new (FALSE, FALSE, sizeof (GPid));
+  GDir *dir = g_dir_open ("/proc", 0, NULL);
+  const char *name;
+  pid_t self = getpid ();
+
+  while ((name = g_dir_read_name (dir)) != NULL)
+    {
+      g_autofree char *path = NULL;
+      g_autofree char *stat = NULL;
+      const char *end;
+      int ppid;
+      GPid pid;
+
+      if (!g_ascii_isdigit (name[0]))
+        continue;
+      path = g_build_filename ("/proc", name, "stat", NULL);
+      if (!g_file_get_contents (path, &stat, NULL, NULL))
+        continue;
+      /* pid (comm) state ppid ...; comm may hold spaces and parentheses. */
+      end = strrchr (stat, ')');
+      if (end == NULL || sscanf (end + 1, " %*c %d", &ppid) != 1 || ppid != self)
+        continue;
+      pid = atoi (name);
+      g_array_append_val (children, pid);
+    }
+  g_dir_close (dir);
+  return children;
+}
+
+static gboolean
+no_children (gpointer data)
+{
+  g_autoptr(GArray) children = list_children ();
+
+  return children->len == 0;
+}
+
+void
+assert_no_children (void)
+{
+  wait_until (no_children, NULL, "every child process (workers, template) to be reaped");
+}
+
+static gboolean
+none_left (gpointer data)
+{
+  GArray *pids = data;
+  g_autoptr(GArray) children = list_children ();
+  guint i, j;
+
+  for (i = 0; i < pids->len; i++)
+    for (j = 0; j < children->len; j++)
+      if (g_array_index (pids, GPid, i) == g_array_index (children, GPid, j))
+        return FALSE;
+  return TRUE;
+}
+
+/* Drops the pool and waits until every process it made is reaped.
+ * (Other pools of the test may still have theirs.) */
 void
 destroy_pool (DcDetachedCode *code)
 {
-  g_autofree GPid *pids = NULL;
-  guint n = 0, i;
+  g_autoptr(GArray) pids = dc_pool_list_processes (code->pool);
 
-  pids = dc_detached_code_get_worker_pids (code, &n);
   g_object_unref (code);
-  for (i = 0; i < n; i++)
-    assert_process_gone (pids[i]);
+  wait_until (none_left, pids, "the pool's processes (workers, template) to be reaped");
 }
 
 gboolean

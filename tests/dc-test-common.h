@@ -23,6 +23,10 @@ void     wait_until          (gboolean  (*check) (gpointer),
                               const char *what);
 gboolean process_gone        (gpointer    data);
 void     assert_process_gone (GPid        pid);
+/* The children of this process, zombies included. */
+GArray  *list_children       (void);
+/* Waits until this process has no child left, reaped or not. */
+void     assert_no_children  (void);
 
 /* ---- descriptors of the calling process ---- */
 
