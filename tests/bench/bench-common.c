@@ -24,10 +24,40 @@
 #define WIRE_HEADER_BYTES 16
 
 static double scale = 1.0;
+static guint n_thread_warnings;
 static gboolean tsv;
 static char **filters;
 static guint n_met, n_missed, n_failed;
 static GMainLoop *loop;
+
+/* The library warns, once per pool, when fork-server FALSE forks a
+ * worker from a process with threads.  Here the other thread is GLib's
+ * own "gmain" worker, idle, and some programs make a pool per repetition:
+ * the warning is counted, not printed a hundred times, and bench_finish()
+ * says so. */
+static GLogWriterOutput
+log_writer (GLogLevelFlags   log_level,
+            const GLogField *fields,
+            gsize            n_fields,
+            gpointer         user_data)
+{
+  const char *domain = NULL, *message = NULL;
+  gsize i;
+
+  for (i = 0; i < n_fields; i++)
+    if (fields[i].length < 0 && g_str_equal (fields[i].key, "GLIB_DOMAIN"))
+      domain = fields[i].value;
+    else if (fields[i].length < 0 && g_str_equal (fields[i].key, "MESSAGE"))
+      message = fields[i].value;
+
+  if ((log_level & G_LOG_LEVEL_WARNING) && g_strcmp0 (domain, "DetachedCode") == 0 &&
+      message != NULL && g_str_has_prefix (message, "Forking a worker from a process with "))
+    {
+      n_thread_warnings++;
+      return G_LOG_WRITER_HANDLED;
+    }
+  return g_log_writer_default (log_level, fields, n_fields, user_data);
+}
 
 void
 bench_init (int          *argc,
@@ -78,6 +108,7 @@ bench_init (int          *argc,
   setvbuf (stdout, NULL, _IOLBF, 0);
 
   loop = g_main_loop_new (NULL, FALSE);
+  g_log_set_writer_func (log_writer, NULL, NULL);
 
   g_print ("# %s\n# scale %g (DC_BENCH_SCALE), %ld CPUs online, GLib %u.%u.%u, "
            "library %s\n",
@@ -308,6 +339,10 @@ bench_fail (const char *format,
 int
 bench_finish (void)
 {
+  if (n_thread_warnings > 0)
+    g_print ("\n# not shown: %u of the library's warnings about forking a worker from a "
+             "process with threads (fork-server FALSE; here GLib's idle \"gmain\" thread)\n",
+             n_thread_warnings);
   g_print ("\n# targets: %u met, %u missed; library failures: %u\n", n_met, n_missed, n_failed);
   g_clear_pointer (&loop, g_main_loop_unref);
   g_clear_pointer (&filters, g_strfreev);
@@ -578,13 +613,56 @@ bench_pool_new (DcCodeFunc  func,
 }
 
 gboolean
-bench_have_pipeline_depth (void)
+bench_have_property (const char *name)
 {
   GObjectClass *klass = g_type_class_ref (DC_TYPE_DETACHED_CODE);
-  gboolean found = g_object_class_find_property (klass, "pipeline-depth") != NULL;
+  gboolean found = g_object_class_find_property (klass, name) != NULL;
 
   g_type_class_unref (klass);
   return found;
+}
+
+gboolean
+bench_have_pipeline_depth (void)
+{
+  return bench_have_property ("pipeline-depth");
+}
+
+/* -1 when the kernel does not say (CONFIG_PROC_CHILDREN). */
+static int
+count_children (void)
+{
+  /* Children belong to the thread that forked them: this one, for every
+   * process the programs and their pools make. */
+  g_autofree char *path = g_strdup_printf ("/proc/self/task/%d/children", (int) gettid ());
+  g_autofree char *contents = NULL;
+  char **words;
+  int n;
+
+  if (!g_file_get_contents (path, &contents, NULL, NULL))
+    return -1;
+  words = g_strsplit_set (g_strstrip (contents), " ", -1);
+  n = words[0] == NULL || *words[0] == '\0' ? 0 : (int) g_strv_length (words);
+  g_strfreev (words);
+  return n;
+}
+
+gboolean
+bench_wait_children (double timeout_s)
+{
+  gint64 deadline = bench_now_ns () + (gint64) (timeout_s * 1e9);
+  int n;
+
+  for (;;)
+    {
+      while (g_main_context_iteration (NULL, FALSE))
+        ;
+      n = count_children ();
+      if (n <= 0 || bench_now_ns () >= deadline)
+        break;
+      g_usleep (50);
+    }
+  return n == 0;
 }
 
 static gboolean

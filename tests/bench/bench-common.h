@@ -149,9 +149,20 @@ DcDetachedCode *bench_pool_new    (DcCodeFunc    func,
                                    guint         workers,
                                    const char   *first_property_name,
                                    ...);
-/* Whether the pool class has a "pipeline-depth" property (it came later
- * than the first release of the class). */
+/* Whether the pool class has a property of this name: some came later
+ * than the first release of the class, and the programs still measure
+ * what they can without them. */
+gboolean    bench_have_property   (const char   *name);
+/* Whether the pool class has a "pipeline-depth" property. */
 gboolean    bench_have_pipeline_depth (void);
+/* Runs the default main context until no child process of the calling
+ * thread is left, the pool's reaped ones and any it let go (a worker
+ * template reads the end of its channel and leaves on its own, unseen by
+ * dc_detached_code_get_worker_pids()), so that their exits are not timed
+ * with what comes next.  FALSE if some are still there after @timeout_s
+ * seconds, or when the kernel does not list children (then it only runs
+ * what is pending). */
+gboolean    bench_wait_children   (double        timeout_s);
 /* Shuts the pool down, runs the main context until every worker it had is
  * reaped (reporting any that is not), and drops the reference. */
 void        bench_pool_destroy    (DcDetachedCode *pool);
