@@ -90,5 +90,12 @@ gboolean      dc_launcher_spawn            (DcLauncher            *launcher,
                                             const DcLaunchOptions *options,
                                             DcLaunched            *launched,
                                             GError               **error);
+/* Makes up to @n workers into @launched; returns how many.  Fewer than @n
+ * with a SPAWN @error.  With the template, their requests overlap. */
+guint         dc_launcher_spawn_many       (DcLauncher            *launcher,
+                                            const DcLaunchOptions *options,
+                                            DcLaunched            *launched,
+                                            guint                  n,
+                                            GError               **error);
 
 G_END_DECLS

@@ -680,15 +680,95 @@ template_receive (DcTemplate      *template,
   return ANSWER_OK;
 }
 
-static gboolean
+/* Requests sent before the first answer is read: the template clones
+ * while the parent sets up the next channel. */
+#define SPAWN_BATCH 8
+
+/* Sends up to SPAWN_BATCH requests, then reads their answers in order.
+ * Returns how many workers it made; *@answer is ANSWER_GONE or
+ * ANSWER_SILENT if the template was lost on the way, and @error holds the
+ * first other failure. */
+static guint
+template_round (DcLauncher       *launcher,
+                GBytes           *request,
+                DcLaunched       *launched,
+                guint             n,
+                Answer           *answer,
+                GError          **error)
+{
+  int parent_fds[SPAWN_BATCH][2];
+  guint n_sent = 0, n_made = 0, i;
+
+  *answer = ANSWER_OK;
+  n = MIN (n, SPAWN_BATCH);
+  for (i = 0; i < n; i++)
+    {
+      DcWorkerSetup ends = { 0, };
+      int worker_fds[2];
+      gboolean sent;
+
+      if (!make_channel_fds (launcher, parent_fds[i], &ends, error))
+        break;
+      worker_fds[0] = ends.read_fd;
+      worker_fds[1] = ends.write_fd;
+      sent = template_send (launcher->template, request, worker_fds,
+                            ends.read_fd == ends.write_fd ? 1 : 2);
+      close_pair (ends.read_fd, ends.write_fd);
+      if (!sent)
+        {
+          close_pair (parent_fds[i][0], parent_fds[i][1]);
+          *answer = ANSWER_GONE;
+          break;
+        }
+      n_sent++;
+    }
+
+  /* Answers to what was sent may have come even if a later send failed. */
+  for (i = 0; i < n_sent; i++)
+    {
+      DcTemplateReply reply;
+      int pidfd = -1;
+      Answer a = template_receive (launcher->template, &reply, &pidfd);
+
+      if (a == ANSWER_OK)
+        {
+          GError *local_error = NULL;
+
+          if (wrap_channel (parent_fds[i], reply.pid, pidfd, &launched[n_made], &local_error))
+            n_made++;
+          else if (error != NULL && *error == NULL)
+            g_propagate_error (error, local_error);
+          else
+            g_error_free (local_error);
+          continue;
+        }
+
+      close_pair (parent_fds[i][0], parent_fds[i][1]);
+      if (a == ANSWER_REFUSED)
+        {
+          if (error != NULL && *error == NULL)
+            g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                         _("Cannot fork a worker: %s"), g_strerror (reply.error));
+          continue;
+        }
+      /* Lost: the rest of the answers will not come. */
+      *answer = a;
+      for (i++; i < n_sent; i++)
+        close_pair (parent_fds[i][0], parent_fds[i][1]);
+    }
+  return n_made;
+}
+
+static guint
 spawn_from_template (DcLauncher             *launcher,
                      const DcLaunchOptions  *options,
                      DcLaunched             *launched,
+                     guint                   n,
                      GError                **error)
 {
   g_auto(GStrv) envp = build_envp (launcher);
   g_autoptr(GBytes) request = NULL;
-  guint attempt;
+  guint n_made = 0, deaths = 0;
 
   request = dc_template_encode_request (launcher->setup_flags, launcher->cwd, envp,
                                         options->marshaller, options->exit_on_die,
@@ -698,53 +778,45 @@ spawn_from_template (DcLauncher             *launcher,
       g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                    _("Cannot start a worker: its environment is larger than %u KiB"),
                    DC_TEMPLATE_MAX_REQUEST / 1024);
-      return FALSE;
+      return 0;
     }
 
-  /* A template found dead is replaced once, from the parent as it is. */
-  for (attempt = 0; attempt < 2; attempt++)
+  while (n_made < n)
     {
-      DcWorkerSetup ends = { 0, };
-      DcTemplateReply reply;
-      int parent_fds[2], worker_fds[2], pidfd = -1;
+      g_autoptr(GError) local_error = NULL;
       Answer answer;
-      gboolean sent;
 
       if (!dc_launcher_prepare (launcher, error))
-        return FALSE;
-      if (!make_channel_fds (launcher, parent_fds, &ends, error))
-        return FALSE;
-
-      worker_fds[0] = ends.read_fd;
-      worker_fds[1] = ends.write_fd;
-      sent = template_send (launcher->template, request, worker_fds,
-                            ends.read_fd == ends.write_fd ? 1 : 2);
-      close_pair (ends.read_fd, ends.write_fd);
-      answer = sent ? template_receive (launcher->template, &reply, &pidfd) : ANSWER_GONE;
-
+        return n_made;
+      n_made += template_round (launcher, request, launched + n_made, n - n_made, &answer,
+                                &local_error);
       if (answer == ANSWER_OK)
-        return wrap_channel (parent_fds, reply.pid, pidfd, launched, error);
-
-      close_pair (parent_fds[0], parent_fds[1]);
-      if (answer == ANSWER_REFUSED)
         {
-          g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
-                       _("Cannot fork a worker: %s"), g_strerror (reply.error));
-          return FALSE;
+          if (local_error != NULL)
+            {
+              g_propagate_error (error, g_steal_pointer (&local_error));
+              return n_made;
+            }
+          continue;
         }
+
+      /* A template found dead is replaced once, from the parent as it is. */
       template_lost (launcher);
       if (answer == ANSWER_SILENT)
         {
           g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                        _("Cannot start a worker: the worker template did not answer within %u s"),
                        TEMPLATE_TIMEOUT_MS / 1000);
-          return FALSE;
+          return n_made;
+        }
+      if (++deaths == 2)
+        {
+          g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                               _("Cannot start a worker: the worker template keeps dying"));
+          return n_made;
         }
     }
-
-  g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
-                       _("Cannot start a worker: the worker template keeps dying"));
-  return FALSE;
+  return n_made;
 }
 
 /* Without the fork server: a clone of the parent as it is now. */
@@ -803,15 +875,29 @@ spawn_directly (DcLauncher             *launcher,
   return wrap_channel (parent_fds, pid, pidfd, launched, error);
 }
 
+guint
+dc_launcher_spawn_many (DcLauncher             *launcher,
+                        const DcLaunchOptions  *options,
+                        DcLaunched             *launched,
+                        guint                   n,
+                        GError                **error)
+{
+  guint n_made = 0;
+
+  if (!check_settings (launcher, error))
+    return 0;
+  if (launcher->fork_server)
+    return spawn_from_template (launcher, options, launched, n, error);
+  while (n_made < n && spawn_directly (launcher, options, &launched[n_made], error))
+    n_made++;
+  return n_made;
+}
+
 gboolean
 dc_launcher_spawn (DcLauncher             *launcher,
                    const DcLaunchOptions  *options,
                    DcLaunched             *launched,
                    GError                **error)
 {
-  if (!check_settings (launcher, error))
-    return FALSE;
-  if (launcher->fork_server)
-    return spawn_from_template (launcher, options, launched, error);
-  return spawn_directly (launcher, options, launched, error);
+  return dc_launcher_spawn_many (launcher, options, launched, 1, error) == 1;
 }

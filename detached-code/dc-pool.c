@@ -109,32 +109,73 @@ pool_release (DcPool *pool)
 
 /* ---- workers ---- */
 
-/* Returns a new reference: the caller's, beside the pool's own. */
-static DcWorkerProc *
-pool_spawn (DcPool  *pool,
-            GError **error)
+static DcLaunchOptions
+launch_options (DcPool *pool)
 {
   DcLaunchOptions options = {
     pool->settings.proc.marshaller,
     pool->settings.exit_on_die,
     pool->settings.proc.memfd_threshold,
   };
-  DcLaunched launched;
+
+  return options;
+}
+
+/* Takes @launched into the pool.  Returns a new reference: the caller's,
+ * beside the pool's own. */
+static DcWorkerProc *
+pool_adopt (DcPool     *pool,
+            DcLaunched *launched)
+{
   DcWorkerProc *proc;
 
-  if (!dc_launcher_spawn (pool->launcher, &options, &launched, error))
-    return NULL;
-
-  proc = dc_worker_proc_new (launched.pid, launched.pidfd, launched.channel, pool->ctx.main_context,
-                             &pool->settings.proc, pool->settings.exit_on_die,
-                             &proc_callbacks, pool);
+  proc = dc_worker_proc_new (launched->pid, launched->pidfd, launched->channel,
+                             pool->ctx.main_context, &pool->settings.proc,
+                             pool->settings.exit_on_die, &proc_callbacks, pool);
   pool->workers = g_list_prepend (pool->workers, dc_worker_proc_ref (proc));
   pool->n_alive++;
   pool->n_running++;
   pool_notify (pool, DC_POOL_COUNT_WORKERS);
   if (pool->callbacks != NULL)
-    pool->callbacks->worker_spawned (launched.pid, pool->user_data);
+    pool->callbacks->worker_spawned (launched->pid, pool->user_data);
   return proc;
+}
+
+/* Returns a new reference: the caller's, beside the pool's own. */
+static DcWorkerProc *
+pool_spawn (DcPool  *pool,
+            GError **error)
+{
+  DcLaunchOptions options = launch_options (pool);
+  DcLaunched launched;
+
+  if (!dc_launcher_spawn (pool->launcher, &options, &launched, error))
+    return NULL;
+  return pool_adopt (pool, &launched);
+}
+
+/* Up to min-workers, as room allows, in one batch.  FALSE with @error if
+ * a worker could not be made. */
+static gboolean
+pool_fill (DcPool  *pool,
+           GError **error)
+{
+  DcLaunchOptions options = launch_options (pool);
+  guint wanted, n_made, i;
+  DcLaunched *launched;
+  gboolean ok;
+
+  if (pool->n_running >= pool->settings.min_workers || !has_room (pool))
+    return TRUE;
+  wanted = MIN (pool->settings.min_workers - pool->n_running,
+                effective_max (pool) - pool->n_alive);
+  launched = g_new0 (DcLaunched, wanted);
+  n_made = dc_launcher_spawn_many (pool->launcher, &options, launched, wanted, error);
+  ok = n_made == wanted;
+  for (i = 0; i < n_made; i++)
+    dc_worker_proc_unref (pool_adopt (pool, &launched[i]));
+  g_free (launched);
+  return ok;
 }
 
 static void
@@ -561,13 +602,7 @@ dc_pool_start (DcPool  *pool,
   /* Workers still leaving (after a shutdown) count against max-workers:
    * the rest come as they are reaped. */
   pool->refill = TRUE;
-  while (ok && pool->n_running < pool->settings.min_workers && has_room (pool))
-    {
-      DcWorkerProc *proc = pool_spawn (pool, error);
-
-      ok = proc != NULL;
-      g_clear_pointer (&proc, dc_worker_proc_unref);
-    }
+  ok = ok && pool_fill (pool, error);
   if (!ok || pool->n_running >= pool->settings.min_workers)
     pool->refill = FALSE;
   /* Calls made before may be waiting. */
@@ -585,18 +620,12 @@ pool_refill (DcPool *pool)
       !dc_launcher_has_code (pool->launcher))
     return;
 
-  while (pool->n_running < pool->settings.min_workers && has_room (pool))
+  if (!pool_fill (pool, &error))
     {
-      DcWorkerProc *proc = pool_spawn (pool, &error);
-
-      if (proc == NULL)
-        {
-          /* Calls fork their own worker, or fail with SPAWN. */
-          g_debug ("Cannot make min-workers workers: %s", error->message);
-          pool->refill = FALSE;
-          return;
-        }
-      dc_worker_proc_unref (proc);
+      /* Calls fork their own worker, or fail with SPAWN. */
+      g_debug ("Cannot make min-workers workers: %s", error->message);
+      pool->refill = FALSE;
+      return;
     }
   if (pool->n_running >= pool->settings.min_workers)
     pool->refill = FALSE;
