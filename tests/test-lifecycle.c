@@ -16,6 +16,8 @@
 
 #include <glib/gstdio.h>
 
+#include "dc-detached-code-private.h"
+
 #include "dc-test-common.h"
 
 static void
@@ -768,6 +770,155 @@ test_stream_pipe (void)
   destroy_pool (code);
 }
 
+/* ---- max-workers bounds the processes, not only the count ---- */
+
+typedef struct
+{
+  DcDetachedCode *code;
+  GArray         *before;      /* children that were there already */
+  GHashTable     *pids;        /* of the workers that answered */
+  guint           n_done;
+  guint           n_ok;
+  guint           most_alive;  /* worker processes seen at once */
+} Bound;
+
+/* Workers alive or not yet reaped: every child that is not the template
+ * (nor older than the pool). */
+static guint
+count_worker_processes (Bound *b)
+{
+  g_autoptr(GArray) children = list_children ();
+  GPid template = dc_launcher_get_template_pid (dc_pool_get_launcher (b->code->pool));
+  guint i, j, n = 0;
+
+  for (i = 0; i < children->len; i++)
+    {
+      GPid pid = g_array_index (children, GPid, i);
+      gboolean old = FALSE;
+
+      for (j = 0; j < b->before->len; j++)
+        old = old || g_array_index (b->before, GPid, j) == pid;
+      if (pid != template && !old)
+        n++;
+    }
+  return n;
+}
+
+static void
+bound_cb (GObject      *source,
+          GAsyncResult *res,
+          gpointer      data)
+{
+  Bound *b = data;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GVariant) value = dc_detached_code_call_finish (DC_DETACHED_CODE (source), res, &error);
+
+  g_assert_no_error (error);
+  if (value != NULL)
+    {
+      gint32 pid;
+
+      g_variant_get (value, "(i)", &pid);
+      g_hash_table_add (b->pids, GINT_TO_POINTER (pid));
+      b->n_ok++;
+    }
+  b->n_done++;
+  b->most_alive = MAX (b->most_alive, count_worker_processes (b));
+}
+
+static gboolean
+bound_done (gpointer data)
+{
+  return ((Bound *) data)->n_done == 200;
+}
+
+static void
+test_pool_max_workers_bound (void)
+{
+  Bound b = { new_pool (1, 2), list_children (), g_hash_table_new (NULL, NULL), 0, 0, 0 };
+  guint i;
+
+  /* Each worker answers once and leaves; the next may be forked only once
+   * the one it replaces is reaped, or the processes would pile up. */
+  dc_detached_code_set_max_worker_calls (b.code, 1);
+  for (i = 0; i < 200; i++)
+    dc_detached_code_call_async (b.code, cmd ("sleep", g_variant_new_int32 (2)), G_PRIORITY_DEFAULT,
+                                 NULL, bound_cb, &b);
+  g_assert_cmpuint (count_worker_processes (&b), <=, 2);
+  wait_until (bound_done, &b, "200 calls, a worker each");
+
+  g_test_message ("at most %u worker processes at once", b.most_alive);
+  g_assert_cmpuint (b.n_ok, ==, 200);
+  g_assert_cmpuint (g_hash_table_size (b.pids), ==, 200);
+  g_assert_cmpuint (b.most_alive, >=, 1);
+  g_assert_cmpuint (b.most_alive, <=, 2);
+  g_hash_table_unref (b.pids);
+  g_array_unref (b.before);
+  destroy_pool (b.code);
+}
+
+/* ---- a host that ignores SIGCHLD ---- */
+
+/* Forking from a process with threads warns, once per pool, and GLib 2.74
+ * starts a thread of its own with the first GTask: a test of something
+ * else that forks from this process lets that warning through.  (The
+ * library logs structured messages, which g_test_expect_message() does not
+ * see in GLib 2.74.) */
+static GLogWriterOutput
+tolerate_threads_warning (GLogLevelFlags   log_level,
+                          const GLogField *fields,
+                          gsize            n_fields,
+                          gpointer         user_data)
+{
+  gsize i;
+
+  for (i = 0; i < n_fields; i++)
+    if (g_str_equal (fields[i].key, "MESSAGE") && fields[i].length < 0 &&
+        g_str_has_prefix (fields[i].value, "Forking a worker from a process with "))
+      return G_LOG_WRITER_HANDLED;
+  return g_log_writer_default (log_level, fields, n_fields, user_data);
+}
+
+static void
+check_exit_status (gboolean fork_server)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  Exited e = { 0, };
+  Result r = { 0, };
+  GPid pid;
+
+  dc_detached_code_set_fork_server (code, fork_server);
+  g_signal_connect (code, "worker-exited", G_CALLBACK (on_worker_exited), &e);
+  pid = call_pid (code);
+  call_sync (code, cmd ("exit", g_variant_new_int32 (3)), &r);
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED);
+  g_test_message ("%s", r.error->message);
+  g_assert_nonnull (strstr (r.error->message, "status 3"));
+  g_assert_cmpuint (e.n, ==, 1);
+  g_assert_cmpint (e.pid, ==, pid);
+  g_assert_true (WIFEXITED (e.status));
+  g_assert_cmpint (WEXITSTATUS (e.status), ==, 3);
+  result_clear (&r);
+  destroy_pool (code);
+}
+
+static void
+test_worker_exit_sigchld_ignored (void)
+{
+  /* SIG_IGN for SIGCHLD makes the kernel reap children that signal their
+   * exit, their status lost: a worker must not be one of them. */
+  if (g_test_subprocess ())
+    {
+      g_log_set_writer_func (tolerate_threads_warning, NULL, NULL);
+      signal (SIGCHLD, SIG_IGN);
+      check_exit_status (FALSE);
+      check_exit_status (TRUE);
+      return;
+    }
+  g_test_trap_subprocess (NULL, 0, G_TEST_SUBPROCESS_INHERIT_STDERR);
+  g_test_trap_assert_passed ();
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -784,6 +935,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/worker/killed", test_worker_killed);
   g_test_add_func ("/detached-code/worker/queued-behind-death", test_worker_queued_behind_death);
   g_test_add_func ("/detached-code/worker/exit-on-die", test_worker_exit_on_die);
+  g_test_add_func ("/detached-code/worker/exit-sigchld-ignored", test_worker_exit_sigchld_ignored);
   g_test_add_func ("/detached-code/shutdown/pending", test_shutdown_pending);
   g_test_add_func ("/detached-code/shutdown/finalize", test_shutdown_finalize);
   g_test_add_func ("/detached-code/shutdown/callback-reenters", test_shutdown_callback_reenters);
@@ -796,6 +948,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/pool/signals", test_pool_signals);
   g_test_add_func ("/detached-code/pool/pipeline", test_pool_pipeline);
   g_test_add_func ("/detached-code/pool/pipeline-prefers-idle", test_pool_pipeline_prefers_idle);
+  g_test_add_func ("/detached-code/pool/max-workers-bound", test_pool_max_workers_bound);
 
   return g_test_run ();
 }

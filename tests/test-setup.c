@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -656,6 +657,74 @@ test_memfd_unsealed (void)
   destroy_pool (code);
 }
 
+/* ---- a low descriptor limit ---- */
+
+/* Forking from a process with threads warns, once per pool, and GLib 2.74
+ * starts a thread of its own with the first GTask: a test of something
+ * else that forks from this process lets that warning through.  (The
+ * library logs structured messages, which g_test_expect_message() does not
+ * see in GLib 2.74.) */
+static GLogWriterOutput
+tolerate_threads_warning (GLogLevelFlags   log_level,
+                          const GLogField *fields,
+                          gsize            n_fields,
+                          gpointer         user_data)
+{
+  gsize i;
+
+  for (i = 0; i < n_fields; i++)
+    if (g_str_equal (fields[i].key, "MESSAGE") && fields[i].length < 0 &&
+        g_str_has_prefix (fields[i].value, "Forking a worker from a process with "))
+      return G_LOG_WRITER_HANDLED;
+  return g_log_writer_default (log_level, fields, n_fields, user_data);
+}
+
+static void
+check_low_fd_limit (gboolean fork_server)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  struct rlimit old, low;
+  Result r = { 0, };
+  guint i;
+
+  /* Workers keep their channel just under the limit, and the template
+   * its own below theirs: with little room above the descriptors in use,
+   * those numbers must still be ones the processes may have. */
+  g_assert_cmpint (getrlimit (RLIMIT_NOFILE, &old), ==, 0);
+  low = old;
+  low.rlim_cur = (rlim_t) highest_fd () + 5;
+  g_assert_cmpint (setrlimit (RLIMIT_NOFILE, &low), ==, 0);
+
+  /* A fresh worker each call: the later ones forked once the previous
+   * one is gone, from the same template. */
+  dc_detached_code_set_fork_server (code, fork_server);
+  dc_detached_code_set_max_worker_calls (code, 1);
+  for (i = 0; i < 3; i++)
+    {
+      call_sync (code, cmd ("pid", NULL), &r);
+      g_assert_no_error (r.error);
+      result_clear (&r);
+    }
+  destroy_pool (code);
+
+  g_assert_cmpint (setrlimit (RLIMIT_NOFILE, &old), ==, 0);
+}
+
+static void
+test_setup_low_fd_limit (void)
+{
+  if (g_test_subprocess ())
+    {
+      g_log_set_writer_func (tolerate_threads_warning, NULL, NULL);
+      check_low_fd_limit (FALSE);
+      check_low_fd_limit (TRUE);
+      return;
+    }
+  /* The limit, and the descriptors in use, of a process of its own. */
+  g_test_trap_subprocess (NULL, 0, G_TEST_SUBPROCESS_INHERIT_STDERR);
+  g_test_trap_assert_passed ();
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -669,6 +738,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/setup/cwd", test_setup_cwd);
   g_test_add_func ("/detached-code/setup/init-func", test_setup_init_func);
   g_test_add_func ("/detached-code/setup/signals", test_setup_signals);
+  g_test_add_func ("/detached-code/setup/low-fd-limit", test_setup_low_fd_limit);
   g_test_add_func ("/detached-code/fds/round-trip", test_fds_round_trip);
   g_test_add_func ("/detached-code/fds/refused", test_fds_refused);
   g_test_add_func ("/detached-code/fds/no-leak", test_fds_no_leak);

@@ -90,6 +90,96 @@ test_call_kill_on_cancel (void)
   destroy_pool (code);
 }
 
+static void
+count_spawned (DcDetachedCode *code,
+               gint            pid,
+               gpointer        data)
+{
+  (*(guint *) data)++;
+}
+
+typedef struct
+{
+  Result *r;
+  guint   n;
+} Batch;
+
+static gboolean
+batch_done (gpointer data)
+{
+  Batch *b = data;
+  guint i;
+
+  for (i = 0; i < b->n; i++)
+    if (!b->r[i].done)
+      return FALSE;
+  return TRUE;
+}
+
+static void
+test_call_cancel_batch (void)
+{
+  DcDetachedCode *code = new_pool (2, 2);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  g_autofree char *dir = g_dir_make_tmp ("dc-test-XXXXXX", NULL);
+  g_autoptr(GDir) ran = NULL;
+  g_autofree GPid *pids = NULL;
+  Result r[60] = { { 0, }, };
+  Batch batch = { r, G_N_ELEMENTS (r) };
+  guint spawned = 0, spawned_before, n = 0, i;
+
+  dc_detached_code_set_kill_on_cancel (code, TRUE);
+  g_assert_true (dc_detached_code_start (code, NULL));
+  pids = dc_detached_code_get_worker_pids (code, &n);
+  g_assert_cmpuint (n, ==, 2);
+  g_signal_connect (code, "worker-spawned", G_CALLBACK (count_spawned), &spawned);
+
+  /* Two running, on both workers; the rest queued behind them, each of
+   * which would leave a file if it ran. */
+  for (i = 0; i < 2; i++)
+    dc_detached_code_call_async (code, cmd ("sleep", g_variant_new_int32 (60000)),
+                                 G_PRIORITY_DEFAULT, cancellable, result_cb, &r[i]);
+  for (i = 2; i < G_N_ELEMENTS (r); i++)
+    {
+      g_autofree char *name = g_strdup_printf ("%s/%u", dir, i);
+
+      dc_detached_code_call_async (code, cmd ("touch", g_variant_new_string (name)),
+                                   G_PRIORITY_DEFAULT, cancellable, result_cb, &r[i]);
+    }
+  g_assert_cmpuint (dc_detached_code_get_n_busy (code), ==, 2);
+  g_assert_cmpuint (dc_detached_code_get_n_queued (code), ==, G_N_ELEMENTS (r) - 2);
+  spawned_before = spawned;
+
+  g_cancellable_cancel (cancellable);
+  wait_until (batch_done, &batch, "a batch of cancelled calls");
+  for (i = 0; i < G_N_ELEMENTS (r); i++)
+    g_assert_error (r[i].error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+
+  /* The two killed workers reaped, and whatever that sets off done. */
+  assert_process_gone (pids[0]);
+  assert_process_gone (pids[1]);
+  while (g_main_context_iteration (NULL, FALSE))
+    ;
+
+  /* Once each, and no worker forked for a call already cancelled: at
+   * most the two killed ones were replaced. */
+  for (i = 0; i < G_N_ELEMENTS (r); i++)
+    g_assert_cmpuint (r[i].times_called, ==, 1);
+  g_test_message ("%u workers forked after the cancel", spawned - spawned_before);
+  g_assert_cmpuint (spawned - spawned_before, <=, 2);
+  ran = g_dir_open (dir, 0, NULL);
+  g_assert_null (g_dir_read_name (ran));
+  g_assert_cmpuint (dc_detached_code_get_n_busy (code), ==, 0);
+  g_assert_cmpuint (dc_detached_code_get_n_queued (code), ==, 0);
+
+  /* The pool goes on. */
+  g_assert_cmpint (call_pid (code), >, 0);
+  for (i = 0; i < G_N_ELEMENTS (r); i++)
+    result_clear (&r[i]);
+  g_rmdir (dir);
+  destroy_pool (code);
+}
+
 typedef struct
 {
   DcDetachedCode *code;
@@ -517,6 +607,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/call/nested-loop", test_call_nested_loop);
   g_test_add_func ("/detached-code/call/cancel-handler-shuts-down", test_call_cancel_handler_shuts_down);
   g_test_add_func ("/detached-code/call/kill-on-cancel", test_call_kill_on_cancel);
+  g_test_add_func ("/detached-code/call/cancel-batch", test_call_cancel_batch);
   g_test_add_func ("/detached-code/threads/cancel-vs-completion",
                    test_threads_cancel_vs_completion);
 
