@@ -753,6 +753,212 @@ test('a 1 MiB argument through a memfd', () => {
     assert(outcome.value.get_child_value(0).get_data_as_bytes().equal(bytes), 'the bytes changed');
 });
 
+// ---- fork-server: the worker template ----
+
+function procStat(pid) {
+    // [state, ppid], or null once the process is gone.
+    let stat;
+    try {
+        stat = new TextDecoder().decode(GLib.file_get_contents(`/proc/${pid}/stat`)[1]);
+    } catch (e) {
+        return null;
+    }
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return [fields[0], parseInt(fields[1])];
+}
+
+// The pids of every process whose parent is this one, zombies too, sorted.
+function children() {
+    const dir = Gio.File.new_for_path('/proc').enumerate_children('standard::name',
+        Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, null);
+    const found = [];
+    let info;
+    while ((info = dir.next_file(null)) !== null) {
+        const name = info.get_name();
+        if (!/^[0-9]+$/.test(name))
+            continue;
+        const st = procStat(parseInt(name));
+        if (st !== null && st[1] === OWN_PID)
+            found.push(parseInt(name));
+    }
+    dir.close(null);
+    return found.sort((a, b) => a - b);
+}
+
+function sorted(pids) {
+    return [...pids].sort((a, b) => a - b);
+}
+
+function waitChildren(expected, what) {
+    const want = JSON.stringify(sorted(expected));
+    spinUntil(() => JSON.stringify(children()) === want,
+        `${what} (children ${JSON.stringify(children())}, expected ${want})`, 30);
+}
+
+function threadCount(pid) {
+    const status = new TextDecoder().decode(GLib.file_get_contents(`/proc/${pid}/status`)[1]);
+    return parseInt(status.split('\n').find(l => l.startsWith('Threads:')).split(/\s+/)[1]);
+}
+
+// The one child of this process that is not a worker.
+function templateOf(pool) {
+    const workers = pool.get_worker_pids();
+    const others = children().filter(pid => !workers.includes(pid));
+    assertEqual(others.length, 1, `children ${children()}, workers ${workers}`);
+    return others[0];
+}
+
+// Read by workerReport in the worker's copy of this script; the tests change
+// it here.
+let snapshot = 'initial';
+
+function workerReport() {
+    // JS run in a clone of the template: its pid and parent, a value it
+    // computes, and what it sees of this script's state.
+    let total = 0;
+    for (let i = 0; i < 1000; i++)
+        total += i;
+    const stat = new TextDecoder().decode(GLib.file_get_contents('/proc/self/stat')[1]);
+    const ppid = parseInt(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    return new GLib.Variant('(iiis)', [ownPid(), ppid, total, snapshot]);
+}
+
+function callReport(pool) {
+    const [pid, ppid, total, seen] = assertValue(callSync(pool, null));
+    assertEqual(ppid, OWN_PID, 'the worker is a child of this process');
+    assertEqual(total, 499500);
+    return [pid, seen];
+}
+
+function countedPool() {
+    const pool = makePool(workerReport);
+    const spawned = [];
+    const exited = [];
+    const counts = [];
+    pool.connect('worker-spawned', (_pool, pid) => spawned.push(pid));
+    pool.connect('worker-exited', (_pool, pid, status) => exited.push([pid, status]));
+    pool.connect('notify::n-workers', p => counts.push(p.n_workers));
+    return {pool, spawned, exited, counts};
+}
+
+test('fork-server: default TRUE, settable while no worker runs, notify', () => {
+    const pool = makePool(workerReport);
+    assertEqual(pool.fork_server, true);
+    assertEqual(pool.get_fork_server(), true);
+    const notified = [];
+    pool.connect('notify::fork-server', p => notified.push(p.fork_server));
+    pool.fork_server = false;
+    assertEqual(pool.fork_server, false);
+    assertEqual(pool.get_fork_server(), false);
+    pool.fork_server = false;   // unchanged: explicit notify stays quiet
+    pool.set_fork_server(true);
+    assertEqual(pool.fork_server, true);
+    pool['fork-server'] = false;
+    assertEqual(pool['fork-server'], false);
+    assertEqual(notified, [false, true, false]);
+    const other = new Dc.DetachedCode({fork_server: false});
+    cleanups.push(() => other.shutdown());
+    assertEqual(other.fork_server, false);
+});
+
+test('fork-server: the template is invisible; workers run JS and are our children', () => {
+    waitChildren([], 'the children of earlier tests to be reaped');
+    const {pool, spawned, exited, counts} = countedPool();
+    pool.min_workers = 2;
+    pool.max_workers = 4;
+    assert(pool.start());
+
+    const pids = sorted(pool.get_worker_pids());
+    assertEqual(pids.length, 2);
+    assertEqual(pool.n_workers, 2);
+    assertEqual(sorted(spawned), pids, 'worker-spawned once per worker');
+    assertEqual(exited, []);
+    const kids = children();
+    assertEqual(kids.length, 3, `two workers and the template: ${kids}`);
+    for (const pid of pids)
+        assertEqual(procStat(pid)[1], OWN_PID, `worker ${pid}: not our child`);
+    const template = templateOf(pool);
+    assert(!pids.includes(template) && !spawned.includes(template), 'the template counts as a worker');
+    assert(procStat(template)[0] !== 'Z', 'the template is alive');
+    assertEqual(threadCount(template), 1, 'the template is single-threaded');
+
+    for (let i = 0; i < 4; i++) {
+        const [pid, seen] = callReport(pool);
+        assert(pids.includes(pid), `call ran in ${pid}, not a worker`);
+        assertEqual(seen, 'initial');
+    }
+    assertEqual(children(), sorted([...pids, template]));
+
+    // restart(): worker-exited for the two old workers, worker-spawned for
+    // the new ones, nothing for either template.
+    spawned.length = 0;
+    pool.restart();
+    spinUntil(() => exited.length >= 2 && pool.n_workers === 2,
+        'the old workers to leave and two new ones to run');
+    spinUntil(() => procStat(template) === null || procStat(template)[1] !== OWN_PID,
+        'the old template to be reaped');
+    const fresh = sorted(pool.get_worker_pids());
+    assertEqual(sorted(exited.map(([pid]) => pid)), pids, 'worker-exited only for the old workers');
+    for (const [, status] of exited)
+        assertEqual(status, 0, 'the old workers exited with status 0');
+    assertEqual(sorted(spawned), fresh, 'worker-spawned only for the new workers');
+    const newTemplate = templateOf(pool);
+    assert(newTemplate !== template, 'restart() made a new template');
+    assertEqual(children(), sorted([...fresh, newTemplate]));
+    assert(counts.every(n => n <= 2), `n-workers went ${counts}`);
+
+    pool.shutdown();
+    waitChildren([], 'the workers and the template to be reaped');
+    spinUntil(() => exited.length === 4, 'worker-exited for the new workers');
+    assertEqual(sorted(exited.slice(2).map(([pid]) => pid)), fresh);
+    assertEqual(spawned.length, 2);
+});
+
+test('fork-server: workers see this process as it was when the template was made', () => {
+    snapshot = 'old';
+    cleanups.push(() => (snapshot = 'initial'));
+    const pool = makePool(workerReport);
+    pool.max_worker_calls = 1;
+    assert(pool.start());
+    snapshot = 'new';
+    // The worker made at start(), then one the template clones now.
+    const [pid1, seen1] = callReport(pool);
+    const [pid2, seen2] = callReport(pool);
+    assert(pid1 !== pid2, 'max-worker-calls 1: a fresh worker');
+    assertEqual([seen1, seen2], ['old', 'old']);
+    // restart() makes a new template from this process as it is now.
+    pool.restart();
+    const [pid3, seen3] = callReport(pool);
+    assertEqual(seen3, 'new');
+    snapshot = 'newer';
+    const [pid4, seen4] = callReport(pool);
+    assertEqual(seen4, 'new', 'a fresh worker of the same template');
+    assertEqual(new Set([pid1, pid2, pid3, pid4]).size, 4);
+});
+
+test('fork-server FALSE: no template among the children', () => {
+    waitChildren([], 'the children of earlier tests to be reaped');
+    const {pool, spawned} = countedPool();
+    pool.fork_server = false;
+    pool.min_workers = 2;
+    pool.max_workers = 4;
+    // gjs always runs SpiderMonkey helper threads, so forking from it
+    // draws a warning (fatal here); expected, it is let through.
+    const fatal = GLib.log_set_always_fatal(GLib.LogLevelFlags.LEVEL_CRITICAL);
+    try {
+        GLib.log_set_always_fatal(fatal & ~GLib.LogLevelFlags.LEVEL_WARNING);
+        assert(pool.start());
+    } finally {
+        GLib.log_set_always_fatal(fatal);
+    }
+    const pids = sorted(pool.get_worker_pids());
+    assertEqual(pids.length, 2);
+    assertEqual(sorted(spawned), pids);
+    assertEqual(children(), pids, 'no template without fork-server');
+    pool.shutdown();
+    waitChildren([], 'the workers to be reaped');
+});
+
 // ---- TAP ----
 
 // Arguments, if any, pick the tests whose names contain one of them.

@@ -1339,6 +1339,11 @@ def main():
         suite = loader.loadTestsFromNames(sys.argv[1:], sys.modules[__name__])
     else:
         suite = loader.loadTestsFromModule(sys.modules[__name__])
+    return run_tap(suite)
+
+
+def run_tap(suite):
+    """Runs @suite, printing TAP; the exit status."""
     # Workers are forks of this process: anything buffered here would be
     # duplicated if a worker ever flushed it.
     sys.stdout.flush()
