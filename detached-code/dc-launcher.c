@@ -404,7 +404,7 @@ wrap_channel (int          parent_fds[2],
       launched->channel = dc_channel_new_socket (parent_fds[0], &local_error);
       if (launched->channel == NULL)
         {
-          dc_process_signal (pidfd, SIGKILL);
+          dc_process_signal (pidfd, pid, SIGKILL);
           dc_process_reap (pidfd, TRUE, &status);
           close (pidfd);
           g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
@@ -476,7 +476,7 @@ template_lost (DcLauncher *launcher)
   DcTemplate *template = launcher->template;
   int status;
 
-  dc_process_signal (template->pidfd, SIGKILL);
+  dc_process_signal (template->pidfd, template->pid, SIGKILL);
   dc_process_reap (template->pidfd, TRUE, &status);
   template_reaped (template, status);
   g_source_destroy (template->watch);
@@ -498,7 +498,7 @@ dc_launcher_close_template (DcLauncher *launcher,
   template->fd = -1;
   if (reap_now)
     {
-      dc_process_signal (template->pidfd, SIGKILL);
+      dc_process_signal (template->pidfd, template->pid, SIGKILL);
       dc_process_reap (template->pidfd, TRUE, &status);
       g_source_destroy (template->watch);
     }

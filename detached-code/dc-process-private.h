@@ -23,8 +23,11 @@ G_BEGIN_DECLS
 pid_t     dc_process_clone        (gboolean  sibling,
                                    int      *pidfd);
 
-/* Signals the process through its pidfd.  Async-signal-safe. */
+/* Signals the process through its pidfd, or by @pid where the kernel (or
+ * valgrind) refuses pidfd_send_signal(): the caller has not reaped it, so
+ * @pid is still its own.  Async-signal-safe. */
 int       dc_process_signal       (int       pidfd,
+                                   pid_t     pid,
                                    int       signum);
 
 /* A wait status for a process someone else reaped: not a clean exit. */

@@ -55,12 +55,17 @@ dc_process_clone (gboolean  sibling,
 }
 
 /* This function is called between fork() and the user's code and hence
- * must be async-signal-safe: one system call. */
+ * must be async-signal-safe: system calls only. */
 int
-dc_process_signal (int pidfd,
-                   int signum)
+dc_process_signal (int   pidfd,
+                   pid_t pid,
+                   int   signum)
 {
-  return (int) syscall (SYS_pidfd_send_signal, pidfd, signum, NULL, 0);
+  int r = (int) syscall (SYS_pidfd_send_signal, pidfd, signum, NULL, 0);
+
+  if (r < 0 && errno == ENOSYS && pid > 0)
+    r = kill (pid, signum);
+  return r;
 }
 
 gboolean

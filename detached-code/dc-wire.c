@@ -882,6 +882,9 @@ dc_wire_sendmsg (int         fd,
 
       msg.msg_control = control.buf;
       msg.msg_controllen = CMSG_SPACE (sizeof (int) * n_fds);
+      /* The padding after an odd number of descriptors goes to the kernel
+       * too; memset() is async-signal-safe. */
+      memset (control.buf, 0, msg.msg_controllen);
       cmsg = CMSG_FIRSTHDR (&msg);
       cmsg->cmsg_level = SOL_SOCKET;
       cmsg->cmsg_type = SCM_RIGHTS;

@@ -900,7 +900,7 @@ proc_transition (DcWorkerProc *proc,
         proc->lost_error = g_steal_pointer (&reason);
       g_clear_error (&reason);
       if (!proc->reaped)
-        dc_process_signal (proc->pidfd, SIGKILL);
+        dc_process_signal (proc->pidfd, proc->pid, SIGKILL);
       proc_close_channel (proc);
       proc_set_state (proc, DC_WORKER_PROC_LOST);
       break;
@@ -919,7 +919,7 @@ proc_transition (DcWorkerProc *proc,
         /* An idle worker leaves when it reads the end of its channel; a
          * busy one would finish a call nobody waits for. */
         if (!proc->reaped && (busy || state == DC_WORKER_PROC_LOST))
-          dc_process_signal (proc->pidfd, SIGKILL);
+          dc_process_signal (proc->pidfd, proc->pid, SIGKILL);
         proc_close_channel (proc);
         if (state == DC_WORKER_PROC_RUNNING && !busy)
           proc_set_state (proc, DC_WORKER_PROC_CLOSED);
@@ -1007,7 +1007,7 @@ dc_worker_proc_disown (DcWorkerProc *proc,
 
   /* Asked to leave already; now for certain, and reaped by the caller
    * rather than by a watch nobody may dispatch. */
-  dc_process_signal (proc->pidfd, SIGKILL);
+  dc_process_signal (proc->pidfd, proc->pid, SIGKILL);
   pidfd = dup (proc->pidfd);
   g_source_destroy (proc->watch);
   return pidfd;
