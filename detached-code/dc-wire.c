@@ -458,11 +458,23 @@ variant_unmarshal (GBytes *payload)
   {
     static GPrivate keeper_key = G_PRIVATE_INIT ((GDestroyNotify) g_variant_unref);
     GVariant *keeper = g_private_get (&keeper_key);
+    gsize fixed_size;
 
     if (keeper == NULL || strcmp (g_variant_get_type_string (keeper), type_string) != 0)
-      g_private_replace (&keeper_key,
-                         g_variant_ref_sink (g_variant_new_from_data (G_VARIANT_TYPE (type_string),
-                                                                      NULL, 0, FALSE, NULL, NULL)));
+      {
+        keeper = g_variant_ref_sink (g_variant_new_from_data (G_VARIANT_TYPE (type_string),
+                                                              NULL, 0, FALSE, NULL, NULL));
+        g_private_replace (&keeper_key, keeper);
+      }
+
+    /* The keeper has no data: its size is the type's fixed size, or 0 for
+     * a type of variable size.  A fixed-size value of any other size is
+     * not what the other end's g_variant_get_data() gives, and GLib would
+     * copy all of it (a gigabyte, on the parent's main loop) to read it
+     * as the default value. */
+    fixed_size = g_variant_get_size (keeper);
+    if (fixed_size != 0 && fixed_size != size - offset)
+      return NULL;
   }
 
   return g_variant_ref_sink (g_variant_new_from_data (G_VARIANT_TYPE (type_string),

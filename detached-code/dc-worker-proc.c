@@ -77,6 +77,7 @@ struct _DcWorkerProc
 
   gint64                       idle_since;
   GSource                     *idle_source;
+  GSource                     *grace_source; /* LOST and not yet reaped */
   GSource                     *watch;      /* on the pidfd; owns a reference */
 };
 
@@ -108,6 +109,7 @@ dc_worker_proc_unref (DcWorkerProc *proc)
   g_assert (proc->channel == NULL);
   g_assert (proc->inflight.length == 0);
   g_assert (proc->idle_source == NULL);
+  g_assert (proc->grace_source == NULL);
   dc_wire_reader_clear (&proc->reader);
   g_clear_pointer (&proc->watch, g_source_unref);
   g_clear_pointer (&proc->outbuf, g_byte_array_unref);
@@ -170,6 +172,41 @@ clear_source (GSource **source)
 /* ---- timers ---- */
 
 static gboolean idle_timeout_cb (gpointer data);
+static gboolean lost_grace_cb (gpointer data);
+
+/* A worker that lost its channel cannot answer; it normally exits at
+ * once.  One that closed its channel and went on running would hold its
+ * calls, and its place under max-workers, for as long as it liked: their
+ * time limits no longer run (they fail with its death), so it gets this
+ * long to exit, and is killed then. */
+#define LOST_GRACE_MS 2000
+
+static void
+proc_arm_lost_grace (DcWorkerProc *proc)
+{
+  if (proc->reaped || proc->grace_source != NULL)
+    return;
+  proc->grace_source = g_timeout_source_new (LOST_GRACE_MS);
+  g_source_set_callback (proc->grace_source, lost_grace_cb, proc, NULL);
+  g_source_attach (proc->grace_source, proc->context);
+}
+
+static gboolean
+lost_grace_cb (gpointer data)
+{
+  DcWorkerProc *proc = data;
+
+  g_clear_pointer (&proc->grace_source, g_source_unref);
+  if (proc->reaped)
+    return G_SOURCE_REMOVE;
+  if (proc->lost_error == NULL)
+    proc->lost_error = g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED,
+                                    _("Worker process %d closed its channel but did not exit"),
+                                    (int) proc->pid);
+  dc_process_signal (proc->pidfd, proc->pid, SIGKILL);
+  return G_SOURCE_REMOVE;
+}
+
 
 /* No call in flight: count towards idle-timeout. */
 static void
@@ -815,8 +852,13 @@ proc_set_state (DcWorkerProc      *proc,
   /* What it still has fails with its death, not with a time limit that
    * runs out while it is reaped. */
   if (state == DC_WORKER_PROC_LOST)
-    for (l = proc->inflight.head; l != NULL; l = l->next)
-      dc_call_clear_timeout (l->data);
+    {
+      for (l = proc->inflight.head; l != NULL; l = l->next)
+        dc_call_clear_timeout (l->data);
+      proc_arm_lost_grace (proc);
+    }
+  else if (state == DC_WORKER_PROC_EXITED)
+    clear_source (&proc->grace_source);
 }
 
 /* Reaped, its channel closed, no read under way: fail what it still had,
@@ -1008,6 +1050,7 @@ dc_worker_proc_disown (DcWorkerProc *proc,
   /* Asked to leave already; now for certain, and reaped by the caller
    * rather than by a watch nobody may dispatch. */
   dc_process_signal (proc->pidfd, proc->pid, SIGKILL);
+  clear_source (&proc->grace_source);
   pidfd = dup (proc->pidfd);
   g_source_destroy (proc->watch);
   return pidfd;

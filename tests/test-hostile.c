@@ -120,6 +120,24 @@ hostile_code (GVariant  *args,
       send_raw (header, 1, fds, 2);
       send_raw (header + 1, sizeof header - 1, NULL, 0);
     }
+  else if (g_str_equal (what, "fixed-size-huge"))
+    {
+      /* A value of type (i) 64 MiB long: GLib would copy all of it in the
+       * parent to read it as the default value. */
+      gsize offset = (4 + 3 + 1 + 7) & ~(gsize) 7;
+      gsize size = offset + 64 * 1024 * 1024;
+      g_autofree guint8 *payload = g_malloc0 (size);
+      guint32 len32 = 3;
+
+      memcpy (payload, &len32, 4);
+      memcpy (payload + 4, "(i)", 3);
+      send_frame (DC_WIRE_RESULT, 0, serial, payload, size, NULL, 0);
+    }
+  else if (g_str_equal (what, "close-channel"))
+    {
+      /* It cannot answer any more, yet it goes on running. */
+      close (highest_fd ());
+    }
 
   /* It lies, then waits to be killed; an answer now would come late. */
   g_usleep (60 * G_USEC_PER_SEC);
@@ -231,6 +249,45 @@ test_hostile_setup_failed_while_working (void)
 }
 
 static void
+test_hostile_fixed_size (void)
+{
+  check_rejected ("fixed-size-huge", NULL);
+}
+
+static void
+test_hostile_close_channel (void)
+{
+  guint fds_before = count_fds ();
+  GPid pid;
+  DcDetachedCode *code = hostile_pool (&pid);
+  g_autofree char *pid_text = g_strdup_printf ("%d", (int) pid);
+  Result r = { 0, }, queued = { 0, };
+  GPid next;
+
+  /* One worker, and a call queued behind the one it holds: a worker that
+   * closed its channel and went on running must not hold either for the
+   * rest of its life (a minute here: the deadline would fail first). */
+  dc_detached_code_set_max_workers (code, 1);
+  call (code, args ("close-channel", NULL), &r);
+  call (code, args ("pid", NULL), &queued);
+  wait_for_flag (&r.done, "the call of a worker that closed its channel");
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED);
+  g_assert_nonnull (strstr (r.error->message, pid_text));
+  g_assert_nonnull (strstr (r.error->message, "closed its channel"));
+  result_clear (&r);
+  assert_process_gone (pid);
+
+  wait_for_flag (&queued.done, "the call queued behind it");
+  g_assert_no_error (queued.error);
+  g_variant_get (queued.value, "(i)", &next);
+  g_assert_cmpint (next, !=, pid);
+  result_clear (&queued);
+
+  destroy_pool (code);
+  g_assert_cmpuint (count_fds (), ==, fds_before);
+}
+
+static void
 test_hostile_stray_fds (void)
 {
   check_rejected ("stray-fds", NULL);
@@ -280,6 +337,8 @@ main (int   argc,
   g_test_add_func ("/detached-code/hostile/setup-failed-while-working",
                    test_hostile_setup_failed_while_working);
   g_test_add_func ("/detached-code/hostile/stray-fds", test_hostile_stray_fds);
+  g_test_add_func ("/detached-code/hostile/fixed-size", test_hostile_fixed_size);
+  g_test_add_func ("/detached-code/hostile/close-channel", test_hostile_close_channel);
   g_test_add_func ("/detached-code/hostile/missing-fds", test_hostile_missing_fds);
   g_test_add_func ("/detached-code/hostile/fds-between-frames", test_hostile_fds_between_frames);
 

@@ -512,6 +512,52 @@ test_variant_indefinite (void)
     }
 }
 
+/* A value of a fixed-size type whose data is not that size is not what the
+ * other end sends: PROTOCOL, at once, however large it is (GLib would copy
+ * all of it to read it as the default value).  The right size still reads. */
+static void
+test_variant_fixed_size (void)
+{
+  const struct { const char *type; gsize fixed; } cases[] = {
+    { "(i)", 4 }, { "()", 1 }, { "(yt)", 16 }, { "d", 8 }, { "{ib}", 8 },
+  };
+  const gsize wrong[] = { 0, 3, 1024 * 1024 };
+  guint i, j;
+
+  for (i = 0; i < G_N_ELEMENTS (cases); i++)
+    for (j = 0; j <= G_N_ELEMENTS (wrong); j++)
+      {
+        gboolean right = j == G_N_ELEMENTS (wrong);
+        gsize data_len = right ? cases[i].fixed : wrong[j];
+        gsize type_len = strlen (cases[i].type);
+        gsize offset = (4 + type_len + 1 + 7) & ~(gsize) 7;
+        g_autofree guint8 *data = NULL;
+        guint32 len32 = (guint32) type_len;
+        g_autoptr(GBytes) payload = NULL;
+        g_autoptr(GVariant) value = NULL;
+        g_autoptr(GError) error = NULL;
+
+        if (!right && data_len == cases[i].fixed)
+          continue;
+        data = g_malloc0 (offset + data_len);
+        memcpy (data, &len32, 4);
+        memcpy (data + 4, cases[i].type, type_len);
+        payload = g_bytes_new (data, offset + data_len);
+        value = dc_wire_unmarshal (DC_MARSHALLER_VARIANT, payload, &error);
+        if (right)
+          {
+            g_assert_no_error (error);
+            g_assert_nonnull (value);
+            g_assert_cmpstr (g_variant_get_type_string (value), ==, cases[i].type);
+          }
+        else
+          {
+            g_assert_null (value);
+            g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+          }
+      }
+}
+
 /* Payload buffers are recycled, within a bound in bytes: one a worker made
  * the parent allocate is not kept when it is large. */
 static void
@@ -747,6 +793,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/wire/variant/large-is-shared", test_variant_large_is_shared);
   g_test_add_func ("/detached-code/wire/variant/garbage", test_variant_garbage);
   g_test_add_func ("/detached-code/wire/variant/indefinite", test_variant_indefinite);
+  g_test_add_func ("/detached-code/wire/variant/fixed-size", test_variant_fixed_size);
   g_test_add_func ("/detached-code/wire/reader/cache-bounded", test_reader_cache_bounded);
   g_test_add_func ("/detached-code/wire/reader/pump", test_reader_pump);
   g_test_add_func ("/detached-code/wire/claim-fds", test_claim_fds);
