@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -72,6 +73,7 @@ struct _DcTemplate
   int         pidfd;
   int         fd;         /* the channel; -1 once let go */
   GSource    *watch;
+  gint32     *slots;      /* the pid slots, shared with it */
 };
 
 static void
@@ -378,7 +380,7 @@ clone_blocked (int *pidfd)
 
   sigfillset (&all_signals);
   pthread_sigmask (SIG_SETMASK, &all_signals, &old_mask);
-  pid = dc_process_clone (FALSE, pidfd);
+  pid = dc_process_clone (FALSE, pidfd, NULL);
   if (pid == 0)
     return 0;
   errsv = errno;
@@ -431,6 +433,7 @@ template_free (gpointer data)
   if (template->fd >= 0)
     close (template->fd);
   close (template->pidfd);
+  munmap (template->slots, DC_TEMPLATE_SLOTS_SIZE);
   g_free (template);
 }
 
@@ -469,15 +472,23 @@ template_exited_cb (gint         fd,
   return G_SOURCE_REMOVE;
 }
 
-/* It stopped answering or died: kill it, reap it, say why. */
+/* It stopped answering or died: kill it, reap it, say why.  The requests
+ * in @unanswered (a bit per slot) may have made workers it never told of:
+ * children of ours nobody else knows, killed and reaped here. */
 static void
-template_lost (DcLauncher *launcher)
+template_lost (DcLauncher *launcher,
+               guint       unanswered)
 {
   DcTemplate *template = launcher->template;
+  guint slot;
   int status;
 
   dc_process_signal (template->pidfd, template->pid, SIGKILL);
   dc_process_reap (template->pidfd, TRUE, &status);
+  /* Dead: it writes no slot any more. */
+  for (slot = 0; slot < DC_TEMPLATE_N_SLOTS; slot++)
+    if (unanswered & (1u << slot))
+      dc_process_reap_orphan (__atomic_load_n (&template->slots[slot], __ATOMIC_SEQ_CST));
   template_reaped (template, status);
   g_source_destroy (template->watch);
 }
@@ -518,9 +529,19 @@ template_start (DcLauncher  *launcher,
   DcWorkerSetup targets = { 0, };
   DcWorkerCode code;
   DcTemplate *template;
+  gint32 *slots;
   int sv[2], pidfd = -1, errsv;
   pid_t pid;
 
+  slots = mmap (NULL, DC_TEMPLATE_SLOTS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+                -1, 0);
+  if (slots == MAP_FAILED)
+    {
+      errsv = errno;
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                   _("Cannot create the worker template's channel: %s"), g_strerror (errsv));
+      return FALSE;
+    }
   if (socketpair (AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
     sv[0] = sv[1] = -1;
   if (sv[0] < 0 || !move_above_stdio (&sv[0], &sv[0]) || !move_above_stdio (&sv[1], &sv[1]))
@@ -528,6 +549,7 @@ template_start (DcLauncher  *launcher,
       errsv = errno;
       close_pair (sv[0], -1);
       close_pair (sv[1], -1);
+      munmap (slots, DC_TEMPLATE_SLOTS_SIZE);
       g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                    _("Cannot create the worker template's channel: %s"), g_strerror (errsv));
       return FALSE;
@@ -540,6 +562,7 @@ template_start (DcLauncher  *launcher,
   tsetup.fd_limit = targets.fd_limit;
   tsetup.parent_pid = getpid ();
   tsetup.die_with_parent = gettid () == getpid ();
+  tsetup.slots = slots;
   fill_code (launcher, NULL, &code);
 
   pid = clone_blocked (&pidfd);
@@ -547,8 +570,11 @@ template_start (DcLauncher  *launcher,
     dc_template_main (&tsetup, &code);   /* never returns */
   errsv = errno;
   close (sv[1]);
+  /* The template has its copy; nothing forked from here later gets one. */
+  madvise (slots, DC_TEMPLATE_SLOTS_SIZE, MADV_DONTFORK);
   if (pid < 0)
     {
+      munmap (slots, DC_TEMPLATE_SLOTS_SIZE);
       close (sv[0]);
       g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                    _("Cannot fork the worker template: %s"), g_strerror (errsv));
@@ -560,6 +586,7 @@ template_start (DcLauncher  *launcher,
   template->pid = pid;
   template->pidfd = pidfd;
   template->fd = sv[0];
+  template->slots = slots;
   template->watch = g_unix_fd_source_new (pidfd, G_IO_IN);
   g_source_set_callback (template->watch, G_SOURCE_FUNC (template_exited_cb), template,
                          template_free);
@@ -594,17 +621,19 @@ dc_launcher_prepare (DcLauncher  *launcher,
   return template_start (launcher, error);
 }
 
-/* Sends @request with the worker's ends of its channel. */
+/* Sends @request (@size bytes) for pid slot @slot, with the worker's ends
+ * of its channel. */
 static gboolean
 template_send (DcTemplate *template,
-               GBytes     *request,
+               guint8     *request,
+               gsize       size,
+               guint       slot,
                const int  *fds,
                guint       n_fds)
 {
-  gsize size;
-  const void *data = g_bytes_get_data (request, &size);
-
-  return dc_wire_sendmsg (template->fd, data, size, fds, n_fds) == (gssize) size;
+  __atomic_store_n (&template->slots[slot], 0, __ATOMIC_SEQ_CST);
+  dc_template_request_set_slot (request, slot);
+  return dc_wire_sendmsg (template->fd, request, size, fds, n_fds) == (gssize) size;
 }
 
 typedef enum
@@ -681,12 +710,13 @@ template_receive (DcTemplate      *template,
 }
 
 /* Requests sent before the first answer is read: the template clones
- * while the parent sets up the next channel. */
-#define SPAWN_BATCH 8
+ * while the parent sets up the next channel.  One pid slot each. */
+#define SPAWN_BATCH DC_TEMPLATE_N_SLOTS
 
 /* Sends up to SPAWN_BATCH requests, then reads their answers in order.
  * Returns how many workers it made; *@answer is ANSWER_GONE or
- * ANSWER_SILENT if the template was lost on the way, and @error holds the
+ * ANSWER_SILENT if the template was lost on the way, with the slots of
+ * the requests it did not answer in *@unanswered, and @error holds the
  * first other failure. */
 static guint
 template_round (DcLauncher       *launcher,
@@ -694,12 +724,16 @@ template_round (DcLauncher       *launcher,
                 DcLaunched       *launched,
                 guint             n,
                 Answer           *answer,
+                guint            *unanswered,
                 GError          **error)
 {
   int parent_fds[SPAWN_BATCH][2];
   guint n_sent = 0, n_made = 0, i;
+  gsize size;
+  g_autofree guint8 *copy = g_bytes_unref_to_data (g_bytes_ref (request), &size);
 
   *answer = ANSWER_OK;
+  *unanswered = 0;
   n = MIN (n, SPAWN_BATCH);
   for (i = 0; i < n; i++)
     {
@@ -711,7 +745,7 @@ template_round (DcLauncher       *launcher,
         break;
       worker_fds[0] = ends.read_fd;
       worker_fds[1] = ends.write_fd;
-      sent = template_send (launcher->template, request, worker_fds,
+      sent = template_send (launcher->template, copy, size, i, worker_fds,
                             ends.read_fd == ends.write_fd ? 1 : 2);
       close_pair (ends.read_fd, ends.write_fd);
       if (!sent)
@@ -753,8 +787,12 @@ template_round (DcLauncher       *launcher,
         }
       /* Lost: the rest of the answers will not come. */
       *answer = a;
+      *unanswered |= 1u << i;
       for (i++; i < n_sent; i++)
-        close_pair (parent_fds[i][0], parent_fds[i][1]);
+        {
+          close_pair (parent_fds[i][0], parent_fds[i][1]);
+          *unanswered |= 1u << i;
+        }
     }
   return n_made;
 }
@@ -785,11 +823,12 @@ spawn_from_template (DcLauncher             *launcher,
     {
       g_autoptr(GError) local_error = NULL;
       Answer answer;
+      guint unanswered;
 
       if (!dc_launcher_prepare (launcher, error))
         return n_made;
       n_made += template_round (launcher, request, launched + n_made, n - n_made, &answer,
-                                &local_error);
+                                &unanswered, &local_error);
       if (answer == ANSWER_OK)
         {
           if (local_error != NULL)
@@ -801,7 +840,7 @@ spawn_from_template (DcLauncher             *launcher,
         }
 
       /* A template found dead is replaced once, from the parent as it is. */
-      template_lost (launcher);
+      template_lost (launcher, unanswered);
       if (answer == ANSWER_SILENT)
         {
           g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,

@@ -19,9 +19,18 @@ G_BEGIN_DECLS
 /* Like fork(), without fork()'s handlers: 0 in the child, the pid in the
  * parent (with its pidfd in *@pidfd, close-on-exec), -1 with errno.
  * @sibling (CLONE_PARENT): the child is the caller's parent's child and
- * inherits the caller's exit signal.  Async-signal-safe. */
+ * inherits the caller's exit signal.  If @pid_slot is not NULL, the
+ * child's pid is in it by the time the child exists (the kernel writes it
+ * before clone returns, where it can), so a caller that dies at once
+ * cannot lose it.  Async-signal-safe. */
 pid_t     dc_process_clone        (gboolean  sibling,
-                                   int      *pidfd);
+                                   int      *pidfd,
+                                   gint32   *pid_slot);
+
+/* Kills and reaps @pid if it is a child of this process (of any exit
+ * signal), and does nothing if it is not.  For a child whose pidfd never
+ * arrived: its pid cannot have been reused, as nobody reaped it. */
+void      dc_process_reap_orphan  (pid_t     pid);
 
 /* Signals the process through its pidfd, or by @pid where the kernel (or
  * valgrind) refuses pidfd_send_signal(): the caller has not reaped it, so

@@ -33,7 +33,8 @@
  * made with none, makes workers with none. */
 pid_t
 dc_process_clone (gboolean  sibling,
-                  int      *pidfd)
+                  int      *pidfd,
+                  gint32   *pid_slot)
 {
   struct clone_args args;
   long pid;
@@ -42,16 +43,50 @@ dc_process_clone (gboolean  sibling,
   args.flags = CLONE_PIDFD | (sibling ? CLONE_PARENT : 0);
   args.pidfd = (guint64) (guintptr) pidfd;
   args.exit_signal = 0;
+  if (pid_slot != NULL)
+    {
+      args.flags |= CLONE_PARENT_SETTID;
+      args.parent_tid = (guint64) (guintptr) pid_slot;
+    }
   pid = syscall (SYS_clone3, &args, sizeof args);
 
-  /* Refused (an old kernel, a container's filter): clone() takes the same
-   * flags, the pidfd going where the parent's tid would. */
+  /* Refused (an old kernel, a container's filter, valgrind): clone()
+   * takes the same flags, the pidfd going where the parent's tid would,
+   * so the slot is written here, a few instructions later. */
 #if defined(__x86_64__) || defined(__aarch64__) || defined(__i386__) || defined(__arm__) || \
     defined(__powerpc64__) || defined(__riscv)
   if (pid < 0 && errno == ENOSYS)
-    pid = syscall (SYS_clone, (unsigned long) args.flags, 0UL, pidfd, 0UL, 0UL);
+    {
+      pid = syscall (SYS_clone, (unsigned long) (args.flags & ~CLONE_PARENT_SETTID), 0UL, pidfd,
+                     0UL, 0UL);
+      if (pid > 0 && pid_slot != NULL)
+        __atomic_store_n (pid_slot, (gint32) pid, __ATOMIC_SEQ_CST);
+    }
 #endif
   return (pid_t) pid;
+}
+
+void
+dc_process_reap_orphan (pid_t pid)
+{
+  siginfo_t info;
+  int r;
+
+  if (pid <= 0)
+    return;
+  /* Not a child of ours (exited or not): ECHILD, and hands off. */
+  memset (&info, 0, sizeof info);
+  do
+    r = waitid (P_PID, (id_t) pid, &info, WEXITED | WNOHANG | WNOWAIT | __WALL);
+  while (r < 0 && errno == EINTR);
+  if (r < 0)
+    return;
+
+  /* Unreaped, so the number is still its own. */
+  kill (pid, SIGKILL);
+  do
+    r = waitid (P_PID, (id_t) pid, &info, WEXITED | __WALL);
+  while (r < 0 && errno == EINTR);
 }
 
 /* This function is called between fork() and the user's code and hence

@@ -42,8 +42,16 @@ typedef struct
   guint32 cwd_len;           /* with its NUL; 0: keep the template's */
   guint32 n_env;             /* strings, each with its NUL ... */
   guint32 env_len;           /* ... in this many bytes; 0 and 0: keep */
-  guint32 reserved;
+  guint32 slot;              /* where the worker's pid goes, < DC_TEMPLATE_N_SLOTS */
 } DcTemplateRequest;
+
+/* The pid slots: a page shared by the parent and its template alone,
+ * where the kernel writes each worker's pid as it clones it.  If the
+ * template dies before its reply, the parent still learns of the worker
+ * (a child of its own, by CLONE_PARENT) and reaps it.  One slot per
+ * request in flight. */
+#define DC_TEMPLATE_N_SLOTS      8
+#define DC_TEMPLATE_SLOTS_SIZE   4096
 
 typedef struct
 {
@@ -61,6 +69,7 @@ typedef struct
   int       fd_limit;
   pid_t     parent_pid;
   gboolean  die_with_parent;
+  gint32   *slots;           /* DC_TEMPLATE_N_SLOTS, in the shared page */
 } DcTemplateSetup;
 
 /* In the parent: the request for a worker with these settings (@cwd and
@@ -72,6 +81,11 @@ GBytes   *dc_template_encode_request  (DcSetupFlags          flags,
                                        DcMarshaller          marshaller,
                                        gboolean              exit_on_die,
                                        guint                 memfd_threshold);
+
+/* In the parent: sets which slot the worker's pid goes to, in a request
+ * @dc_template_encode_request made (a copy the caller may write). */
+void      dc_template_request_set_slot (guint8              *request,
+                                        guint                slot);
 
 /* Async-signal-safe.  Checks @request (@size bytes, which it may write
  * to) and fills @setup and @code from it, pointing into it and into

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -60,6 +61,16 @@ dc_template_encode_request (DcSetupFlags   flags,
   return g_byte_array_free_to_bytes (bytes);
 }
 
+void
+dc_template_request_set_slot (guint8 *request,
+                              guint   slot)
+{
+  guint32 slot32 = slot;
+
+  g_assert (slot < DC_TEMPLATE_N_SLOTS);
+  memcpy (request + G_STRUCT_OFFSET (DcTemplateRequest, slot), &slot32, sizeof slot32);
+}
+
 /* This function is called between fork() and the user's code and hence
  * must be async-signal-safe: it only reads and writes memory. */
 gboolean
@@ -82,6 +93,7 @@ dc_template_decode_request (guint8         *data,
       (n_channel_fds != 1 && n_channel_fds != 2) ||
       (request.marshaller != DC_MARSHALLER_VARIANT && request.marshaller != DC_MARSHALLER_FLAT) ||
       request.exit_on_die > 1 || request.n_env > DC_TEMPLATE_MAX_ENV ||
+      request.slot >= DC_TEMPLATE_N_SLOTS ||
       request.cwd_len > size - sizeof request ||
       request.env_len != size - sizeof request - request.cwd_len)
     return FALSE;
@@ -181,8 +193,8 @@ static char *request_envp[DC_TEMPLATE_MAX_ENV + 1];
 
 /* This function is called between fork() and the user's code and hence
  * must be async-signal-safe: recvmsg(), sendmsg(), close(), fcntl(),
- * dup3(), close_range(), and the clone of a worker, which then runs
- * dc_worker_main(). */
+ * dup3(), close_range(), and the clone of a worker, which unmaps the pid
+ * slots and then runs dc_worker_main(). */
 void
 dc_template_main (const DcTemplateSetup *tsetup,
                   const DcWorkerCode    *code_template)
@@ -250,9 +262,19 @@ dc_template_main (const DcTemplateSetup *tsetup,
       setup.die_with_parent = tsetup->die_with_parent;
       dc_worker_pick_targets (&setup);
 
-      pid = dc_process_clone (TRUE, &pidfd);
+      {
+        DcTemplateRequest request;
+
+        memcpy (&request, request_buf, sizeof request);
+        pid = dc_process_clone (TRUE, &pidfd, &tsetup->slots[request.slot]);
+      }
       if (pid == 0)
-        dc_worker_main (&setup, &code);   /* never returns */
+        {
+          /* The slots are the parent's and the template's: a worker's code
+           * must not write a pid there that the parent would kill. */
+          munmap (tsetup->slots, DC_TEMPLATE_SLOTS_SIZE);
+          dc_worker_main (&setup, &code);   /* never returns */
+        }
       reply (chan, pid, pid < 0 ? errno : 0, pid > 0 ? pidfd : -1);
       if (pidfd >= 0)
         close (pidfd);

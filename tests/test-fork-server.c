@@ -12,6 +12,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -406,6 +407,99 @@ test_template_killed (void)
   destroy_pool (code);
 }
 
+/* ---- a template that dies between a clone and its answer ---- */
+
+static gboolean
+is_traced (GPid pid)
+{
+  g_autofree char *path = g_strdup_printf ("/proc/%d/status", (int) pid);
+  g_autofree char *status = NULL;
+  const char *tracer;
+
+  if (!g_file_get_contents (path, &status, NULL, NULL))
+    return FALSE;
+  tracer = strstr (status, "\nTracerPid:");
+  return tracer != NULL && atoi (tracer + strlen ("\nTracerPid:")) != 0;
+}
+
+/* The worker it cloned is a child of ours (CLONE_PARENT) whose pid the
+ * answer would have brought: the pool learns it from the pid slot, and
+ * kills and reaps it, rather than leave a process nobody knows, then a
+ * zombie.  The template is killed at its answer's sendmsg() by strace's
+ * fault injection, the one way to hit that window every time. */
+static void
+test_template_dies_after_clone (void)
+{
+  g_autofree char *strace = g_find_program_in_path ("strace");
+  g_autoptr(GSubprocess) tracer = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GArray) children = NULL;
+  g_autoptr(GArray) known = NULL;
+  g_autofree char *pid_text = NULL;
+  DcDetachedCode *code;
+  GPid template, worker, next;
+  gint64 deadline;
+  guint i;
+
+  if (strace == NULL)
+    {
+      g_test_skip ("strace is not installed");
+      return;
+    }
+
+  code = new_pool (0, 2);
+  dc_detached_code_set_max_worker_calls (code, 1);
+  worker = call_pid (code);
+  template = template_pid (code);
+  g_assert_cmpint (template, >, 0);
+  assert_process_gone (worker);
+
+  pid_text = g_strdup_printf ("%d", (int) template);
+  tracer = g_subprocess_new (G_SUBPROCESS_FLAGS_STDOUT_SILENCE | G_SUBPROCESS_FLAGS_STDERR_SILENCE,
+                             &error, strace, "-qq", "-p", pid_text, "-e", "trace=sendmsg",
+                             "-e", "inject=sendmsg:signal=SIGKILL:when=1", "-o", "/dev/null", NULL);
+  g_assert_no_error (error);
+  deadline = g_get_monotonic_time () + 60 * G_USEC_PER_SEC;
+  while (!is_traced (template))
+    {
+      if (g_subprocess_get_identifier (tracer) == NULL || g_get_monotonic_time () > deadline)
+        break;
+      g_usleep (G_USEC_PER_SEC / 100);
+    }
+  if (!is_traced (template))
+    {
+      g_subprocess_force_exit (tracer);
+      destroy_pool (code);
+      g_test_skip ("strace could not attach to the template (ptrace not allowed here)");
+      return;
+    }
+
+  /* The next call needs a new worker: the template clones it and dies
+   * answering; a new template makes the worker the call gets. */
+  expect_template_warning (template);
+  next = call_pid (code);
+  assert_expected_warnings ();
+  g_assert_cmpint (next, >, 0);
+  g_assert_cmpint (template_pid (code), !=, template);
+  g_assert_true (g_subprocess_wait (tracer, NULL, &error));
+  g_assert_no_error (error);
+
+  /* Now: only processes the pool knows (workers, leaving ones not reaped
+   * yet, the new template), no stranger, dead or alive. */
+  assert_process_gone (template);
+  children = list_children ();
+  known = dc_pool_list_processes (code->pool);
+  for (i = 0; i < children->len; i++)
+    {
+      GPid child = g_array_index (children, GPid, i);
+
+      if (!in_array (known, child))
+        g_error ("Process %d, a child of ours%s, is not one the pool knows", (int) child,
+                 is_zombie (child) ? " (a zombie)" : "");
+    }
+  destroy_pool (code);
+}
+
 /* ---- the warning about forking from a threaded parent ---- */
 
 static gpointer
@@ -691,6 +785,8 @@ main (int   argc,
   g_test_add_func ("/detached-code/fork-server/invisible", test_invisible);
   g_test_add_func ("/detached-code/fork-server/memory-snapshot", test_memory_snapshot);
   g_test_add_func ("/detached-code/fork-server/template-killed", test_template_killed);
+  g_test_add_func ("/detached-code/fork-server/template-dies-after-clone",
+                   test_template_dies_after_clone);
   g_test_add_func ("/detached-code/fork-server/threads-warning", test_threads_warning);
   g_test_add_func ("/detached-code/fork-server/busy-threads-stress", test_busy_threads_stress);
 
