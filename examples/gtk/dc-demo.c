@@ -52,13 +52,17 @@
 
 /* ---- in the worker ---- */
 
-/* Runs once in each worker, before its first call.  The workers yield the
- * CPU to the application, so the window keeps drawing however many of
- * them compute.  What it changes stays in the worker. */
+/* Runs once in each worker, before its first call; what it changes stays
+ * in the worker.  The workers yield the CPU to the application, so the
+ * window keeps drawing however many of them compute. */
 static void
 worker_init (gpointer user_data)
 {
+  struct rlimit no_core = { 0, 0 };
+
   setpriority (PRIO_PROCESS, 0, 10);
+  /* The crash tile aborts on purpose: no core file for it. */
+  setrlimit (RLIMIT_CORE, &no_core);
 }
 
 static guint32
