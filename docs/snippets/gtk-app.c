@@ -36,7 +36,8 @@ on_done (GObject *source, GAsyncResult *result, gpointer user_data)
   g_autoptr(GVariant) value = dc_detached_code_call_finish (DC_DETACHED_CODE (source),
                                                             result, &error);
 
-  if (g_error_matches (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED))
+  if (value == NULL
+      && g_error_matches (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED))
     g_print ("A worker crashed: %s\n", error->message);
   app->pending--;
   app->finished++;
