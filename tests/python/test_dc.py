@@ -934,6 +934,116 @@ class TestPython(DcTestCase):
         for values in seen.values():
             self.assertTrue(all(a != b for a, b in zip(values, values[1:])), seen)
 
+    def test_max_queued_busy(self):
+        pool = self.make_pool(worker_gate)
+        self.assertEqual(pool.props.max_queued, 0)
+        notified = []
+        pool.connect('notify::max-queued', lambda obj, pspec: notified.append(obj.props.max_queued))
+        pool.set_max_queued(2)
+        pool.props.max_queued = 2
+        self.assertEqual((pool.get_max_queued(), notified), (2, [2]))
+        directory = self.make_dir()
+
+        # One call runs (held at the gate), two wait, the rest are refused.
+        sinks = [self.call(pool, gate_args(directory, i, wait=True)) for i in range(3)]
+        self.assertEqual(pool.props.n_queued, 2)
+        refused = []
+        for i in range(3, 6):
+            refused.append(self.call(pool, gate_args(directory, i)))
+            self.assertEqual(refused[-1], [], 'not inside call_async()')
+        self.assertEqual(pool.props.n_queued, 2)
+        self.spin_until(lambda: all(refused), 'the refusals')
+        for sink in refused:
+            self.assertDcError(sink[0], Dc.DetachedCodeError.BUSY)
+            self.assertIn('max-queued', sink[0].error.message)
+        self.assertEqual(sinks, [[], [], []], 'the queued calls still wait')
+        self.assertEqual(pool.props.n_queued, 2)
+
+        self.release(directory)
+        self.spin_until(lambda: all(sinks), 'the accepted calls')
+        self.assertEqual([self.assertValue(sink[0])[0] for sink in sinks], [0, 1, 2])
+        # The refused calls never ran.
+        for i in range(3, 6):
+            self.assertFalse(os.path.exists(os.path.join(directory, 'started-%d' % i)))
+
+        # The pool goes on, with room again.
+        after = [self.call(pool, gate_args(directory, 10 + i)) for i in range(3)]
+        self.spin_until(lambda: all(after), 'calls after the refusals')
+        self.assertEqual([self.assertValue(sink[0])[0] for sink in after], [10, 11, 12])
+
+        # Exactly once each.
+        spin = []
+        GLib.timeout_add(100, lambda: spin.append(1))
+        self.spin_until(lambda: spin, 'the loop to settle')
+        self.assertEqual([len(sink) for sink in sinks + refused + after], [1] * 9)
+
+    def test_max_queued_lowered_drops_nothing(self):
+        pool = self.make_pool(worker_gate)
+        pool.props.max_queued = 4
+        directory = self.make_dir()
+        sinks = [self.call(pool, gate_args(directory, i, wait=True)) for i in range(5)]
+        self.assertEqual(pool.props.n_queued, 4)
+        pool.props.max_queued = 1
+        refused = self.call(pool, gate_args(directory, 9))
+        self.spin_until(lambda: refused, 'the refusal')
+        self.assertDcError(refused[0], Dc.DetachedCodeError.BUSY)
+        self.assertEqual(pool.props.n_queued, 4)
+        self.release(directory)
+        self.spin_until(lambda: all(sinks), 'the queued calls')
+        self.assertEqual([self.assertValue(sink[0])[0] for sink in sinks], list(range(5)))
+
+    def test_max_queued_from_another_thread(self):
+        pool = self.make_pool(worker_gate)
+        pool.props.max_queued = 3
+        # Forked now, while this process has a single thread.
+        self.assertTrue(pool.start())
+        directory = self.make_dir()
+        running = self.call(pool, gate_args(directory, 0, wait=True))
+        results = []
+        report = {}
+        n_calls = 10
+
+        def thread_main():
+            context = GLib.MainContext.new()
+            context.push_thread_default()
+            try:
+                def done(source, result):
+                    if threading.get_ident() != thread.ident:
+                        report['wrong-thread'] = True
+                    try:
+                        results.append(Outcome(value=source.call_finish(result)))
+                    except GLib.Error as e:
+                        results.append(Outcome(error=e))
+
+                for i in range(1, n_calls + 1):
+                    pool.call_async(gate_args(directory, i), GLib.PRIORITY_DEFAULT, None, done)
+                wakeup = GLib.timeout_source_new(20)
+                wakeup.set_callback(lambda *_: GLib.SOURCE_CONTINUE)
+                wakeup.attach(context)
+                deadline = time.monotonic() + TIMEOUT_S
+                while len(results) < n_calls and time.monotonic() < deadline:
+                    context.iteration(True)
+                wakeup.destroy()
+            finally:
+                context.pop_thread_default()
+
+        thread = threading.Thread(target=thread_main)
+        thread.start()
+        # This thread runs the pool's context; the worker is held meanwhile.
+        self.spin_until(lambda: len(results) == n_calls - 3, 'the refusals')
+        self.assertEqual(pool.props.n_queued, 3)
+        self.release(directory)
+        self.spin_until(lambda: not thread.is_alive(), 'the calling thread')
+        thread.join()
+        self.spin_until(lambda: running, 'the gated call')
+        self.assertNotIn('wrong-thread', report)
+        self.assertEqual(len(results), n_calls)
+        busy = [o for o in results if o.error is not None]
+        self.assertEqual(len(busy), n_calls - 3)
+        for outcome in busy:
+            self.assertDcError(outcome, Dc.DetachedCodeError.BUSY)
+        self.assertEqual(len([self.assertValue(o) for o in results if o.error is None]), 3)
+
     def test_max_worker_calls(self):
         pool = self.make_pool(worker_echo_pid)
         pool.props.max_worker_calls = 3
