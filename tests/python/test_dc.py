@@ -7,6 +7,7 @@
 # through its return value or an error.
 
 import gc
+import json
 import os
 import resource
 import sys
@@ -17,6 +18,8 @@ import traceback
 import unittest
 
 import gi
+
+import tree_overrides  # noqa: E402  (before Dc: the overrides of this tree)
 
 gi.require_version('GLib', '2.0')
 gi.require_version('Gio', '2.0')
@@ -216,6 +219,41 @@ def worker_behave(args):
     if what == 'exit3':
         os._exit(3)
     return GLib.Variant('(si)', (what, os.getpid()))
+
+
+def raise_value_error(what):
+    raise ValueError('bad input: %s' % what)
+
+
+TEST_QUARK = 'dc-test-python-error-quark'
+
+
+def worker_raise(args):
+    (what,) = args.unpack()
+    if what == 'value-error':
+        raise_value_error('nested')
+    if what == 'module-error':
+        # An exception class outside builtins is named with its module.
+        json.loads('{')
+    if what == 'empty':
+        raise SilentError()
+    if what == 'custom-gerror':
+        raise GLib.Error.new_literal(GLib.quark_from_string(TEST_QUARK), 'custom failure', 7)
+    if what == 'dc-gerror':
+        raise GLib.Error.new_literal(Dc.DetachedCodeError.quark(), 'raised as SPAWN',
+                                     Dc.DetachedCodeError.SPAWN)
+    return GLib.Variant('(s)', (what,))
+
+
+class SilentError(Exception):
+    """An exception without a message."""
+
+
+def worker_fds_raise(args, fd_list):
+    (what,) = args.unpack()
+    if what == 'raise':
+        raise RuntimeError('no descriptors today')
+    return GLib.Variant('(s)', (what,)), None
 
 
 def worker_environment(args):
@@ -475,6 +513,80 @@ class TestPython(DcTestCase):
 
         after = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
         self.assertEqual(after, before, 'the worker survives a failed call')
+
+    def assertException(self, outcome, head, frames):
+        """A plain exception from the code: FAILED, "Type: message", then
+        the worker's traceback through @frames."""
+        self.assertDcError(outcome, Dc.DetachedCodeError.FAILED)
+        message = outcome.error.message
+        self.assertTrue(message.startswith(head + '\n'), message)
+        self.assertIn('Traceback (most recent call last):', message)
+        for frame in frames:
+            self.assertIn(', in %s\n' % frame, message)
+        # The traceback ends as Python prints it; the wrapper of the
+        # override is not in it.
+        self.assertTrue(message.endswith('\n' + head), message)
+        self.assertNotIn('overrides/Dc.py', message)
+
+    def test_overrides_of_this_tree(self):
+        module = sys.modules['gi.overrides.Dc']
+        self.assertEqual(os.path.dirname(os.path.abspath(module.__file__)),
+                         tree_overrides.DIRECTORY)
+        self.assertIs(Dc.DetachedCode, module.DetachedCode)
+
+    def test_exception_type_message_traceback(self):
+        pool = self.make_pool(worker_raise)
+        before = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
+        self.assertEqual(before, ('ok',))
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('value-error',)))
+        self.assertException(outcome, 'ValueError: bad input: nested',
+                             ['worker_raise', 'raise_value_error'])
+        self.assertIn("raise ValueError('bad input: %s' % what)", outcome.error.message)
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('module-error',)))
+        self.assertException(
+            outcome,
+            'json.decoder.JSONDecodeError: Expecting property name enclosed in double '
+            'quotes: line 1 column 2 (char 1)',
+            ['worker_raise'])
+
+        # No message: the type alone, as Python prints it.
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('empty',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.FAILED)
+        name = SilentError.__qualname__
+        if SilentError.__module__ != '__main__':
+            name = SilentError.__module__ + '.' + name
+        self.assertTrue(outcome.error.message.startswith(name + '\n\nTraceback'),
+                        outcome.error.message)
+
+        # A value returned after all that, by the same worker.
+        after = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('still',))))
+        self.assertEqual(after, ('still',))
+        self.assertEqual(len(pool.get_worker_pids()), 1)
+
+    def test_raised_glib_error_keeps_domain_and_code(self):
+        pool = self.make_pool(worker_raise)
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('custom-gerror',)))
+        self.assertIsNotNone(outcome.error)
+        self.assertEqual(outcome.error.domain, TEST_QUARK)
+        self.assertEqual(outcome.error.code, 7)
+        self.assertEqual(outcome.error.message, 'custom failure')
+
+        # One of the pool's own codes, raised by the code, stays as it was.
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('dc-gerror',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.SPAWN)
+        self.assertEqual(outcome.error.message, 'raised as SPAWN')
+
+    def test_exception_from_fd_code(self):
+        pool = self.make_fd_pool(worker_fds_raise)
+        outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('raise',)), None)
+        self.assertException(outcome, 'RuntimeError: no descriptors today',
+                             ['worker_fds_raise'])
+        outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('fine',)), None)
+        self.assertIsNone(outcome.error)
+        self.assertEqual(outcome.value.unpack(), ('fine',))
+        self.assertIsNone(outcome.fd_list)
 
     def test_worker_exit_is_worker_died(self):
         pool = self.make_pool(worker_behave)
