@@ -678,6 +678,50 @@ dc_detached_code_set_memfd_threshold (DcDetachedCode *self,
 }
 
 /**
+ * dc_detached_code_get_max_queued:
+ * @self: a pool
+ *
+ * Gets how many calls may wait for a worker.
+ *
+ * Returns: the value of [property@DetachedCode:max-queued]
+ *
+ * Since: 1.0
+ */
+guint
+dc_detached_code_get_max_queued (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return code_settings (self)->max_queued;
+}
+
+/**
+ * dc_detached_code_set_max_queued:
+ * @self: a pool
+ * @max_queued: calls that may wait for a worker, or 0 for no bound
+ *
+ * Sets [property@DetachedCode:max-queued].  Calls already waiting stay,
+ * even beyond a lower bound.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_max_queued (DcDetachedCode *self,
+                                 guint           max_queued)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (!code_enter (self, G_STRFUNC))
+    return;
+  if (code_settings (self)->max_queued != max_queued)
+    {
+      code_settings (self)->max_queued = max_queued;
+      g_object_notify_by_pspec (G_OBJECT (self), dc_detached_code_props[PROP_MAX_QUEUED]);
+    }
+  code_leave (self);
+}
+
+/**
  * dc_detached_code_get_fork_server:
  * @self: a pool
  *

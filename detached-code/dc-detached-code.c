@@ -253,6 +253,9 @@ dc_detached_code_get_property (GObject    *object,
     case PROP_FORK_SERVER:
       g_value_set_boolean (value, dc_detached_code_get_fork_server (self));
       break;
+    case PROP_MAX_QUEUED:
+      g_value_set_uint (value, dc_detached_code_get_max_queued (self));
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
     }
@@ -306,6 +309,9 @@ dc_detached_code_set_property (GObject      *object,
       break;
     case PROP_FORK_SERVER:
       dc_detached_code_set_fork_server (self, g_value_get_boolean (value));
+      break;
+    case PROP_MAX_QUEUED:
+      dc_detached_code_set_max_queued (self, g_value_get_uint (value));
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -543,6 +549,30 @@ dc_detached_code_class_init (DcDetachedCodeClass *klass)
   dc_detached_code_props[PROP_FORK_SERVER] =
     g_param_spec_boolean ("fork-server", NULL, NULL, TRUE,
                           G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:max-queued:
+   *
+   * How many calls may wait for a worker; 0 (the default) is no bound.
+   *
+   * A call that finds this many calls waiting, and no worker free to take
+   * one, fails with %DC_DETACHED_CODE_ERROR_BUSY.  It fails through its
+   * callback, like any call, never before the call function returns; the
+   * pool and the calls it holds go on.  Only calls waiting in the queue
+   * count, not those already sent to a worker (see
+   * [property@DetachedCode:pipeline-depth]).  Calls made from other threads
+   * are counted when they reach the pool's context.
+   *
+   * Lowering the bound refuses new calls until the queue is shorter than
+   * it, and drops none of those already waiting; nor does it refuse a
+   * call that goes back to the queue because its worker died before
+   * running it.
+   *
+   * Since: 1.0
+   */
+  dc_detached_code_props[PROP_MAX_QUEUED] =
+    g_param_spec_uint ("max-queued", NULL, NULL, 0, G_MAXUINT, 0,
+                       G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
 
   g_object_class_install_properties (object_class, N_PROPS, dc_detached_code_props);
 

@@ -41,6 +41,8 @@ G_BEGIN_DECLS
  * @DC_DETACHED_CODE_ERROR_TIMED_OUT: the call ran past its time limit
  * @DC_DETACHED_CODE_ERROR_SPAWN: a worker could not be created (socketpair, pipe or
  *   fork failed, or the worker could not set itself up)
+ * @DC_DETACHED_CODE_ERROR_BUSY: the call was refused because
+ *   [property@DetachedCode:max-queued] calls already wait for a worker
  *
  * Error codes of the %DC_DETACHED_CODE_ERROR domain.
  *
@@ -55,6 +57,7 @@ typedef enum
   DC_DETACHED_CODE_ERROR_PROTOCOL,
   DC_DETACHED_CODE_ERROR_TIMED_OUT,
   DC_DETACHED_CODE_ERROR_SPAWN,
+  DC_DETACHED_CODE_ERROR_BUSY,
 } DcDetachedCodeError;
 
 /**
@@ -306,6 +309,12 @@ guint           dc_detached_code_get_memfd_threshold (DcDetachedCode   *self);
 DC_AVAILABLE_IN_ALL
 void            dc_detached_code_set_memfd_threshold (DcDetachedCode   *self,
                                                     guint               memfd_threshold);
+
+DC_AVAILABLE_IN_ALL
+guint           dc_detached_code_get_max_queued     (DcDetachedCode    *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_max_queued     (DcDetachedCode    *self,
+                                                    guint               max_queued);
 
 DC_AVAILABLE_IN_ALL
 gboolean        dc_detached_code_get_fork_server    (DcDetachedCode    *self);

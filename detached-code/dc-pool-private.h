@@ -27,6 +27,7 @@ typedef struct
   guint                max_workers;
   guint                pipeline_depth;    /* >= 1 */
   guint                max_worker_calls;  /* 0 = unlimited */
+  guint                max_queued;        /* 0 = unbounded; checked as calls are submitted */
   gboolean             exit_on_die;       /* for workers forked from now on */
   gboolean             kill_on_cancel;
 } DcPoolSettings;

@@ -419,6 +419,21 @@ dc_pool_dispatch (DcPool *pool)
 
 /* ---- calls ---- */
 
+/* Whether one more call may wait under max-queued.  At the bound, waiting
+ * calls first go to any worker that has room: calls from other threads
+ * are submitted as a batch before they are dispatched, and must not be
+ * refused for want of a dispatch. */
+static gboolean
+queue_has_room (DcPool *pool)
+{
+  guint bound = pool->settings.max_queued;
+
+  if (bound == 0 || dc_call_queue_length (&pool->queue) < bound)
+    return TRUE;
+  dc_pool_dispatch (pool);
+  return dc_call_queue_length (&pool->queue) < bound;
+}
+
 void
 dc_pool_submit (DcPool *pool,
                 DcCall *call)
@@ -434,6 +449,20 @@ dc_pool_submit (DcPool *pool,
 
       dc_call_free (call);
       dc_call_return_cancelled (task);
+      return;
+    }
+
+  /* The task was made in this same dispatch of its context (or in another
+   * thread), so GTask delivers the error from an idle: never inside the
+   * caller's call_async(). */
+  if (!queue_has_room (pool))
+    {
+      g_autoptr(GTask) task = dc_call_steal_task (call);
+
+      dc_call_free (call);
+      g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_BUSY,
+                               _("The pool is busy: the queue of waiting calls is full (max-queued is %u)"),
+                               pool->settings.max_queued);
       return;
     }
 

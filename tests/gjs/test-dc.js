@@ -692,6 +692,62 @@ test('pipeline-depth keeps results in call order', () => {
     assertEqual([pool.n_busy, pool.n_queued], [0, 0]);
 });
 
+test('max-queued refuses calls beyond it with BUSY; the pool goes on', () => {
+    const pool = makePool(workerGate);
+    assertEqual(pool.max_queued, 0);
+    const notified = [];
+    pool.connect('notify::max-queued', obj => notified.push(obj.max_queued));
+    pool.set_max_queued(2);
+    pool.max_queued = 2;
+    assertEqual([pool.get_max_queued(), notified], [2, [2]]);
+    const dir = makeDir();
+
+    // One call runs (held at the gate), two wait, the rest are refused.
+    const accepted = [0, 1, 2].map(i => call(pool, gateArgs(dir, i, true)));
+    assertEqual(pool.n_queued, 2);
+    const refused = [];
+    for (let i = 3; i < 6; i++) {
+        refused.push(call(pool, gateArgs(dir, i)));
+        assertEqual(refused.at(-1).length, 0, 'not inside call_async()');
+    }
+    assertEqual(pool.n_queued, 2);
+    spinUntil(() => refused.every(sink => sink.length > 0), 'the refusals');
+    for (const [outcome] of refused) {
+        assertDcError(outcome, Dc.DetachedCodeError.BUSY);
+        assert(outcome.error.message.includes('max-queued'), outcome.error.message);
+    }
+    assertEqual(accepted.map(sink => sink.length), [0, 0, 0], 'the accepted calls still wait');
+
+    // Lowered below the queue's length: nothing is dropped, new calls wait
+    // for room.
+    pool.max_queued = 1;
+    const lowered = call(pool, gateArgs(dir, 6));
+    spinUntil(() => lowered.length > 0, 'a refusal under the lowered bound');
+    assertDcError(lowered[0], Dc.DetachedCodeError.BUSY);
+    assertEqual(pool.n_queued, 2);
+
+    release(dir);
+    spinUntil(() => accepted.every(sink => sink.length > 0), 'the accepted calls');
+    assertEqual(accepted.map(([outcome]) => assertValue(outcome)[0]), [0, 1, 2]);
+    for (let i = 3; i < 7; i++)
+        assert(!hasStarted(dir, i), `refused call ${i} ran`);
+
+    // Room again: the pool takes calls.
+    const after = [10, 11].map(i => call(pool, gateArgs(dir, i)));
+    spinUntil(() => after.every(sink => sink.length > 0), 'calls after the refusals');
+    assertEqual(after.map(([outcome]) => assertValue(outcome)[0]), [10, 11]);
+
+    // Each callback ran exactly once.
+    let settled = false;
+    GLib.timeout_add(GLib.PRIORITY_DEFAULT, 100, () => {
+        settled = true;
+        return GLib.SOURCE_REMOVE;
+    });
+    spinUntil(() => settled, 'the loop to settle');
+    assertEqual([...accepted, ...refused, lowered, ...after].map(sink => sink.length),
+        Array(9).fill(1));
+});
+
 test('descriptor round trip', () => {
     const pool = makeFdPool(workerPipes);
     const fdList = Gio.UnixFDList.new_from_array([pipeHolding('first'), pipeHolding('second')]);

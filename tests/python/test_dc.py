@@ -7,6 +7,7 @@
 # through its return value or an error.
 
 import gc
+import json
 import os
 import resource
 import sys
@@ -17,6 +18,8 @@ import traceback
 import unittest
 
 import gi
+
+import tree_overrides  # noqa: E402  (before Dc: the overrides of this tree)
 
 gi.require_version('GLib', '2.0')
 gi.require_version('Gio', '2.0')
@@ -216,6 +219,41 @@ def worker_behave(args):
     if what == 'exit3':
         os._exit(3)
     return GLib.Variant('(si)', (what, os.getpid()))
+
+
+def raise_value_error(what):
+    raise ValueError('bad input: %s' % what)
+
+
+TEST_QUARK = 'dc-test-python-error-quark'
+
+
+def worker_raise(args):
+    (what,) = args.unpack()
+    if what == 'value-error':
+        raise_value_error('nested')
+    if what == 'module-error':
+        # An exception class outside builtins is named with its module.
+        json.loads('{')
+    if what == 'empty':
+        raise SilentError()
+    if what == 'custom-gerror':
+        raise GLib.Error.new_literal(GLib.quark_from_string(TEST_QUARK), 'custom failure', 7)
+    if what == 'dc-gerror':
+        raise GLib.Error.new_literal(Dc.DetachedCodeError.quark(), 'raised as SPAWN',
+                                     Dc.DetachedCodeError.SPAWN)
+    return GLib.Variant('(s)', (what,))
+
+
+class SilentError(Exception):
+    """An exception without a message."""
+
+
+def worker_fds_raise(args, fd_list):
+    (what,) = args.unpack()
+    if what == 'raise':
+        raise RuntimeError('no descriptors today')
+    return GLib.Variant('(s)', (what,)), None
 
 
 def worker_environment(args):
@@ -475,6 +513,80 @@ class TestPython(DcTestCase):
 
         after = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
         self.assertEqual(after, before, 'the worker survives a failed call')
+
+    def assertException(self, outcome, head, frames):
+        """A plain exception from the code: FAILED, "Type: message", then
+        the worker's traceback through @frames."""
+        self.assertDcError(outcome, Dc.DetachedCodeError.FAILED)
+        message = outcome.error.message
+        self.assertTrue(message.startswith(head + '\n'), message)
+        self.assertIn('Traceback (most recent call last):', message)
+        for frame in frames:
+            self.assertIn(', in %s\n' % frame, message)
+        # The traceback ends as Python prints it; the wrapper of the
+        # override is not in it.
+        self.assertTrue(message.endswith('\n' + head), message)
+        self.assertNotIn('overrides/Dc.py', message)
+
+    def test_overrides_of_this_tree(self):
+        module = sys.modules['gi.overrides.Dc']
+        self.assertEqual(os.path.dirname(os.path.abspath(module.__file__)),
+                         tree_overrides.DIRECTORY)
+        self.assertIs(Dc.DetachedCode, module.DetachedCode)
+
+    def test_exception_type_message_traceback(self):
+        pool = self.make_pool(worker_raise)
+        before = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
+        self.assertEqual(before, ('ok',))
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('value-error',)))
+        self.assertException(outcome, 'ValueError: bad input: nested',
+                             ['worker_raise', 'raise_value_error'])
+        self.assertIn("raise ValueError('bad input: %s' % what)", outcome.error.message)
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('module-error',)))
+        self.assertException(
+            outcome,
+            'json.decoder.JSONDecodeError: Expecting property name enclosed in double '
+            'quotes: line 1 column 2 (char 1)',
+            ['worker_raise'])
+
+        # No message: the type alone, as Python prints it.
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('empty',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.FAILED)
+        name = SilentError.__qualname__
+        if SilentError.__module__ != '__main__':
+            name = SilentError.__module__ + '.' + name
+        self.assertTrue(outcome.error.message.startswith(name + '\n\nTraceback'),
+                        outcome.error.message)
+
+        # A value returned after all that, by the same worker.
+        after = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('still',))))
+        self.assertEqual(after, ('still',))
+        self.assertEqual(len(pool.get_worker_pids()), 1)
+
+    def test_raised_glib_error_keeps_domain_and_code(self):
+        pool = self.make_pool(worker_raise)
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('custom-gerror',)))
+        self.assertIsNotNone(outcome.error)
+        self.assertEqual(outcome.error.domain, TEST_QUARK)
+        self.assertEqual(outcome.error.code, 7)
+        self.assertEqual(outcome.error.message, 'custom failure')
+
+        # One of the pool's own codes, raised by the code, stays as it was.
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('dc-gerror',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.SPAWN)
+        self.assertEqual(outcome.error.message, 'raised as SPAWN')
+
+    def test_exception_from_fd_code(self):
+        pool = self.make_fd_pool(worker_fds_raise)
+        outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('raise',)), None)
+        self.assertException(outcome, 'RuntimeError: no descriptors today',
+                             ['worker_fds_raise'])
+        outcome = self.call_fds_sync(pool, GLib.Variant('(s)', ('fine',)), None)
+        self.assertIsNone(outcome.error)
+        self.assertEqual(outcome.value.unpack(), ('fine',))
+        self.assertIsNone(outcome.fd_list)
 
     def test_worker_exit_is_worker_died(self):
         pool = self.make_pool(worker_behave)
@@ -933,6 +1045,116 @@ class TestPython(DcTestCase):
         # Explicit notify: a value is announced only when it changes.
         for values in seen.values():
             self.assertTrue(all(a != b for a, b in zip(values, values[1:])), seen)
+
+    def test_max_queued_busy(self):
+        pool = self.make_pool(worker_gate)
+        self.assertEqual(pool.props.max_queued, 0)
+        notified = []
+        pool.connect('notify::max-queued', lambda obj, pspec: notified.append(obj.props.max_queued))
+        pool.set_max_queued(2)
+        pool.props.max_queued = 2
+        self.assertEqual((pool.get_max_queued(), notified), (2, [2]))
+        directory = self.make_dir()
+
+        # One call runs (held at the gate), two wait, the rest are refused.
+        sinks = [self.call(pool, gate_args(directory, i, wait=True)) for i in range(3)]
+        self.assertEqual(pool.props.n_queued, 2)
+        refused = []
+        for i in range(3, 6):
+            refused.append(self.call(pool, gate_args(directory, i)))
+            self.assertEqual(refused[-1], [], 'not inside call_async()')
+        self.assertEqual(pool.props.n_queued, 2)
+        self.spin_until(lambda: all(refused), 'the refusals')
+        for sink in refused:
+            self.assertDcError(sink[0], Dc.DetachedCodeError.BUSY)
+            self.assertIn('max-queued', sink[0].error.message)
+        self.assertEqual(sinks, [[], [], []], 'the queued calls still wait')
+        self.assertEqual(pool.props.n_queued, 2)
+
+        self.release(directory)
+        self.spin_until(lambda: all(sinks), 'the accepted calls')
+        self.assertEqual([self.assertValue(sink[0])[0] for sink in sinks], [0, 1, 2])
+        # The refused calls never ran.
+        for i in range(3, 6):
+            self.assertFalse(os.path.exists(os.path.join(directory, 'started-%d' % i)))
+
+        # The pool goes on, with room again.
+        after = [self.call(pool, gate_args(directory, 10 + i)) for i in range(3)]
+        self.spin_until(lambda: all(after), 'calls after the refusals')
+        self.assertEqual([self.assertValue(sink[0])[0] for sink in after], [10, 11, 12])
+
+        # Exactly once each.
+        spin = []
+        GLib.timeout_add(100, lambda: spin.append(1))
+        self.spin_until(lambda: spin, 'the loop to settle')
+        self.assertEqual([len(sink) for sink in sinks + refused + after], [1] * 9)
+
+    def test_max_queued_lowered_drops_nothing(self):
+        pool = self.make_pool(worker_gate)
+        pool.props.max_queued = 4
+        directory = self.make_dir()
+        sinks = [self.call(pool, gate_args(directory, i, wait=True)) for i in range(5)]
+        self.assertEqual(pool.props.n_queued, 4)
+        pool.props.max_queued = 1
+        refused = self.call(pool, gate_args(directory, 9))
+        self.spin_until(lambda: refused, 'the refusal')
+        self.assertDcError(refused[0], Dc.DetachedCodeError.BUSY)
+        self.assertEqual(pool.props.n_queued, 4)
+        self.release(directory)
+        self.spin_until(lambda: all(sinks), 'the queued calls')
+        self.assertEqual([self.assertValue(sink[0])[0] for sink in sinks], list(range(5)))
+
+    def test_max_queued_from_another_thread(self):
+        pool = self.make_pool(worker_gate)
+        pool.props.max_queued = 3
+        # Forked now, while this process has a single thread.
+        self.assertTrue(pool.start())
+        directory = self.make_dir()
+        running = self.call(pool, gate_args(directory, 0, wait=True))
+        results = []
+        report = {}
+        n_calls = 10
+
+        def thread_main():
+            context = GLib.MainContext.new()
+            context.push_thread_default()
+            try:
+                def done(source, result):
+                    if threading.get_ident() != thread.ident:
+                        report['wrong-thread'] = True
+                    try:
+                        results.append(Outcome(value=source.call_finish(result)))
+                    except GLib.Error as e:
+                        results.append(Outcome(error=e))
+
+                for i in range(1, n_calls + 1):
+                    pool.call_async(gate_args(directory, i), GLib.PRIORITY_DEFAULT, None, done)
+                wakeup = GLib.timeout_source_new(20)
+                wakeup.set_callback(lambda *_: GLib.SOURCE_CONTINUE)
+                wakeup.attach(context)
+                deadline = time.monotonic() + TIMEOUT_S
+                while len(results) < n_calls and time.monotonic() < deadline:
+                    context.iteration(True)
+                wakeup.destroy()
+            finally:
+                context.pop_thread_default()
+
+        thread = threading.Thread(target=thread_main)
+        thread.start()
+        # This thread runs the pool's context; the worker is held meanwhile.
+        self.spin_until(lambda: len(results) == n_calls - 3, 'the refusals')
+        self.assertEqual(pool.props.n_queued, 3)
+        self.release(directory)
+        self.spin_until(lambda: not thread.is_alive(), 'the calling thread')
+        thread.join()
+        self.spin_until(lambda: running, 'the gated call')
+        self.assertNotIn('wrong-thread', report)
+        self.assertEqual(len(results), n_calls)
+        busy = [o for o in results if o.error is not None]
+        self.assertEqual(len(busy), n_calls - 3)
+        for outcome in busy:
+            self.assertDcError(outcome, Dc.DetachedCodeError.BUSY)
+        self.assertEqual(len([self.assertValue(o) for o in results if o.error is None]), 3)
 
     def test_max_worker_calls(self):
         pool = self.make_pool(worker_echo_pid)

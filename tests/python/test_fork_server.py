@@ -20,6 +20,8 @@ import unittest
 
 import gi
 
+import tree_overrides  # noqa: E402  (before Dc: the overrides of this tree)
+
 gi.require_version('GLib', '2.0')
 gi.require_version('Gio', '2.0')
 gi.require_version('Dc', '1.0')
