@@ -186,6 +186,51 @@ test_pool_inert_in_worker (void)
   destroy_pool (victim);
 }
 
+static void
+test_pool_inert_after_fork (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  DcDetachedCode *other = NULL;
+  Result r = { 0, };
+  gint32 refused;
+  int status;
+  pid_t child;
+
+  /* The pool's calls know their process without asking the kernel each
+   * time: it has been asked by now. */
+  g_assert_cmpint (call_pid (code), >, 0);
+
+  /* A child of fork() has a copy of the pool, which must know itself a
+   * copy: start() refuses there rather than fork workers of its own. */
+  child = fork ();
+  g_assert_cmpint (child, >=, 0);
+  if (child == 0)
+    {
+      GError *error = NULL;
+      gboolean started = dc_detached_code_start (code, &error);
+
+      _exit (!started && g_error_matches (error, DC_DETACHED_CODE_ERROR,
+                                          DC_DETACHED_CODE_ERROR_SPAWN) ? 0 : 1);
+    }
+  g_assert_cmpint (waitpid (child, &status, 0), ==, child);
+  g_assert_true (WIFEXITED (status));
+  g_assert_cmpint (WEXITSTATUS (status), ==, 0);
+
+  /* Nor may a worker start its copy: its clone has no fork() handlers. */
+  other = dc_detached_code_new (test_code, code, NULL);
+  call_sync (other, cmd ("start-copy", NULL), &r);
+  g_assert_no_error (r.error);
+  g_variant_get (r.value, "(i)", &refused);
+  g_assert_cmpint (refused, ==, DC_DETACHED_CODE_ERROR_SPAWN);
+  result_clear (&r);
+  destroy_pool (other);
+
+  /* And the parent's pool is still its own. */
+  g_assert_true (dc_detached_code_start (code, NULL));
+  g_assert_cmpint (call_pid (code), >, 0);
+  destroy_pool (code);
+}
+
 static gboolean
 n_workers_is_one (gpointer data)
 {
@@ -930,6 +975,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/pool/grow", test_pool_grow);
   g_test_add_func ("/detached-code/pool/parent-death", test_pool_parent_death);
   g_test_add_func ("/detached-code/pool/inert-in-worker", test_pool_inert_in_worker);
+  g_test_add_func ("/detached-code/pool/inert-after-fork", test_pool_inert_after_fork);
   g_test_add_func ("/detached-code/worker/crash", test_worker_crash);
   g_test_add_func ("/detached-code/worker/exit", test_worker_exit);
   g_test_add_func ("/detached-code/worker/killed", test_worker_killed);
