@@ -22,7 +22,7 @@ dc_context_init (DcContext *ctx)
 {
   ctx->main_context = g_main_context_ref_thread_default ();
   ctx->owner_thread = g_thread_self ();
-  ctx->owner_pid = getpid ();
+  ctx->owner_pid = dc_process_get_self_pid ();
 }
 
 void
@@ -34,10 +34,11 @@ dc_context_clear (DcContext *ctx)
   ctx->main_context = NULL;
 }
 
+/* On every call of the pool: no system call. */
 gboolean
 dc_context_in_owner_process (const DcContext *ctx)
 {
-  return ctx->owner_pid == getpid ();
+  return ctx->owner_pid == dc_process_get_self_pid ();
 }
 
 gboolean

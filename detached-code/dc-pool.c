@@ -54,7 +54,8 @@ pool_notify (DcPool      *pool,
     pool->callbacks->notify (count, pool->user_data);
 }
 
-/* Called after every reply: compares first, notifies only on change. */
+/* Called after every read of replies: compares first, notifies only on
+ * change. */
 static void
 pool_update_stats (DcPool *pool)
 {
@@ -308,7 +309,7 @@ dispatch_round (DcPool  *pool,
                 GError **spawn_error)
 {
   /* Workers that got a first frame this round; dispatch runs after every
-   * reply, so no allocation unless the pool is large. */
+   * read of replies, so no allocation unless the pool is large. */
   DcWorkerProc *to_flush_local[16];
   DcWorkerProc **to_flush = to_flush_local;
   guint n_to_flush = 0, to_flush_size = G_N_ELEMENTS (to_flush_local);

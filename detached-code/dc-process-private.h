@@ -32,6 +32,10 @@ pid_t     dc_process_clone        (gboolean  sibling,
  * arrived: its pid cannot have been reused, as nobody reaped it. */
 void      dc_process_reap_orphan  (pid_t     pid);
 
+/* getpid(), cached: asked of the kernel once per process.  Right in the
+ * children of fork() and of dc_process_clone(). */
+pid_t     dc_process_get_self_pid (void);
+
 /* Signals the process through its pidfd, or by @pid where the kernel (or
  * valgrind) refuses pidfd_send_signal(): the caller has not reaped it, so
  * @pid is still its own.  Async-signal-safe. */

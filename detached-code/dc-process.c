@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <linux/sched.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -23,6 +24,48 @@
 #ifndef P_PIDFD
 #define P_PIDFD ((idtype_t) 3)
 #endif
+
+/* This process's pid, or 0 where it is to be asked again: in every child,
+ * cleared by dc_process_clone() in the processes the library makes, and
+ * by a pthread_atfork() handler in those fork() makes.  -1: the handler
+ * could not be installed, so nothing is cached. */
+static gint self_pid;
+
+/* This function is called between fork() and the user's code (it is the
+ * pthread_atfork() child handler, and dc_process_clone() runs it in its
+ * children) and hence must be async-signal-safe: one atomic store. */
+static void
+forget_self_pid (void)
+{
+  if (g_atomic_int_get (&self_pid) > 0)
+    g_atomic_int_set (&self_pid, 0);
+}
+
+/* Installed once, when the library is loaded: before any pool exists, so
+ * before any pid is cached. */
+__attribute__((constructor)) static void
+install_fork_handler (void)
+{
+  if (pthread_atfork (NULL, NULL, forget_self_pid) != 0)
+    self_pid = -1;
+}
+
+pid_t
+dc_process_get_self_pid (void)
+{
+  gint pid = g_atomic_int_get (&self_pid);
+
+  if (G_LIKELY (pid > 0))
+    return (pid_t) pid;
+
+  /* A fork() racing with this store in another thread does not matter:
+   * the child has this thread's store undone by its handler, or never
+   * sees it. */
+  pid = (gint) getpid ();
+  if (g_atomic_int_get (&self_pid) == 0)
+    g_atomic_int_set (&self_pid, pid);
+  return (pid_t) pid;
+}
 
 /* This function is called between fork() and the user's code (in the
  * template) and hence must be async-signal-safe: only raw system calls.
@@ -63,6 +106,9 @@ dc_process_clone (gboolean  sibling,
         __atomic_store_n (pid_slot, (gint32) pid, __ATOMIC_SEQ_CST);
     }
 #endif
+  /* No fork() handler ran: the child's pid is asked afresh. */
+  if (pid == 0)
+    forget_self_pid ();
   return (pid_t) pid;
 }
 

@@ -54,7 +54,8 @@ typedef struct
   /* It stopped taking calls. */
   void (*left_service) (DcWorkerProc *proc,
                         gpointer      user_data);
-  /* A reply came: it may have room.  Runs before the replies' callbacks. */
+  /* Replies came: it may have room.  Once per read, however many replies
+   * it held, and before their callbacks. */
   void (*ready)        (DcWorkerProc *proc,
                         gpointer      user_data);
   /* It has been idle for idle-timeout. */

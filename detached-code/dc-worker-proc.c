@@ -518,6 +518,7 @@ typedef struct
 {
   DcWorkerProc *proc;
   GQueue        completed;   /* calls answered, to be delivered after the read */
+  guint         n_replies;   /* frames that made room, this read */
 } Read;
 
 /* Kills the worker for a malformed message; stops the read. */
@@ -634,12 +635,8 @@ handle_frame (gpointer            data,
   if (proc->inflight.length == 0)
     proc_transition (proc, EVENT_IDLE, NULL, NULL);
 
-  /* Its next call goes out before this one's callback, which waits until
-   * the read is over: a callback may run a nested main loop, where this
-   * worker must be readable again. */
-  if (proc->callbacks != NULL)
-    proc->callbacks->ready (proc, proc->user_data);
-
+  /* The pool hears of the room once, after the whole read. */
+  read->n_replies++;
   return proc->channel != NULL;
 }
 
@@ -687,7 +684,7 @@ proc_read (DcWorkerProc *proc,
            gboolean      drain)
 {
   guint8 buf[16 * 1024];
-  Read read = { proc, G_QUEUE_INIT };
+  Read read = { proc, G_QUEUE_INIT, 0 };
   gboolean ended = FALSE, open;
   GList *link;
   guint rounds;
@@ -739,6 +736,13 @@ proc_read (DcWorkerProc *proc,
         }
       break;
     }
+
+  /* One dispatch for all the replies read: the next calls go out in one
+   * write per worker, and before this read's callbacks, which wait until
+   * the read is over: a callback may run a nested main loop, where this
+   * worker must be readable again. */
+  if (read.n_replies > 0 && proc->callbacks != NULL)
+    proc->callbacks->ready (proc, proc->user_data);
 
   /* Still in the read: a worker reaped meanwhile is finished below, after
    * the replies it sent. */

@@ -277,6 +277,18 @@ test_code (GVariant  *args,
       g_assert_true (g_file_set_contents (g_variant_get_string (arg, NULL), "", 0, NULL));
       return g_variant_new ("()");
     }
+  if (g_str_equal (command, "start-copy"))
+    {
+      /* user_data is another pool, copied into this worker: not its to
+       * start.  The code of the refusal, or -1 if it started. */
+      DcDetachedCode *other = user_data;
+      g_autoptr(GError) start_error = NULL;
+
+      if (dc_detached_code_start (other, &start_error))
+        return g_variant_new ("(i)", -1);
+      g_assert_true (start_error->domain == DC_DETACHED_CODE_ERROR);
+      return g_variant_new ("(i)", start_error->code);
+    }
   if (g_str_equal (command, "shutdown-copy"))
     {
       /* user_data is another pool, copied into this worker. */

@@ -186,6 +186,51 @@ test_pool_inert_in_worker (void)
   destroy_pool (victim);
 }
 
+static void
+test_pool_inert_after_fork (void)
+{
+  DcDetachedCode *code = new_pool (1, 1);
+  DcDetachedCode *other = NULL;
+  Result r = { 0, };
+  gint32 refused;
+  int status;
+  pid_t child;
+
+  /* The pool's calls know their process without asking the kernel each
+   * time: it has been asked by now. */
+  g_assert_cmpint (call_pid (code), >, 0);
+
+  /* A child of fork() has a copy of the pool, which must know itself a
+   * copy: start() refuses there rather than fork workers of its own. */
+  child = fork ();
+  g_assert_cmpint (child, >=, 0);
+  if (child == 0)
+    {
+      GError *error = NULL;
+      gboolean started = dc_detached_code_start (code, &error);
+
+      _exit (!started && g_error_matches (error, DC_DETACHED_CODE_ERROR,
+                                          DC_DETACHED_CODE_ERROR_SPAWN) ? 0 : 1);
+    }
+  g_assert_cmpint (waitpid (child, &status, 0), ==, child);
+  g_assert_true (WIFEXITED (status));
+  g_assert_cmpint (WEXITSTATUS (status), ==, 0);
+
+  /* Nor may a worker start its copy: its clone has no fork() handlers. */
+  other = dc_detached_code_new (test_code, code, NULL);
+  call_sync (other, cmd ("start-copy", NULL), &r);
+  g_assert_no_error (r.error);
+  g_variant_get (r.value, "(i)", &refused);
+  g_assert_cmpint (refused, ==, DC_DETACHED_CODE_ERROR_SPAWN);
+  result_clear (&r);
+  destroy_pool (other);
+
+  /* And the parent's pool is still its own. */
+  g_assert_true (dc_detached_code_start (code, NULL));
+  g_assert_cmpint (call_pid (code), >, 0);
+  destroy_pool (code);
+}
+
 static gboolean
 n_workers_is_one (gpointer data)
 {
@@ -692,6 +737,127 @@ test_shutdown_callback_reenters (void)
   destroy_pool (code);
 }
 
+/* Many replies in one read: the worker answers a whole pipeline while the
+ * parent does not look, then the parent reads them in one go, dispatches
+ * once, and runs their callbacks.  A callback in the middle of that may
+ * shut the pool down, restart it, or drop the last reference the test
+ * holds. */
+typedef enum
+{
+  BATCH_NOTHING,
+  BATCH_SHUTDOWN,
+  BATCH_RESTART,
+  BATCH_UNREF,
+} BatchAction;
+
+#define BATCH_DEPTH 32
+#define BATCH_CALLS (3 * BATCH_DEPTH)
+#define BATCH_ACT_AT 5
+
+typedef struct
+{
+  DcDetachedCode *code;   /* the test's reference, until BATCH_UNREF drops it */
+  BatchAction     action;
+  Result          r[BATCH_CALLS];
+} Batch;
+
+static Batch *batch;
+
+static void
+batch_cb (GObject      *source,
+          GAsyncResult *res,
+          gpointer      data)
+{
+  Result *r = data;
+  guint i = (guint) (r - batch->r);
+
+  result_cb (source, res, data);
+  if (i != BATCH_ACT_AT)
+    return;
+
+  switch (batch->action)
+    {
+    case BATCH_SHUTDOWN:
+      dc_detached_code_shutdown (batch->code);
+      break;
+    case BATCH_RESTART:
+      dc_detached_code_restart (batch->code);
+      break;
+    case BATCH_UNREF:
+      /* The calls' tasks keep it until the last callback has run. */
+      g_clear_object (&batch->code);
+      break;
+    case BATCH_NOTHING:
+    default:
+      break;
+    }
+}
+
+static void
+test_pool_read_batch (gconstpointer data)
+{
+  g_autoptr(GArray) processes = NULL;
+  guint i, n_ok = 0;
+
+  batch = g_new0 (Batch, 1);
+  batch->action = GPOINTER_TO_INT (data);
+  batch->code = new_pool (1, 1);
+  dc_detached_code_set_pipeline_depth (batch->code, BATCH_DEPTH);
+  g_assert_true (dc_detached_code_start (batch->code, NULL));
+  processes = dc_pool_list_processes (batch->code->pool);
+
+  for (i = 0; i < BATCH_CALLS; i++)
+    dc_detached_code_call_async (batch->code, cmd ("index", g_variant_new_int32 ((gint32) i)),
+                                 G_PRIORITY_DEFAULT, NULL, batch_cb, &batch->r[i]);
+  g_assert_cmpuint (dc_detached_code_get_n_queued (batch->code), ==, BATCH_CALLS - BATCH_DEPTH);
+  /* Time for the worker to answer all it was given before the parent
+   * reads any of it. */
+  g_usleep (200 * G_TIME_SPAN_MILLISECOND);
+
+  for (i = 0; i < BATCH_CALLS; i++)
+    {
+      gint32 index;
+
+      wait_for_flag (&batch->r[i].done, "the batch's calls");
+      g_assert_cmpuint (batch->r[i].times_called, ==, 1);
+      if (batch->r[i].error != NULL)
+        {
+          /* Those answered in the read went to their callbacks with
+           * their values; the pool failed the rest. */
+          g_assert_cmpint (batch->action, ==, BATCH_SHUTDOWN);
+          g_assert_error (batch->r[i].error, DC_DETACHED_CODE_ERROR,
+                          DC_DETACHED_CODE_ERROR_SHUTDOWN);
+          continue;
+        }
+      g_variant_get (batch->r[i].value, "(ii)", &index, NULL);
+      g_assert_cmpint (index, ==, (gint32) i);
+      /* Answered ones come first, and complete in call order: one
+       * worker at a time. */
+      g_assert_cmpuint (i, ==, n_ok);
+      if (i > 0)
+        g_assert_cmpuint (batch->r[i].order, >, batch->r[i - 1].order);
+      n_ok++;
+    }
+  g_test_message ("%u of %u calls completed", n_ok, BATCH_CALLS);
+  if (batch->action == BATCH_SHUTDOWN)
+    g_assert_cmpuint (n_ok, >, BATCH_ACT_AT);
+  else
+    g_assert_cmpuint (n_ok, ==, BATCH_CALLS);
+
+  /* Drained, no callback twice, and nothing left behind. */
+  g_main_context_iteration (NULL, FALSE);
+  for (i = 0; i < BATCH_CALLS; i++)
+    {
+      g_assert_cmpuint (batch->r[i].times_called, ==, 1);
+      result_clear (&batch->r[i]);
+    }
+  if (batch->code != NULL)
+    destroy_pool (batch->code);
+  for (i = 0; i < processes->len; i++)
+    assert_process_gone (g_array_index (processes, GPid, i));
+  g_clear_pointer (&batch, g_free);
+}
+
 static void
 test_properties (void)
 {
@@ -930,6 +1096,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/pool/grow", test_pool_grow);
   g_test_add_func ("/detached-code/pool/parent-death", test_pool_parent_death);
   g_test_add_func ("/detached-code/pool/inert-in-worker", test_pool_inert_in_worker);
+  g_test_add_func ("/detached-code/pool/inert-after-fork", test_pool_inert_after_fork);
   g_test_add_func ("/detached-code/worker/crash", test_worker_crash);
   g_test_add_func ("/detached-code/worker/exit", test_worker_exit);
   g_test_add_func ("/detached-code/worker/killed", test_worker_killed);
@@ -949,6 +1116,14 @@ main (int   argc,
   g_test_add_func ("/detached-code/pool/pipeline", test_pool_pipeline);
   g_test_add_func ("/detached-code/pool/pipeline-prefers-idle", test_pool_pipeline_prefers_idle);
   g_test_add_func ("/detached-code/pool/max-workers-bound", test_pool_max_workers_bound);
+  g_test_add_data_func ("/detached-code/pool/read-batch/complete",
+                        GINT_TO_POINTER (BATCH_NOTHING), test_pool_read_batch);
+  g_test_add_data_func ("/detached-code/pool/read-batch/shutdown",
+                        GINT_TO_POINTER (BATCH_SHUTDOWN), test_pool_read_batch);
+  g_test_add_data_func ("/detached-code/pool/read-batch/restart",
+                        GINT_TO_POINTER (BATCH_RESTART), test_pool_read_batch);
+  g_test_add_data_func ("/detached-code/pool/read-batch/unref",
+                        GINT_TO_POINTER (BATCH_UNREF), test_pool_read_batch);
 
   return g_test_run ();
 }
