@@ -83,6 +83,8 @@ void      dc_call_fail_all        (GQueue       *calls,
                                    const GError *error);
 
 void      dc_call_return_cancelled (GTask       *task);
+/* The error of a cancelled call. */
+GError   *dc_call_cancelled_error  (void);
 
 /* The pending call a task belongs to, or NULL once it has completed.  On
  * the pool's context. */

@@ -173,11 +173,16 @@ dc_call_fail_all (GQueue       *calls,
     dc_call_complete (link->data, NULL, g_error_copy (error));
 }
 
+GError *
+dc_call_cancelled_error (void)
+{
+  return g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED, _("The call was cancelled"));
+}
+
 void
 dc_call_return_cancelled (GTask *task)
 {
-  g_task_return_new_error (task, G_IO_ERROR, G_IO_ERROR_CANCELLED, "%s",
-                           _("The call was cancelled"));
+  g_task_return_error (task, dc_call_cancelled_error ());
 }
 
 /* ---- the queue ---- */

@@ -435,40 +435,56 @@ queue_has_room (DcPool *pool)
   return dc_call_queue_length (&pool->queue) < bound;
 }
 
-void
-dc_pool_submit (DcPool *pool,
-                DcCall *call)
+/* Queues @call, or takes it out of the pool's hands: a call cancelled
+ * already, or one the queue has no room for.  Then its task is returned,
+ * with why in *@why, for the caller to complete when it is done with the
+ * pool. */
+static GTask *
+pool_take (DcPool  *pool,
+           DcCall  *call,
+           GError **why)
 {
   GCancellable *cancellable = g_task_get_cancellable (call->task);
+  GTask *task;
 
   pool->started = TRUE;
   call->serial = pool->next_serial++;
 
   if (cancellable != NULL && g_cancellable_is_cancelled (cancellable))
     {
-      g_autoptr(GTask) task = dc_call_steal_task (call);
-
+      task = dc_call_steal_task (call);
       dc_call_free (call);
-      dc_call_return_cancelled (task);
-      return;
+      *why = dc_call_cancelled_error ();
+      return task;
     }
 
-  /* The task was made in this same dispatch of its context (or in another
-   * thread), so GTask delivers the error from an idle: never inside the
-   * caller's call_async(). */
   if (!queue_has_room (pool))
     {
-      g_autoptr(GTask) task = dc_call_steal_task (call);
-
+      task = dc_call_steal_task (call);
       dc_call_free (call);
-      g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_BUSY,
-                               _("The pool is busy: the queue of waiting calls is full (max-queued is %u)"),
-                               pool->settings.max_queued);
-      return;
+      *why = g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_BUSY,
+                          _("The pool is busy: the queue of waiting calls is full (max-queued is %u)"),
+                          pool->settings.max_queued);
+      return task;
     }
 
   dc_call_watch_cancellable (call, &pool->cancels);
   dc_call_queue_push (&pool->queue, call);
+  return NULL;
+}
+
+void
+dc_pool_submit (DcPool *pool,
+                DcCall *call)
+{
+  GError *why = NULL;
+  g_autoptr(GTask) refused = pool_take (pool, call, &why);
+
+  /* The task was made in this same dispatch of its context, so GTask
+   * delivers the error from an idle: never inside the caller's
+   * call_async(). */
+  if (refused != NULL)
+    g_task_return_error (refused, why);
 }
 
 void
@@ -478,16 +494,38 @@ dc_pool_post (DcPool *pool,
   dc_mailbox_post (&pool->incoming, &call->link);
 }
 
+/* Calls made in other threads.  Their tasks are older than this dispatch,
+ * so GTask runs the callback of one refused here at once: only after the
+ * whole batch is in the queue, so that one which shuts the pool down or
+ * restarts it finds every other call of the batch where that reaches it. */
 static void
 deliver_incoming (GQueue   *calls,
                   gpointer  data)
 {
-  DcPool *pool = data;
+  DcPool *pool = dc_pool_ref (data);
+  GQueue refused = G_QUEUE_INIT;   /* GTask, then its GError */
   GList *link;
 
   while ((link = g_queue_pop_head_link (calls)) != NULL)
-    dc_pool_submit (pool, link->data);
+    {
+      GError *why = NULL;
+      GTask *task = pool_take (pool, link->data, &why);
+
+      if (task != NULL)
+        {
+          g_queue_push_tail (&refused, task);
+          g_queue_push_tail (&refused, why);
+        }
+    }
   dc_pool_dispatch (pool);
+
+  while (!g_queue_is_empty (&refused))
+    {
+      g_autoptr(GTask) task = g_queue_pop_head (&refused);
+
+      g_task_return_error (task, g_queue_pop_head (&refused));
+    }
+  dc_pool_unref (pool);
 }
 
 /* Returns CANCELLED to the caller now.  A queued call is gone; one in

@@ -564,6 +564,103 @@ test_bound_thread_batch (void)
   destroy_pool (code);
 }
 
+/* Calls from a thread with no context of its own: their callbacks run in
+ * the pool's context, and a refused one's at once, as GTask sees a task
+ * made before this dispatch.  The first refusal shuts the pool down: every
+ * other call of the batch must get SHUTDOWN (or BUSY), none may run, and
+ * nothing may start the pool again. */
+#define N_BATCH 6
+
+typedef struct
+{
+  DcDetachedCode *code;
+  Gate           *gate;
+  Result          r[N_BATCH];
+  gint            posted;   /* atomic */
+  gboolean        shut_down;
+} Shutdown;
+
+static Shutdown *shutdown_test;
+
+static void
+shutdown_on_busy_cb (GObject      *source,
+                     GAsyncResult *res,
+                     gpointer      user_data)
+{
+  Result *r = user_data;
+
+  result_cb (source, res, user_data);
+  if (!shutdown_test->shut_down &&
+      g_error_matches (r->error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_BUSY))
+    {
+      shutdown_test->shut_down = TRUE;
+      dc_detached_code_shutdown (DC_DETACHED_CODE (source));
+    }
+}
+
+static gpointer
+shutdown_thread (gpointer data)
+{
+  Shutdown *t = data;
+  guint i;
+
+  for (i = 0; i < N_BATCH; i++)
+    dc_detached_code_call_async (t->code, i == 0 ? gate_args (t->gate) : value_args ((gint32) i),
+                                 G_PRIORITY_DEFAULT, NULL, shutdown_on_busy_cb, &t->r[i]);
+  g_atomic_int_set (&t->posted, TRUE);
+  return NULL;
+}
+
+static gboolean
+shutdown_all_done (gpointer data)
+{
+  Shutdown *t = data;
+  guint i;
+
+  for (i = 0; i < N_BATCH; i++)
+    if (!t->r[i].done)
+      return FALSE;
+  return TRUE;
+}
+
+static void
+test_bound_busy_shuts_down (void)
+{
+  DcDetachedCode *code = new_bound_pool (1, 1);
+  Gate gate;
+  Shutdown t = { code, &gate, { { 0, }, }, FALSE, FALSE };
+  GThread *thread;
+  guint i, n_busy = 0;
+
+  gate_init (&gate);
+  shutdown_test = &t;
+  thread = g_thread_new ("caller", shutdown_thread, &t);
+  g_thread_join (thread);
+  g_assert_true (g_atomic_int_get (&t.posted));
+
+  wait_until (shutdown_all_done, &t, "the batch's callbacks");
+  gate_open (&gate);
+  settle ();
+  g_assert_true (t.shut_down);
+  for (i = 0; i < N_BATCH; i++)
+    {
+      g_assert_cmpuint (t.r[i].times_called, ==, 1);
+      g_assert_null (t.r[i].value);
+      if (g_error_matches (t.r[i].error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_BUSY))
+        n_busy++;
+      else
+        g_assert_error (t.r[i].error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SHUTDOWN);
+      result_clear (&t.r[i]);
+    }
+  /* One runs, one waits; the rest are refused. */
+  g_assert_cmpuint (n_busy, ==, N_BATCH - 2);
+  g_assert_cmpuint (dc_detached_code_get_n_workers (code), ==, 0);
+  g_assert_cmpuint (dc_detached_code_get_n_queued (code), ==, 0);
+  shutdown_test = NULL;
+  gate_clear (&gate);
+  destroy_pool (code);
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -577,6 +674,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/queue-bound/cancel-makes-room", test_bound_cancel_makes_room);
   g_test_add_func ("/detached-code/queue-bound/threads", test_bound_threads);
   g_test_add_func ("/detached-code/queue-bound/thread-batch", test_bound_thread_batch);
+  g_test_add_func ("/detached-code/queue-bound/busy-shuts-down", test_bound_busy_shuts_down);
 
   return g_test_run ();
 }
