@@ -217,6 +217,8 @@ typedef struct
   SelfTestPhase    phase;
   gboolean         self_test_failed;
   gboolean         self_test_started;
+  guint            self_test_timeout_id;  /* self_test_timed_out() */
+  guint            self_test_next_id;     /* self_test_after_cancel() or _screenshot() */
   FpsMeter         render_fps;
   FpsMeter         cancel_fps;
   gint64           cancelled_us;
@@ -231,6 +233,9 @@ typedef struct
 
 static void start_render (Demo *demo);
 static void self_test_step (Demo *demo);
+static void self_test_fail (Demo       *demo,
+                            const char *format,
+                            ...) G_GNUC_PRINTF (2, 3);
 
 static void
 update_progress (Demo *demo)
@@ -380,10 +385,12 @@ out:
       g_clear_object (&demo->cancellable);
       set_rendering (demo, FALSE);
       update_status (demo);
-      if (demo->self_test_path != NULL)
+      /* Not once the window is gone: the self-test ended with it. */
+      if (demo->self_test_path != NULL && demo->window != NULL)
         self_test_step (demo);
     }
-  else if (demo->self_test_path != NULL && demo->phase == SELF_TEST_CANCELLED_RENDER
+  else if (demo->self_test_path != NULL && demo->window != NULL
+           && demo->phase == SELF_TEST_CANCELLED_RENDER
            && demo->cancelled_us == 0 && demo->n_done >= N_TILES / 4)
     {
       /* Cancel midway, as a user would. */
@@ -533,6 +540,18 @@ on_window_destroy (GtkWidget *window,
    * touch its widgets. */
   if (demo->cancellable != NULL)
     g_cancellable_cancel (demo->cancellable);
+
+  /* The self-test ends with the window, finished or not; none of its
+   * steps may run without it. */
+  if (demo->self_test_path != NULL && demo->phase != SELF_TEST_DONE)
+    {
+      self_test_fail (demo, "the window was closed before the self-test finished (phase %d)",
+                      demo->phase);
+      demo->phase = SELF_TEST_DONE;
+    }
+  g_clear_handle_id (&demo->self_test_next_id, g_source_remove);
+  g_clear_handle_id (&demo->self_test_timeout_id, g_source_remove);
+
   demo->window = NULL;
   demo->canvas = NULL;
   demo->progress = NULL;
@@ -544,11 +563,6 @@ on_window_destroy (GtkWidget *window,
 }
 
 /* ---- --self-test ---- */
-
-static void
-self_test_fail (Demo       *demo,
-                const char *format,
-                ...) G_GNUC_PRINTF (2, 3);
 
 static void
 self_test_fail (Demo       *demo,
@@ -606,6 +620,7 @@ self_test_timed_out (gpointer user_data)
 {
   Demo *demo = user_data;
 
+  demo->self_test_timeout_id = 0;
   self_test_fail (demo, "nothing finished within %d s (phase %d, %u calls outstanding)",
                   SELF_TEST_TIMEOUT_S, demo->phase, demo->pending);
   g_application_quit (g_application_get_default ());
@@ -682,6 +697,7 @@ self_test_after_cancel (gpointer user_data)
 {
   Demo *demo = user_data;
 
+  demo->self_test_next_id = 0;
   demo->cancel_fps.active = FALSE;
   report_fps (demo, "a cancel", &demo->cancel_fps);
 
@@ -699,6 +715,7 @@ self_test_screenshot (gpointer user_data)
   Demo *demo = user_data;
   g_autoptr(GError) error = NULL;
 
+  demo->self_test_next_id = 0;
   if (!save_screenshot (GTK_WIDGET (demo->window), demo->self_test_path, &error))
     self_test_fail (demo, "screenshot: %s", error->message);
   demo->phase = SELF_TEST_DONE;
@@ -711,6 +728,9 @@ self_test_screenshot (gpointer user_data)
 static void
 self_test_step (Demo *demo)
 {
+  /* The self-test ends with the window. */
+  g_return_if_fail (demo->window != NULL);
+
   switch (demo->phase)
     {
     case SELF_TEST_FIRST_RENDER:
@@ -732,7 +752,8 @@ self_test_step (Demo *demo)
         self_test_fail (demo, "some tiles of the cancelled render never completed");
       /* Go on measuring the frame clock for a second after Cancel. */
       demo->phase = SELF_TEST_AFTER_CANCEL;
-      g_timeout_add (MAX (0, 1000 - demo->cancel_took_us / 1000), self_test_after_cancel, demo);
+      demo->self_test_next_id = g_timeout_add (MAX (0, 1000 - demo->cancel_took_us / 1000),
+                                               self_test_after_cancel, demo);
       break;
 
     case SELF_TEST_LAST_RENDER:
@@ -743,7 +764,7 @@ self_test_step (Demo *demo)
         self_test_fail (demo, "%u workers ran with max-workers 3", demo->most_workers);
       /* Let the last tile reach the screen before the screenshot. */
       demo->phase = SELF_TEST_SCREENSHOT;
-      g_timeout_add (500, self_test_screenshot, demo);
+      demo->self_test_next_id = g_timeout_add (500, self_test_screenshot, demo);
       break;
 
     case SELF_TEST_AFTER_CANCEL:
@@ -792,7 +813,8 @@ on_activate (GtkApplication *app,
   if (demo->self_test_path != NULL)
     {
       gtk_widget_add_tick_callback (GTK_WIDGET (demo->window), on_tick, demo, NULL);
-      g_timeout_add_seconds (SELF_TEST_TIMEOUT_S, self_test_timed_out, demo);
+      demo->self_test_timeout_id = g_timeout_add_seconds (SELF_TEST_TIMEOUT_S,
+                                                          self_test_timed_out, demo);
       gtk_spin_button_set_value (demo->workers_spin, 2);
     }
 
