@@ -22,6 +22,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 
 #include <gtk/gtk.h>
 
@@ -49,6 +50,10 @@
  * anything at all: generous, for a loaded two-core machine. */
 #define MIN_FPS           5.0
 #define SELF_TEST_TIMEOUT_S 240
+
+/* How long the application waits, as it ends, for its workers to be
+ * reaped. */
+#define REAP_TIMEOUT_MS 10000
 
 /* ---- in the worker ---- */
 
@@ -190,6 +195,7 @@ typedef enum
 typedef struct
 {
   DcDetachedCode  *pool;   /* owned by main() */
+  guint            n_processes;    /* workers spawned and not yet reaped */
 
   /* The window's widgets; NULL once it is destroyed. */
   GtkWindow       *window;
@@ -821,19 +827,79 @@ on_activate (GtkApplication *app,
   gtk_window_present (demo->window);
 }
 
+/* worker-spawned and worker-exited: the second comes once the worker is
+ * reaped.  (n-workers counts the workers taking calls: it drops as soon as
+ * shutdown() asks them to leave, before they are reaped.) */
+static void
+on_worker_spawned (DcDetachedCode *pool,
+                   int             pid,
+                   gpointer        user_data)
+{
+  Demo *demo = user_data;
+
+  demo->n_processes++;
+}
+
+static void
+on_worker_exited (DcDetachedCode *pool,
+                  int             pid,
+                  int             wait_status,
+                  gpointer        user_data)
+{
+  Demo *demo = user_data;
+
+  demo->n_processes--;
+}
+
+/* Whether this process has a child, exited or not, that nobody has reaped
+ * yet.  WNOWAIT: it only looks. */
+static gboolean
+has_children (void)
+{
+  siginfo_t info;
+
+  return waitid (P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | __WALL) == 0;
+}
+
+static void
+set_flag (gpointer user_data)
+{
+  *(gboolean *) user_data = TRUE;
+}
+
 static void
 on_shutdown (GApplication *app,
              gpointer      user_data)
 {
   Demo *demo = user_data;
+  gboolean timed_out = FALSE;
+  guint timeout_id;
 
   /* The pool goes with the application: shutdown() fails whatever is
-   * still outstanding with SHUTDOWN and reaps the workers.  The callbacks
-   * of those calls run on the main context, so run it until they have:
-   * every TileCall is freed, and no callback runs after main() returns. */
+   * still outstanding with SHUTDOWN, asks the workers to leave (killing
+   * the busy ones) and reaps them as the main context runs.  So run it
+   * until every callback has run (every TileCall is freed, and none runs
+   * after main() returns) and every worker has been reaped: a worker
+   * left unreaped when the application exits stays a zombie until
+   * whoever inherits it reaps it.  The pool's template process leaves
+   * too, and is reaped the same way, but no signal reports it: this
+   * program starts no other process, so it waits until it has no child
+   * left at all.  Reaping takes milliseconds; the time limit only keeps a
+   * stuck process from holding up the exit. */
   dc_detached_code_shutdown (demo->pool);
-  while (demo->pending > 0)
+  timeout_id = g_timeout_add_once (REAP_TIMEOUT_MS, set_flag, &timed_out);
+  while (demo->pending > 0
+         || ((demo->n_processes > 0 || has_children ()) && !timed_out))
     g_main_context_iteration (NULL, TRUE);
+  if (timed_out)
+    {
+      g_printerr ("Child processes were not reaped within %d ms (%u workers)\n",
+                  REAP_TIMEOUT_MS, demo->n_processes);
+      if (demo->self_test_path != NULL)
+        demo->self_test_failed = TRUE;
+    }
+  else
+    g_source_remove (timeout_id);
 }
 
 static int
@@ -858,6 +924,8 @@ main (int   argc,
   int status;
 
   pool = dc_detached_code_new (render_tile, NULL, NULL);
+  g_signal_connect (pool, "worker-spawned", G_CALLBACK (on_worker_spawned), &demo);
+  g_signal_connect (pool, "worker-exited", G_CALLBACK (on_worker_exited), &demo);
   g_object_set (pool,
                 "min-workers", 1,
                 "max-workers", CLAMP (g_get_num_processors (), 1, 8),
