@@ -7,7 +7,7 @@
 /* A GTK 4 Mandelbrot viewer whose tiles are computed in a DcDetachedCode
  * pool while the window stays responsive:
  *
- *   dc-demo [--self-test=SCREENSHOT.png]
+ *   dc-demo [--self-test=SCREENSHOT.png | --self-test-close]
  *
  * Render sends one call per tile; the progress bar counts the tiles that
  * came back; Cancel cancels every call (running workers are killed); the
@@ -17,6 +17,8 @@
  * --self-test renders, cancels a render midway, renders again, measures
  * the frame rate while the workers compute and while a render is cancelled,
  * saves a screenshot of the window, and exits with the outcome.
+ * --self-test-close starts a render and closes the window midway, as a
+ * user may: the application must end cleanly, its workers reaped.
  */
 
 #include <math.h>
@@ -218,8 +220,10 @@ typedef struct
   gboolean         failure_was_crash;
   gboolean         bad_result;
 
-  /* --self-test */
+  /* --self-test or --self-test-close */
+  gboolean         self_test;
   char            *self_test_path;
+  gboolean         self_test_close;
   SelfTestPhase    phase;
   gboolean         self_test_failed;
   gboolean         self_test_started;
@@ -392,10 +396,17 @@ out:
       set_rendering (demo, FALSE);
       update_status (demo);
       /* Not once the window is gone: the self-test ended with it. */
-      if (demo->self_test_path != NULL && demo->window != NULL)
+      if (demo->self_test && demo->window != NULL)
         self_test_step (demo);
     }
-  else if (demo->self_test_path != NULL && demo->window != NULL
+  else if (demo->self_test_close && demo->window != NULL && demo->n_done >= N_TILES / 4)
+    {
+      /* Close the window midway, as a user may. */
+      g_print ("self-test: closing the window with %u of %u tiles done\n", demo->n_done, N_TILES);
+      demo->phase = SELF_TEST_DONE;
+      gtk_window_close (demo->window);
+    }
+  else if (demo->self_test && demo->window != NULL
            && demo->phase == SELF_TEST_CANCELLED_RENDER
            && demo->cancelled_us == 0 && demo->n_done >= N_TILES / 4)
     {
@@ -549,7 +560,7 @@ on_window_destroy (GtkWidget *window,
 
   /* The self-test ends with the window, finished or not; none of its
    * steps may run without it. */
-  if (demo->self_test_path != NULL && demo->phase != SELF_TEST_DONE)
+  if (demo->self_test && demo->phase != SELF_TEST_DONE)
     {
       self_test_fail (demo, "the window was closed before the self-test finished (phase %d)",
                       demo->phase);
@@ -816,7 +827,7 @@ on_activate (GtkApplication *app,
   g_signal_connect (demo->window, "destroy", G_CALLBACK (on_window_destroy), demo);
   update_status (demo);
 
-  if (demo->self_test_path != NULL)
+  if (demo->self_test)
     {
       gtk_widget_add_tick_callback (GTK_WIDGET (demo->window), on_tick, demo, NULL);
       demo->self_test_timeout_id = g_timeout_add_seconds (SELF_TEST_TIMEOUT_S,
@@ -874,6 +885,7 @@ on_shutdown (GApplication *app,
   Demo *demo = user_data;
   gboolean timed_out = FALSE;
   guint timeout_id;
+  gint64 started_us;
 
   /* The pool goes with the application: shutdown() fails whatever is
    * still outstanding with SHUTDOWN, asks the workers to leave (killing
@@ -886,6 +898,7 @@ on_shutdown (GApplication *app,
    * program starts no other process, so it waits until it has no child
    * left at all.  Reaping takes milliseconds; the time limit only keeps a
    * stuck process from holding up the exit. */
+  started_us = g_get_monotonic_time ();
   dc_detached_code_shutdown (demo->pool);
   timeout_id = g_timeout_add_once (REAP_TIMEOUT_MS, set_flag, &timed_out);
   while (demo->pending > 0
@@ -895,11 +908,16 @@ on_shutdown (GApplication *app,
     {
       g_printerr ("Child processes were not reaped within %d ms (%u workers)\n",
                   REAP_TIMEOUT_MS, demo->n_processes);
-      if (demo->self_test_path != NULL)
+      if (demo->self_test)
         demo->self_test_failed = TRUE;
     }
   else
-    g_source_remove (timeout_id);
+    {
+      g_source_remove (timeout_id);
+      if (demo->self_test)
+        g_print ("self-test: every child process was reaped %.1f ms after shutdown()\n",
+                 (g_get_monotonic_time () - started_us) / 1e3);
+    }
 }
 
 static int
@@ -910,6 +928,13 @@ on_handle_local_options (GApplication *app,
   Demo *demo = user_data;
 
   g_variant_dict_lookup (options, "self-test", "^ay", &demo->self_test_path);
+  g_variant_dict_lookup (options, "self-test-close", "b", &demo->self_test_close);
+  if (demo->self_test_path != NULL && demo->self_test_close)
+    {
+      g_printerr ("--self-test and --self-test-close exclude each other\n");
+      return EXIT_FAILURE;
+    }
+  demo->self_test = demo->self_test_path != NULL || demo->self_test_close;
   return -1;
 }
 
@@ -958,15 +983,20 @@ main (int   argc,
   g_application_add_main_option (G_APPLICATION (app), "self-test", 0, 0, G_OPTION_ARG_FILENAME,
                                  "Render, cancel, render again, measure the frame rate, "
                                  "save a screenshot to FILE and exit", "FILE");
+  g_application_add_main_option (G_APPLICATION (app), "self-test-close", 0, 0, G_OPTION_ARG_NONE,
+                                 "Render, close the window midway and check that the "
+                                 "application ends cleanly", NULL);
   g_signal_connect (app, "handle-local-options", G_CALLBACK (on_handle_local_options), &demo);
   g_signal_connect (app, "activate", G_CALLBACK (on_activate), &demo);
   g_signal_connect (app, "shutdown", G_CALLBACK (on_shutdown), &demo);
 
   status = g_application_run (G_APPLICATION (app), argc, argv);
 
-  if (demo.self_test_path != NULL && status == EXIT_SUCCESS
+  if (demo.self_test && status == EXIT_SUCCESS
       && (demo.self_test_failed || demo.phase != SELF_TEST_DONE))
     status = EXIT_FAILURE;
+  if (demo.self_test_close)
+    g_print ("self-test: %s\n", status == EXIT_SUCCESS ? "passed" : "FAILED");
 
   g_clear_object (&demo.cancellable);
   g_clear_pointer (&demo.image, cairo_surface_destroy);
