@@ -21,11 +21,15 @@
  * user may: the application must end cleanly, its workers reaped.
  */
 
+#include "config.h"
+
+#include <locale.h>
 #include <math.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 
+#include <glib/gi18n.h>
 #include <gtk/gtk.h>
 
 #include <detached-code.h>
@@ -256,7 +260,8 @@ update_progress (Demo *demo)
   if (demo->progress == NULL)
     return;
 
-  text = g_strdup_printf ("%u of %u tiles", finished, N_TILES);
+  text = g_strdup_printf (g_dngettext (GETTEXT_PACKAGE, "%u of %u tile", "%u of %u tiles", N_TILES),
+                          finished, N_TILES);
   gtk_progress_bar_set_fraction (demo->progress, (double) finished / N_TILES);
   gtk_progress_bar_set_text (demo->progress, text);
 }
@@ -272,21 +277,42 @@ update_status (Demo *demo)
     return;
 
   if (demo->pending > 0)
-    g_string_append_printf (text, "Rendering: %u calls outstanding.", demo->pending);
+    {
+      g_string_append_printf (text, g_dngettext (GETTEXT_PACKAGE,
+                                                 "Rendering: %u call outstanding.",
+                                                 "Rendering: %u calls outstanding.",
+                                                 demo->pending),
+                              demo->pending);
+      g_string_append_c (text, ' ');
+    }
   else if (demo->n_done + demo->n_failed + demo->n_cancelled > 0)
-    g_string_append_printf (text, "%u tiles done, %u failed, %u cancelled in %.1f s.",
-                            demo->n_done, demo->n_failed, demo->n_cancelled,
-                            (g_get_monotonic_time () - demo->started_us) / 1e6);
+    {
+      g_string_append_printf (text,
+                              g_dngettext (GETTEXT_PACKAGE,
+                                           /* TRANSLATORS: the plural follows the
+                                            * first number, the tiles done. */
+                                           "%u tile done, %u failed, %u cancelled in %.1f s.",
+                                           "%u tiles done, %u failed, %u cancelled in %.1f s.",
+                                           demo->n_done),
+                              demo->n_done, demo->n_failed, demo->n_cancelled,
+                              (g_get_monotonic_time () - demo->started_us) / 1e6);
+      g_string_append_c (text, ' ');
+    }
   if (demo->failure != NULL)
-    g_string_append_printf (text, " Failed tile: %s.", demo->failure);
+    {
+      /* TRANSLATORS: %s is why the tile failed, such as a worker's crash. */
+      g_string_append_printf (text, _("Failed tile: %s."), demo->failure);
+      g_string_append_c (text, ' ');
+    }
 
   /* The pids are what `gdb -p` needs to debug a worker. */
   pids = dc_detached_code_get_worker_pids (demo->pool, &n_pids);
-  g_string_append (text, n_pids == 1 ? " Worker pid:" : " Worker pids:");
+  if (n_pids == 0)
+    g_string_append (text, _("Worker pids: none running"));
+  else
+    g_string_append (text, g_dngettext (GETTEXT_PACKAGE, "Worker pid:", "Worker pids:", n_pids));
   for (i = 0; i < n_pids; i++)
     g_string_append_printf (text, " %d", (int) pids[i]);
-  if (n_pids == 0)
-    g_string_append (text, " none running");
 
   gtk_label_set_text (demo->status, text->str);
 }
@@ -948,6 +974,12 @@ main (int   argc,
   Demo demo = { 0 };
   int status;
 
+  /* The demo's strings are in the library's translation domain. */
+  setlocale (LC_ALL, "");
+  bindtextdomain (GETTEXT_PACKAGE, LOCALEDIR);
+  bind_textdomain_codeset (GETTEXT_PACKAGE, "UTF-8");
+  textdomain (GETTEXT_PACKAGE);
+
   pool = dc_detached_code_new (render_tile, NULL, NULL);
   g_signal_connect (pool, "worker-spawned", G_CALLBACK (on_worker_spawned), &demo);
   g_signal_connect (pool, "worker-exited", G_CALLBACK (on_worker_exited), &demo);
@@ -971,7 +1003,7 @@ main (int   argc,
    * worker stays cheap however much memory the application uses later. */
   if (!dc_detached_code_start (pool, &error))
     {
-      g_printerr ("Cannot start the worker pool: %s\n", error->message);
+      g_printerr (_("Cannot start the worker pool: %s\n"), error->message);
       return EXIT_FAILURE;
     }
 
