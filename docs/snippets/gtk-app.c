@@ -12,6 +12,7 @@ typedef struct
   GtkProgressBar *progress;   /* a reference of our own: calls may outlive the window */
   guint           pending;
   guint           finished;
+  guint           workers;    /* spawned and not yet reaped */
 } App;
 
 /* Runs in a worker process. */
@@ -67,21 +68,47 @@ on_activate (GtkApplication *gtk_app, gpointer user_data)
 }
 
 static void
+on_worker_spawned (DcDetachedCode *pool, int pid, gpointer user_data)
+{
+  ((App *) user_data)->workers++;
+}
+
+/* Emitted once the worker is reaped. */
+static void
+on_worker_exited (DcDetachedCode *pool, int pid, int wait_status, gpointer user_data)
+{
+  ((App *) user_data)->workers--;
+}
+
+static void
+set_flag (gpointer user_data)
+{
+  *(gboolean *) user_data = TRUE;
+}
+
+static void
 on_shutdown (GApplication *gtk_app, gpointer user_data)
 {
   App *app = user_data;
+  gboolean late = FALSE;
+  guint timeout;
 
-  /* Outstanding calls fail with SHUTDOWN; their callbacks still run. */
+  /* Outstanding calls fail with SHUTDOWN and the workers are reaped, both
+   * as the main context runs: run it until they are done (the workers for
+   * five seconds at most), or the workers outlive us as zombies. */
   dc_detached_code_shutdown (app->pool);
-  while (app->pending > 0)
+  timeout = g_timeout_add_once (5000, set_flag, &late);
+  while (app->pending > 0 || (app->workers > 0 && !late))
     g_main_context_iteration (NULL, TRUE);
+  if (!late)
+    g_source_remove (timeout);
   g_clear_object (&app->progress);
 }
 
 int
 main (int argc, char *argv[])
 {
-  App app = { NULL, g_cancellable_new (), NULL, 0, 0 };
+  App app = { NULL, g_cancellable_new (), NULL, 0, 0, 0 };
   g_autoptr(GtkApplication) gtk_app = NULL;
   g_autoptr(GError) error = NULL;
   int status;
@@ -89,6 +116,8 @@ main (int argc, char *argv[])
   /* First of all: the pool's template process is a copy of the program now. */
   app.pool = dc_detached_code_new (slow_square, NULL, NULL);
   g_object_set (app.pool, "max-workers", 2, "kill-on-cancel", TRUE, NULL);
+  g_signal_connect (app.pool, "worker-spawned", G_CALLBACK (on_worker_spawned), &app);
+  g_signal_connect (app.pool, "worker-exited", G_CALLBACK (on_worker_exited), &app);
   if (!dc_detached_code_start (app.pool, &error))
     g_error ("%s", error->message);
 

@@ -7,7 +7,7 @@
 /* A GTK 4 Mandelbrot viewer whose tiles are computed in a DcDetachedCode
  * pool while the window stays responsive:
  *
- *   dc-demo [--self-test=SCREENSHOT.png]
+ *   dc-demo [--self-test=SCREENSHOT.png | --self-test-close]
  *
  * Render sends one call per tile; the progress bar counts the tiles that
  * came back; Cancel cancels every call (running workers are killed); the
@@ -17,12 +17,19 @@
  * --self-test renders, cancels a render midway, renders again, measures
  * the frame rate while the workers compute and while a render is cancelled,
  * saves a screenshot of the window, and exits with the outcome.
+ * --self-test-close starts a render and closes the window midway, as a
+ * user may: the application must end cleanly, its workers reaped.
  */
 
+#include "config.h"
+
+#include <locale.h>
 #include <math.h>
 #include <stdlib.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 
+#include <glib/gi18n.h>
 #include <gtk/gtk.h>
 
 #include <detached-code.h>
@@ -49,6 +56,10 @@
  * anything at all: generous, for a loaded two-core machine. */
 #define MIN_FPS           5.0
 #define SELF_TEST_TIMEOUT_S 240
+
+/* How long the application waits, as it ends, for its workers to be
+ * reaped. */
+#define REAP_TIMEOUT_MS 10000
 
 /* ---- in the worker ---- */
 
@@ -190,6 +201,7 @@ typedef enum
 typedef struct
 {
   DcDetachedCode  *pool;   /* owned by main() */
+  guint            n_processes;    /* workers spawned and not yet reaped */
 
   /* The window's widgets; NULL once it is destroyed. */
   GtkWindow       *window;
@@ -212,11 +224,15 @@ typedef struct
   gboolean         failure_was_crash;
   gboolean         bad_result;
 
-  /* --self-test */
+  /* --self-test or --self-test-close */
+  gboolean         self_test;
   char            *self_test_path;
+  gboolean         self_test_close;
   SelfTestPhase    phase;
   gboolean         self_test_failed;
   gboolean         self_test_started;
+  guint            self_test_timeout_id;  /* self_test_timed_out() */
+  guint            self_test_next_id;     /* self_test_after_cancel() or _screenshot() */
   FpsMeter         render_fps;
   FpsMeter         cancel_fps;
   gint64           cancelled_us;
@@ -231,6 +247,9 @@ typedef struct
 
 static void start_render (Demo *demo);
 static void self_test_step (Demo *demo);
+static void self_test_fail (Demo       *demo,
+                            const char *format,
+                            ...) G_GNUC_PRINTF (2, 3);
 
 static void
 update_progress (Demo *demo)
@@ -241,7 +260,8 @@ update_progress (Demo *demo)
   if (demo->progress == NULL)
     return;
 
-  text = g_strdup_printf ("%u of %u tiles", finished, N_TILES);
+  text = g_strdup_printf (g_dngettext (GETTEXT_PACKAGE, "%u of %u tile", "%u of %u tiles", N_TILES),
+                          finished, N_TILES);
   gtk_progress_bar_set_fraction (demo->progress, (double) finished / N_TILES);
   gtk_progress_bar_set_text (demo->progress, text);
 }
@@ -257,21 +277,42 @@ update_status (Demo *demo)
     return;
 
   if (demo->pending > 0)
-    g_string_append_printf (text, "Rendering: %u calls outstanding.", demo->pending);
+    {
+      g_string_append_printf (text, g_dngettext (GETTEXT_PACKAGE,
+                                                 "Rendering: %u call outstanding.",
+                                                 "Rendering: %u calls outstanding.",
+                                                 demo->pending),
+                              demo->pending);
+      g_string_append_c (text, ' ');
+    }
   else if (demo->n_done + demo->n_failed + demo->n_cancelled > 0)
-    g_string_append_printf (text, "%u tiles done, %u failed, %u cancelled in %.1f s.",
-                            demo->n_done, demo->n_failed, demo->n_cancelled,
-                            (g_get_monotonic_time () - demo->started_us) / 1e6);
+    {
+      g_string_append_printf (text,
+                              g_dngettext (GETTEXT_PACKAGE,
+                                           /* TRANSLATORS: the plural follows the
+                                            * first number, the tiles done. */
+                                           "%u tile done, %u failed, %u cancelled in %.1f s.",
+                                           "%u tiles done, %u failed, %u cancelled in %.1f s.",
+                                           demo->n_done),
+                              demo->n_done, demo->n_failed, demo->n_cancelled,
+                              (g_get_monotonic_time () - demo->started_us) / 1e6);
+      g_string_append_c (text, ' ');
+    }
   if (demo->failure != NULL)
-    g_string_append_printf (text, " Failed tile: %s.", demo->failure);
+    {
+      /* TRANSLATORS: %s is why the tile failed, such as a worker's crash. */
+      g_string_append_printf (text, _("Failed tile: %s."), demo->failure);
+      g_string_append_c (text, ' ');
+    }
 
   /* The pids are what `gdb -p` needs to debug a worker. */
   pids = dc_detached_code_get_worker_pids (demo->pool, &n_pids);
-  g_string_append (text, n_pids == 1 ? " Worker pid:" : " Worker pids:");
+  if (n_pids == 0)
+    g_string_append (text, _("Worker pids: none running"));
+  else
+    g_string_append (text, g_dngettext (GETTEXT_PACKAGE, "Worker pid:", "Worker pids:", n_pids));
   for (i = 0; i < n_pids; i++)
     g_string_append_printf (text, " %d", (int) pids[i]);
-  if (n_pids == 0)
-    g_string_append (text, " none running");
 
   gtk_label_set_text (demo->status, text->str);
 }
@@ -380,10 +421,19 @@ out:
       g_clear_object (&demo->cancellable);
       set_rendering (demo, FALSE);
       update_status (demo);
-      if (demo->self_test_path != NULL)
+      /* Not once the window is gone: the self-test ended with it. */
+      if (demo->self_test && demo->window != NULL)
         self_test_step (demo);
     }
-  else if (demo->self_test_path != NULL && demo->phase == SELF_TEST_CANCELLED_RENDER
+  else if (demo->self_test_close && demo->window != NULL && demo->n_done >= N_TILES / 4)
+    {
+      /* Close the window midway, as a user may. */
+      g_print ("self-test: closing the window with %u of %u tiles done\n", demo->n_done, N_TILES);
+      demo->phase = SELF_TEST_DONE;
+      gtk_window_close (demo->window);
+    }
+  else if (demo->self_test && demo->window != NULL
+           && demo->phase == SELF_TEST_CANCELLED_RENDER
            && demo->cancelled_us == 0 && demo->n_done >= N_TILES / 4)
     {
       /* Cancel midway, as a user would. */
@@ -533,6 +583,18 @@ on_window_destroy (GtkWidget *window,
    * touch its widgets. */
   if (demo->cancellable != NULL)
     g_cancellable_cancel (demo->cancellable);
+
+  /* The self-test ends with the window, finished or not; none of its
+   * steps may run without it. */
+  if (demo->self_test && demo->phase != SELF_TEST_DONE)
+    {
+      self_test_fail (demo, "the window was closed before the self-test finished (phase %d)",
+                      demo->phase);
+      demo->phase = SELF_TEST_DONE;
+    }
+  g_clear_handle_id (&demo->self_test_next_id, g_source_remove);
+  g_clear_handle_id (&demo->self_test_timeout_id, g_source_remove);
+
   demo->window = NULL;
   demo->canvas = NULL;
   demo->progress = NULL;
@@ -544,11 +606,6 @@ on_window_destroy (GtkWidget *window,
 }
 
 /* ---- --self-test ---- */
-
-static void
-self_test_fail (Demo       *demo,
-                const char *format,
-                ...) G_GNUC_PRINTF (2, 3);
 
 static void
 self_test_fail (Demo       *demo,
@@ -606,6 +663,7 @@ self_test_timed_out (gpointer user_data)
 {
   Demo *demo = user_data;
 
+  demo->self_test_timeout_id = 0;
   self_test_fail (demo, "nothing finished within %d s (phase %d, %u calls outstanding)",
                   SELF_TEST_TIMEOUT_S, demo->phase, demo->pending);
   g_application_quit (g_application_get_default ());
@@ -682,6 +740,7 @@ self_test_after_cancel (gpointer user_data)
 {
   Demo *demo = user_data;
 
+  demo->self_test_next_id = 0;
   demo->cancel_fps.active = FALSE;
   report_fps (demo, "a cancel", &demo->cancel_fps);
 
@@ -699,6 +758,7 @@ self_test_screenshot (gpointer user_data)
   Demo *demo = user_data;
   g_autoptr(GError) error = NULL;
 
+  demo->self_test_next_id = 0;
   if (!save_screenshot (GTK_WIDGET (demo->window), demo->self_test_path, &error))
     self_test_fail (demo, "screenshot: %s", error->message);
   demo->phase = SELF_TEST_DONE;
@@ -711,6 +771,9 @@ self_test_screenshot (gpointer user_data)
 static void
 self_test_step (Demo *demo)
 {
+  /* The self-test ends with the window. */
+  g_return_if_fail (demo->window != NULL);
+
   switch (demo->phase)
     {
     case SELF_TEST_FIRST_RENDER:
@@ -732,7 +795,8 @@ self_test_step (Demo *demo)
         self_test_fail (demo, "some tiles of the cancelled render never completed");
       /* Go on measuring the frame clock for a second after Cancel. */
       demo->phase = SELF_TEST_AFTER_CANCEL;
-      g_timeout_add (MAX (0, 1000 - demo->cancel_took_us / 1000), self_test_after_cancel, demo);
+      demo->self_test_next_id = g_timeout_add (MAX (0, 1000 - demo->cancel_took_us / 1000),
+                                               self_test_after_cancel, demo);
       break;
 
     case SELF_TEST_LAST_RENDER:
@@ -743,7 +807,7 @@ self_test_step (Demo *demo)
         self_test_fail (demo, "%u workers ran with max-workers 3", demo->most_workers);
       /* Let the last tile reach the screen before the screenshot. */
       demo->phase = SELF_TEST_SCREENSHOT;
-      g_timeout_add (500, self_test_screenshot, demo);
+      demo->self_test_next_id = g_timeout_add (500, self_test_screenshot, demo);
       break;
 
     case SELF_TEST_AFTER_CANCEL:
@@ -789,14 +853,55 @@ on_activate (GtkApplication *app,
   g_signal_connect (demo->window, "destroy", G_CALLBACK (on_window_destroy), demo);
   update_status (demo);
 
-  if (demo->self_test_path != NULL)
+  if (demo->self_test)
     {
       gtk_widget_add_tick_callback (GTK_WIDGET (demo->window), on_tick, demo, NULL);
-      g_timeout_add_seconds (SELF_TEST_TIMEOUT_S, self_test_timed_out, demo);
+      demo->self_test_timeout_id = g_timeout_add_seconds (SELF_TEST_TIMEOUT_S,
+                                                          self_test_timed_out, demo);
       gtk_spin_button_set_value (demo->workers_spin, 2);
     }
 
   gtk_window_present (demo->window);
+}
+
+/* worker-spawned and worker-exited: the second comes once the worker is
+ * reaped.  (n-workers counts the workers taking calls: it drops as soon as
+ * shutdown() asks them to leave, before they are reaped.) */
+static void
+on_worker_spawned (DcDetachedCode *pool,
+                   int             pid,
+                   gpointer        user_data)
+{
+  Demo *demo = user_data;
+
+  demo->n_processes++;
+}
+
+static void
+on_worker_exited (DcDetachedCode *pool,
+                  int             pid,
+                  int             wait_status,
+                  gpointer        user_data)
+{
+  Demo *demo = user_data;
+
+  demo->n_processes--;
+}
+
+/* Whether this process has a child, exited or not, that nobody has reaped
+ * yet.  WNOWAIT: it only looks. */
+static gboolean
+has_children (void)
+{
+  siginfo_t info;
+
+  return waitid (P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | __WALL) == 0;
+}
+
+static void
+set_flag (gpointer user_data)
+{
+  *(gboolean *) user_data = TRUE;
 }
 
 static void
@@ -804,14 +909,41 @@ on_shutdown (GApplication *app,
              gpointer      user_data)
 {
   Demo *demo = user_data;
+  gboolean timed_out = FALSE;
+  guint timeout_id;
+  gint64 started_us;
 
   /* The pool goes with the application: shutdown() fails whatever is
-   * still outstanding with SHUTDOWN and reaps the workers.  The callbacks
-   * of those calls run on the main context, so run it until they have:
-   * every TileCall is freed, and no callback runs after main() returns. */
+   * still outstanding with SHUTDOWN, asks the workers to leave (killing
+   * the busy ones) and reaps them as the main context runs.  So run it
+   * until every callback has run (every TileCall is freed, and none runs
+   * after main() returns) and every worker has been reaped: a worker
+   * left unreaped when the application exits stays a zombie until
+   * whoever inherits it reaps it.  The pool's template process leaves
+   * too, and is reaped the same way, but no signal reports it: this
+   * program starts no other process, so it waits until it has no child
+   * left at all.  Reaping takes milliseconds; the time limit only keeps a
+   * stuck process from holding up the exit. */
+  started_us = g_get_monotonic_time ();
   dc_detached_code_shutdown (demo->pool);
-  while (demo->pending > 0)
+  timeout_id = g_timeout_add_once (REAP_TIMEOUT_MS, set_flag, &timed_out);
+  while (demo->pending > 0
+         || ((demo->n_processes > 0 || has_children ()) && !timed_out))
     g_main_context_iteration (NULL, TRUE);
+  if (timed_out)
+    {
+      g_printerr ("Child processes were not reaped within %d ms (%u workers)\n",
+                  REAP_TIMEOUT_MS, demo->n_processes);
+      if (demo->self_test)
+        demo->self_test_failed = TRUE;
+    }
+  else
+    {
+      g_source_remove (timeout_id);
+      if (demo->self_test)
+        g_print ("self-test: every child process was reaped %.1f ms after shutdown()\n",
+                 (g_get_monotonic_time () - started_us) / 1e3);
+    }
 }
 
 static int
@@ -822,6 +954,13 @@ on_handle_local_options (GApplication *app,
   Demo *demo = user_data;
 
   g_variant_dict_lookup (options, "self-test", "^ay", &demo->self_test_path);
+  g_variant_dict_lookup (options, "self-test-close", "b", &demo->self_test_close);
+  if (demo->self_test_path != NULL && demo->self_test_close)
+    {
+      g_printerr ("--self-test and --self-test-close exclude each other\n");
+      return EXIT_FAILURE;
+    }
+  demo->self_test = demo->self_test_path != NULL || demo->self_test_close;
   return -1;
 }
 
@@ -835,7 +974,15 @@ main (int   argc,
   Demo demo = { 0 };
   int status;
 
+  /* The demo's strings are in the library's translation domain. */
+  setlocale (LC_ALL, "");
+  bindtextdomain (GETTEXT_PACKAGE, LOCALEDIR);
+  bind_textdomain_codeset (GETTEXT_PACKAGE, "UTF-8");
+  textdomain (GETTEXT_PACKAGE);
+
   pool = dc_detached_code_new (render_tile, NULL, NULL);
+  g_signal_connect (pool, "worker-spawned", G_CALLBACK (on_worker_spawned), &demo);
+  g_signal_connect (pool, "worker-exited", G_CALLBACK (on_worker_exited), &demo);
   g_object_set (pool,
                 "min-workers", 1,
                 "max-workers", CLAMP (g_get_num_processors (), 1, 8),
@@ -856,7 +1003,7 @@ main (int   argc,
    * worker stays cheap however much memory the application uses later. */
   if (!dc_detached_code_start (pool, &error))
     {
-      g_printerr ("Cannot start the worker pool: %s\n", error->message);
+      g_printerr (_("Cannot start the worker pool: %s\n"), error->message);
       return EXIT_FAILURE;
     }
 
@@ -868,15 +1015,20 @@ main (int   argc,
   g_application_add_main_option (G_APPLICATION (app), "self-test", 0, 0, G_OPTION_ARG_FILENAME,
                                  "Render, cancel, render again, measure the frame rate, "
                                  "save a screenshot to FILE and exit", "FILE");
+  g_application_add_main_option (G_APPLICATION (app), "self-test-close", 0, 0, G_OPTION_ARG_NONE,
+                                 "Render, close the window midway and check that the "
+                                 "application ends cleanly", NULL);
   g_signal_connect (app, "handle-local-options", G_CALLBACK (on_handle_local_options), &demo);
   g_signal_connect (app, "activate", G_CALLBACK (on_activate), &demo);
   g_signal_connect (app, "shutdown", G_CALLBACK (on_shutdown), &demo);
 
   status = g_application_run (G_APPLICATION (app), argc, argv);
 
-  if (demo.self_test_path != NULL && status == EXIT_SUCCESS
+  if (demo.self_test && status == EXIT_SUCCESS
       && (demo.self_test_failed || demo.phase != SELF_TEST_DONE))
     status = EXIT_FAILURE;
+  if (demo.self_test_close)
+    g_print ("self-test: %s\n", status == EXIT_SUCCESS ? "passed" : "FAILED");
 
   g_clear_object (&demo.cancellable);
   g_clear_pointer (&demo.image, cairo_surface_destroy);
