@@ -112,6 +112,9 @@ build_filter (DcSandboxFlags   flags,
     }
   /* The worker sets it itself, before it loads the filter. */
   seccomp_attr_set (ctx, SCMP_FLTATR_CTL_NNP, 0);
+  /* A system call of another ABI (int 0x80 in an x86-64 worker) would
+   * bypass rules written for this one: stopped, and reported. */
+  seccomp_attr_set (ctx, SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_TRAP);
 
   if (flags & DC_SANDBOX_NO_EXEC)
     {
