@@ -841,6 +841,7 @@ dc_detached_code_set_memory_limit (DcDetachedCode *self,
   else if (dc_launcher_get_memory_limit (code_launcher (self)) != memory_limit)
     {
       dc_launcher_set_memory_limit (code_launcher (self), memory_limit);
+      code_settings (self)->proc.memory_limit = memory_limit;
       g_object_notify_by_pspec (G_OBJECT (self), dc_detached_code_props[PROP_MEMORY_LIMIT]);
     }
   code_leave (self);

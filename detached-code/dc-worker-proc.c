@@ -837,6 +837,19 @@ death_error (DcWorkerProc *proc)
     return g_error_copy (proc->lost_error);
 
   status = dc_describe_wait_status (proc->pid, proc->wait_status);
+  /* Whether an allocation failed, the parent cannot know; that it may
+   * have, it says. */
+  if (proc->settings != NULL && proc->settings->memory_limit > 0 &&
+      proc->wait_status != DC_PROCESS_STATUS_UNKNOWN &&
+      (WIFSIGNALED (proc->wait_status) || WEXITSTATUS (proc->wait_status) != 0))
+    {
+      g_autofree char *limit = g_format_size_full (proc->settings->memory_limit,
+                                                   G_FORMAT_SIZE_IEC_UNITS);
+
+      return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED,
+                          _("%s; it ran under a memory-limit of %s, and an allocation past "
+                            "it fails"), status, limit);
+    }
   return g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED, status);
 }
 

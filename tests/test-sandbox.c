@@ -24,6 +24,9 @@
 
 #include "dc-test-common.h"
 
+/* Where allocations escape, so that no compiler elides them. */
+static char *volatile allocation_sink;
+
 /* A socket the init function made, before the sandbox. */
 static int init_socket = -1;
 
@@ -108,6 +111,13 @@ sandbox_code (GVariant  *args,
           signal (SIGUSR1, SIG_DFL);
         }
     }
+  else if (g_str_equal (what, "g-alloc"))
+    {
+      /* g_malloc() aborts when it cannot. */
+      allocation_sink = g_malloc ((gsize) g_ascii_strtoull (path, NULL, 10) << 20);
+      r = allocation_sink != NULL;
+      g_free (allocation_sink);
+    }
   else if (g_str_equal (what, "abort"))
     abort ();
   else if (g_str_equal (what, "ptrace"))
@@ -134,10 +144,11 @@ sandbox_code (GVariant  *args,
       gsize size = (gsize) g_ascii_strtoull (path, NULL, 10) << 20;
       char *p = malloc (size);
 
+      allocation_sink = p;
       r = p != NULL;
       if (p != NULL)
         memset (p, 1, size);
-      free (p);
+      free (allocation_sink);
     }
   else
     g_assert_not_reached ();
@@ -392,6 +403,16 @@ test_bad_input (void)
                   "The memory-limit of 1.0?MiB is too small*");
 }
 
+/* The worker's g_error() text is expected noise. */
+static void
+silence_stderr (gpointer data)
+{
+  int fd = open ("/dev/null", O_WRONLY | O_CLOEXEC);
+
+  dup2 (fd, 2);
+  close (fd);
+}
+
 static guint64
 mapped_now (void)
 {
@@ -406,6 +427,7 @@ test_memory_limit (gconstpointer data)
 {
   DcDetachedCode *code;
   guint64 mapped = mapped_now ();
+  g_autoptr(GError) error = NULL;
 
   /* A sanitizer reserves terabytes of address space up front. */
   if (mapped > ((guint64) 1 << 40))
@@ -416,8 +438,18 @@ test_memory_limit (gconstpointer data)
 
   code = new_sandboxed (DC_SANDBOX_NONE, GPOINTER_TO_INT (data));
   dc_detached_code_set_memory_limit (code, mapped + ((guint64) 256 << 20));
+  dc_detached_code_set_worker_init_func (code, silence_stderr, NULL, NULL);
   g_assert_cmpint (run_ok (code, "alloc", "16"), ==, 1);
   g_assert_cmpint (run_ok (code, "alloc", "1024"), ==, 0);
+  g_assert_cmpint (run_ok (code, "alloc", "16"), ==, 1);
+
+  /* A worker that dies under the limit says it ran under one. */
+  run (code, "g-alloc", "1024", &error);
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED);
+  if (!g_pattern_match_simple ("Worker process * was killed by signal *; it ran under a "
+                               "memory-limit of *MiB, and an allocation past it fails",
+                               error->message))
+    g_error ("unexpected message: %s", error->message);
   g_assert_cmpint (run_ok (code, "alloc", "16"), ==, 1);
   destroy_pool (code);
 }
