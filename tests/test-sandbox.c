@@ -22,6 +22,8 @@
 
 #include <glib/gstdio.h>
 
+#include "dc-wire-private.h"
+
 #include "dc-test-common.h"
 
 /* Where allocations escape, so that no compiler elides them. */
@@ -40,6 +42,46 @@ static gpointer
 thread_func (gpointer data)
 {
   return GINT_TO_POINTER (42);
+}
+
+/* A thread the init function starts, before the sandbox: it makes a
+ * socket when a byte comes on its pipe. */
+static int init_thread_pipe[2] = { -1, -1 };
+
+static gpointer
+init_thread_func (gpointer data)
+{
+  char byte;
+
+  while (read (init_thread_pipe[0], &byte, 1) == 1)
+    {
+      int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+      if (fd >= 0)
+        close (fd);
+    }
+  return NULL;
+}
+
+static void
+init_with_thread (gpointer data)
+{
+  g_assert_cmpint (pipe2 (init_thread_pipe, O_CLOEXEC), ==, 0);
+  g_thread_unref (g_thread_new ("made-by-init", init_thread_func, NULL));
+}
+
+/* A report of a sandbox that stopped nothing: what a hostile worker may
+ * send.  The channel is the worker's highest descriptor. */
+static void
+forge_report (const guint32 *words,
+              gsize          size)
+{
+  guint8 frame[DC_WIRE_HEADER_SIZE + 8];
+
+  dc_wire_header_encode (frame, DC_WIRE_SANDBOX_STOPPED, 0, size);
+  memcpy (frame + DC_WIRE_HEADER_SIZE, words, size);
+  g_assert_cmpint (write (highest_fd (), frame, DC_WIRE_HEADER_SIZE + size), ==,
+                   (gssize) (DC_WIRE_HEADER_SIZE + size));
 }
 
 /* "(ss)": what to do, and a path for the actions that take one.  Returns
@@ -117,6 +159,27 @@ sandbox_code (GVariant  *args,
       allocation_sink = g_malloc ((gsize) g_ascii_strtoull (path, NULL, 10) << 20);
       r = allocation_sink != NULL;
       g_free (allocation_sink);
+    }
+  else if (g_str_equal (what, "socket-in-init-thread"))
+    {
+      /* The init function's thread is under the filter too: the worker
+       * is stopped while this call waits. */
+      g_assert_cmpint (write (init_thread_pipe[1], "x", 1), ==, 1);
+      g_usleep (60 * G_USEC_PER_SEC);
+    }
+  else if (g_str_equal (what, "forge-short"))
+    {
+      guint32 words[2] = { 0, 59 };
+
+      forge_report (words, 4);
+      g_usleep (60 * G_USEC_PER_SEC);
+    }
+  else if (g_str_equal (what, "forge-unknown"))
+    {
+      guint32 words[2] = { 0, 99999 };
+
+      forge_report (words, 8);
+      g_usleep (60 * G_USEC_PER_SEC);
     }
   else if (g_str_equal (what, "abort"))
     abort ();
@@ -274,6 +337,39 @@ test_no_network (gconstpointer data)
 
   assert_stopped (code, "socket", "socket");
   g_assert_cmpint (run_ok (code, "socketpair", NULL), ==, 0);
+  destroy_pool (code);
+}
+
+static void
+test_init_thread (gconstpointer data)
+{
+  DcDetachedCode *code = new_sandboxed (DC_SANDBOX_NO_NETWORK, GPOINTER_TO_INT (data));
+
+  dc_detached_code_set_worker_init_func (code, init_with_thread, NULL, NULL);
+  assert_stopped (code, "socket-in-init-thread", "socket");
+  destroy_pool (code);
+}
+
+/* A worker that lies about being stopped is killed all the same; a
+ * malformed report is a protocol error. */
+static void
+test_forged_report (void)
+{
+  DcDetachedCode *code = new_sandboxed (DC_SANDBOX_NONE, TRUE);
+  g_autoptr(GError) error = NULL;
+
+  run (code, "forge-short", NULL, &error);
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_PROTOCOL);
+  g_assert_nonnull (strstr (error->message, "a malformed sandbox report"));
+  g_clear_error (&error);
+
+  run (code, "forge-unknown", NULL, &error);
+  g_assert_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SANDBOX);
+  if (!g_pattern_match_simple ("Worker process * was stopped by the sandbox: it made system "
+                               "call 99999", error->message))
+    g_error ("unexpected message: %s", error->message);
+
+  g_assert_cmpint (run_ok (code, "pid", NULL), >, 0);
   destroy_pool (code);
 }
 
@@ -495,6 +591,8 @@ main (int   argc,
   add_both ("/detached-code/sandbox/no-exec", test_no_exec);
   add_both ("/detached-code/sandbox/no-network", test_no_network);
   add_both ("/detached-code/sandbox/no-spawn", test_no_spawn);
+  add_both ("/detached-code/sandbox/init-thread", test_init_thread);
+  g_test_add_func ("/detached-code/sandbox/forged-report", test_forged_report);
   add_both ("/detached-code/sandbox/no-process-access", test_no_process_access);
   add_both ("/detached-code/sandbox/filesystem", test_filesystem);
   add_both ("/detached-code/sandbox/all", test_all);
