@@ -324,6 +324,17 @@ test_no_exec (gconstpointer data)
   destroy_pool (code);
 }
 
+/* The report travels on the pipe stream as well. */
+static void
+test_pipe_stream (void)
+{
+  DcDetachedCode *code = new_sandboxed (DC_SANDBOX_NO_EXEC, TRUE);
+
+  dc_detached_code_set_stream (code, DC_STREAM_PIPE);
+  assert_stopped (code, "exec", "execve");
+  destroy_pool (code);
+}
+
 static void
 test_no_network (gconstpointer data)
 {
@@ -593,6 +604,7 @@ main (int   argc,
   add_both ("/detached-code/sandbox/no-spawn", test_no_spawn);
   add_both ("/detached-code/sandbox/init-thread", test_init_thread);
   g_test_add_func ("/detached-code/sandbox/forged-report", test_forged_report);
+  g_test_add_func ("/detached-code/sandbox/pipe-stream", test_pipe_stream);
   add_both ("/detached-code/sandbox/no-process-access", test_no_process_access);
   add_both ("/detached-code/sandbox/filesystem", test_filesystem);
   add_both ("/detached-code/sandbox/all", test_all);
