@@ -709,7 +709,10 @@ dc_detached_code_new_with_fds (DcCodeFdFunc   func,
  * start the pool by themselves when nobody did.
  *
  * Returns: %TRUE if the workers were forked; %FALSE with a
- *   %DC_DETACHED_CODE_ERROR_SPAWN @error otherwise
+ *   %DC_DETACHED_CODE_ERROR_SPAWN @error otherwise, or, when the
+ *   [property@DetachedCode:sandbox] cannot be set up, a
+ *   %DC_DETACHED_CODE_ERROR_SANDBOX error (`G_IO_ERROR_NOT_SUPPORTED` when
+ *   %DC_SANDBOX_FILESYSTEM is asked of a kernel without Landlock)
  *
  * Since: 1.0
  */
