@@ -766,3 +766,127 @@ dc_detached_code_set_fork_server (DcDetachedCode *self,
     }
   code_leave (self);
 }
+
+/**
+ * dc_detached_code_get_sandbox:
+ * @self: a pool
+ *
+ * Gets what workers may not do once their init function has run.
+ *
+ * Returns: the value of [property@DetachedCode:sandbox]
+ *
+ * Since: 1.0
+ */
+DcSandboxFlags
+dc_detached_code_get_sandbox (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), DC_SANDBOX_NONE);
+
+  return dc_launcher_get_sandbox (code_launcher (self));
+}
+
+/**
+ * dc_detached_code_set_sandbox:
+ * @self: a pool
+ * @flags: what workers may not do
+ *
+ * Sets [property@DetachedCode:sandbox].  Only while no worker runs.  Flags
+ * this version does not know make [method@DetachedCode.start] (or the first
+ * call) fail with %DC_DETACHED_CODE_ERROR_SANDBOX.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_sandbox (DcDetachedCode *self,
+                              DcSandboxFlags  flags)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (!code_enter (self, G_STRFUNC))
+    return;
+  if (dc_pool_has_workers (self->pool))
+    g_log (G_LOG_DOMAIN, G_LOG_LEVEL_CRITICAL, "%s: only while no worker runs", G_STRFUNC);
+  else if (dc_launcher_get_sandbox (code_launcher (self)) != flags)
+    {
+      dc_launcher_set_sandbox (code_launcher (self), flags);
+      g_object_notify_by_pspec (G_OBJECT (self), dc_detached_code_props[PROP_SANDBOX]);
+    }
+  code_leave (self);
+}
+
+/**
+ * dc_detached_code_add_sandbox_path:
+ * @self: a pool
+ * @path: (type filename): an absolute path to a file or a directory
+ * @access: what workers may do there
+ *
+ * Lets workers under %DC_SANDBOX_FILESYSTEM reach @path (a directory
+ * covers its whole tree).  Only while no worker runs.  A relative or
+ * missing path makes [method@DetachedCode.start] (or the first call) fail
+ * with %DC_DETACHED_CODE_ERROR_SANDBOX.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_add_sandbox_path (DcDetachedCode  *self,
+                                   const char      *path,
+                                   DcSandboxAccess  access)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (path != NULL);
+  g_return_if_fail (access == DC_SANDBOX_ACCESS_READ || access == DC_SANDBOX_ACCESS_READ_WRITE);
+
+  if (!code_enter (self, G_STRFUNC))
+    return;
+  if (dc_pool_has_workers (self->pool))
+    g_log (G_LOG_DOMAIN, G_LOG_LEVEL_CRITICAL, "%s: only while no worker runs", G_STRFUNC);
+  else
+    dc_launcher_add_sandbox_path (code_launcher (self), path, access);
+  code_leave (self);
+}
+
+/**
+ * dc_detached_code_get_memory_limit:
+ * @self: a pool
+ *
+ * Gets the address space limit of each worker.
+ *
+ * Returns: the value of [property@DetachedCode:memory-limit]
+ *
+ * Since: 1.0
+ */
+guint64
+dc_detached_code_get_memory_limit (DcDetachedCode *self)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), 0);
+
+  return dc_launcher_get_memory_limit (code_launcher (self));
+}
+
+/**
+ * dc_detached_code_set_memory_limit:
+ * @self: a pool
+ * @memory_limit: bytes, or 0 for none
+ *
+ * Sets [property@DetachedCode:memory-limit].  Only while no worker runs.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_set_memory_limit (DcDetachedCode *self,
+                                   guint64         memory_limit)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+
+  if (!code_enter (self, G_STRFUNC))
+    return;
+  if (dc_pool_has_workers (self->pool))
+    g_log (G_LOG_DOMAIN, G_LOG_LEVEL_CRITICAL, "%s: only while no worker runs", G_STRFUNC);
+  else if (dc_launcher_get_memory_limit (code_launcher (self)) != memory_limit)
+    {
+      dc_launcher_set_memory_limit (code_launcher (self), memory_limit);
+      code_settings (self)->proc.memory_limit = memory_limit;
+      g_object_notify_by_pspec (G_OBJECT (self), dc_detached_code_props[PROP_MEMORY_LIMIT]);
+    }
+  code_leave (self);
+}

@@ -256,6 +256,12 @@ dc_detached_code_get_property (GObject    *object,
     case PROP_MAX_QUEUED:
       g_value_set_uint (value, dc_detached_code_get_max_queued (self));
       break;
+    case PROP_SANDBOX:
+      g_value_set_flags (value, dc_detached_code_get_sandbox (self));
+      break;
+    case PROP_MEMORY_LIMIT:
+      g_value_set_uint64 (value, dc_detached_code_get_memory_limit (self));
+      break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
     }
@@ -312,6 +318,12 @@ dc_detached_code_set_property (GObject      *object,
       break;
     case PROP_MAX_QUEUED:
       dc_detached_code_set_max_queued (self, g_value_get_uint (value));
+      break;
+    case PROP_SANDBOX:
+      dc_detached_code_set_sandbox (self, g_value_get_flags (value));
+      break;
+    case PROP_MEMORY_LIMIT:
+      dc_detached_code_set_memory_limit (self, g_value_get_uint64 (value));
       break;
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
@@ -574,6 +586,41 @@ dc_detached_code_class_init (DcDetachedCodeClass *klass)
     g_param_spec_uint ("max-queued", NULL, NULL, 0, G_MAXUINT, 0,
                        G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
 
+  /**
+   * DcDetachedCode:sandbox:
+   *
+   * What each worker may not do once its init function has run (which
+   * may still open files, load data, start threads): the worker confines
+   * itself before its first call.  A worker that makes a forbidden system
+   * call is stopped, its call fails with
+   * [error@DetachedCodeError.SANDBOX] naming the call, and the pool goes
+   * on with a new worker.  Every sandboxed worker also gets
+   * `PR_SET_NO_NEW_PRIVS`.  May change only while no worker runs.  See
+   * [Sandbox](sandbox.html) for what each flag blocks and what no flag
+   * can.
+   *
+   * Since: 1.0
+   */
+  dc_detached_code_props[PROP_SANDBOX] =
+    g_param_spec_flags ("sandbox", NULL, NULL, DC_TYPE_SANDBOX_FLAGS, DC_SANDBOX_NONE,
+                        G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
+  /**
+   * DcDetachedCode:memory-limit:
+   *
+   * The address space (`RLIMIT_AS`) each worker may map, in bytes; 0 for
+   * no limit.  Set after the init function, with the sandbox.  A worker
+   * inherits the parent's mappings, so a limit at or below what this
+   * process maps makes [method@DetachedCode.start] fail with
+   * [error@DetachedCodeError.SANDBOX].  May change only while no worker
+   * runs.
+   *
+   * Since: 1.0
+   */
+  dc_detached_code_props[PROP_MEMORY_LIMIT] =
+    g_param_spec_uint64 ("memory-limit", NULL, NULL, 0, G_MAXUINT64, 0,
+                         G_PARAM_READWRITE | G_PARAM_STATIC_STRINGS | G_PARAM_EXPLICIT_NOTIFY);
+
   g_object_class_install_properties (object_class, N_PROPS, dc_detached_code_props);
 
   /**
@@ -692,7 +739,10 @@ dc_detached_code_new_with_fds (DcCodeFdFunc   func,
  * start the pool by themselves when nobody did.
  *
  * Returns: %TRUE if the workers were forked; %FALSE with a
- *   %DC_DETACHED_CODE_ERROR_SPAWN @error otherwise
+ *   %DC_DETACHED_CODE_ERROR_SPAWN @error otherwise, or, when the
+ *   [property@DetachedCode:sandbox] cannot be set up, a
+ *   %DC_DETACHED_CODE_ERROR_SANDBOX error (`G_IO_ERROR_NOT_SUPPORTED` when
+ *   %DC_SANDBOX_FILESYSTEM is asked of a kernel without Landlock)
  *
  * Since: 1.0
  */

@@ -43,6 +43,10 @@ G_BEGIN_DECLS
  *   fork failed, or the worker could not set itself up)
  * @DC_DETACHED_CODE_ERROR_BUSY: the call was refused because
  *   [property@DetachedCode:max-queued] calls already wait for a worker
+ * @DC_DETACHED_CODE_ERROR_SANDBOX: the worker made a system call its
+ *   [property@DetachedCode:sandbox] forbids and was stopped; the message names
+ *   the call.  Also: the sandbox asked for cannot be set up (see
+ *   [Sandbox](sandbox.html))
  *
  * Error codes of the %DC_DETACHED_CODE_ERROR domain.
  *
@@ -58,6 +62,7 @@ typedef enum
   DC_DETACHED_CODE_ERROR_TIMED_OUT,
   DC_DETACHED_CODE_ERROR_SPAWN,
   DC_DETACHED_CODE_ERROR_BUSY,
+  DC_DETACHED_CODE_ERROR_SANDBOX,
 } DcDetachedCodeError;
 
 /**
@@ -112,6 +117,57 @@ typedef enum /*< flags >*/
   DC_SETUP_INHERIT_STDOUT = 1 << 1,
   DC_SETUP_SILENCE_STDERR = 1 << 2,
 } DcSetupFlags;
+
+/**
+ * DcSandboxFlags:
+ * @DC_SANDBOX_NONE: no sandbox
+ * @DC_SANDBOX_NO_EXEC: no `execve()` or `execveat()`
+ * @DC_SANDBOX_NO_NETWORK: no `socket()` of any family (`socketpair()` stays allowed)
+ * @DC_SANDBOX_NO_SPAWN: no new process: `fork()`, `vfork()`, and `clone()` without
+ *   `CLONE_THREAD` (threads stay allowed)
+ * @DC_SANDBOX_NO_PROCESS_ACCESS: no signal, trace or memory access aimed at any
+ *   process but the worker itself: `kill()`, `tkill()`, `tgkill()`,
+ *   `rt_sigqueueinfo()`, `rt_tgsigqueueinfo()`, `process_vm_readv()` and
+ *   `process_vm_writev()` are allowed on the worker's own pid only;
+ *   `pidfd_open()` likewise; `pidfd_send_signal()` and `ptrace()` never
+ * @DC_SANDBOX_FILESYSTEM: the worker opens only the paths listed with
+ *   [method@DetachedCode.add_sandbox_path] (Landlock); anything else fails
+ *   with `EACCES`
+ * @DC_SANDBOX_ALL: all of the above
+ *
+ * What a worker may not do once its init function has run.  A worker that
+ * makes a forbidden system call (all flags but %DC_SANDBOX_FILESYSTEM) is
+ * stopped, and its call fails with %DC_DETACHED_CODE_ERROR_SANDBOX.  See
+ * [Sandbox](sandbox.html).
+ *
+ * Since: 1.0
+ */
+typedef enum /*< flags >*/
+{
+  DC_SANDBOX_NONE              = 0,
+  DC_SANDBOX_NO_EXEC           = 1 << 0,
+  DC_SANDBOX_NO_NETWORK        = 1 << 1,
+  DC_SANDBOX_NO_SPAWN          = 1 << 2,
+  DC_SANDBOX_NO_PROCESS_ACCESS = 1 << 3,
+  DC_SANDBOX_FILESYSTEM        = 1 << 4,
+  DC_SANDBOX_ALL               = (1 << 5) - 1,
+} DcSandboxFlags;
+
+/**
+ * DcSandboxAccess:
+ * @DC_SANDBOX_ACCESS_READ: read files and list directories
+ * @DC_SANDBOX_ACCESS_READ_WRITE: also write, create, remove and rename
+ *
+ * What a worker under %DC_SANDBOX_FILESYSTEM may do under a path given to
+ * [method@DetachedCode.add_sandbox_path].
+ *
+ * Since: 1.0
+ */
+typedef enum
+{
+  DC_SANDBOX_ACCESS_READ,
+  DC_SANDBOX_ACCESS_READ_WRITE,
+} DcSandboxAccess;
 
 /**
  * DcCodeFunc:
@@ -321,5 +377,20 @@ gboolean        dc_detached_code_get_fork_server    (DcDetachedCode    *self);
 DC_AVAILABLE_IN_ALL
 void            dc_detached_code_set_fork_server    (DcDetachedCode    *self,
                                                     gboolean            fork_server);
+
+DC_AVAILABLE_IN_ALL
+DcSandboxFlags  dc_detached_code_get_sandbox        (DcDetachedCode    *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_sandbox        (DcDetachedCode    *self,
+                                                    DcSandboxFlags      flags);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_add_sandbox_path   (DcDetachedCode    *self,
+                                                    const char         *path,
+                                                    DcSandboxAccess     access);
+DC_AVAILABLE_IN_ALL
+guint64         dc_detached_code_get_memory_limit   (DcDetachedCode    *self);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_set_memory_limit   (DcDetachedCode    *self,
+                                                    guint64             memory_limit);
 
 G_END_DECLS

@@ -72,6 +72,15 @@ gboolean      dc_launcher_is_socket        (DcLauncher        *launcher);
 void          dc_launcher_set_fork_server  (DcLauncher        *launcher,
                                             gboolean           fork_server);
 gboolean      dc_launcher_get_fork_server  (DcLauncher        *launcher);
+void          dc_launcher_set_sandbox      (DcLauncher        *launcher,
+                                            DcSandboxFlags     flags);
+DcSandboxFlags dc_launcher_get_sandbox     (DcLauncher        *launcher);
+void          dc_launcher_add_sandbox_path (DcLauncher        *launcher,
+                                            const char        *path,
+                                            DcSandboxAccess    access);
+void          dc_launcher_set_memory_limit (DcLauncher        *launcher,
+                                            guint64            memory_limit);
+guint64       dc_launcher_get_memory_limit (DcLauncher        *launcher);
 
 /* Checks what would make every spawn fail (a missing directory); with
  * the fork server, makes the template now if there is none. */

@@ -25,6 +25,7 @@
 
 #include "dc-launcher-private.h"
 #include "dc-process-private.h"
+#include "dc-sandbox-private.h"
 #include "dc-template-private.h"
 #include "dc-wire-private.h"
 #include "dc-worker-private.h"
@@ -57,6 +58,10 @@ struct _DcLauncher
   DcSetupFlags      setup_flags;
   char             *cwd;
   GArray           *env_ops;    /* EnvOp, applied in order at each fork */
+  DcSandboxFlags    sandbox_flags;
+  GArray           *sandbox_paths;  /* DcSandboxPath */
+  guint64           memory_limit;
+  GBytes           *sandbox;    /* the program for the above; NULL until built */
 
   GMainContext     *context;
   gboolean          fork_server;
@@ -94,6 +99,8 @@ dc_launcher_new (GMainContext *context)
   launcher->setup_flags = DC_SETUP_NONE;
   launcher->env_ops = g_array_new (FALSE, FALSE, sizeof (EnvOp));
   g_array_set_clear_func (launcher->env_ops, (GDestroyNotify) env_op_clear);
+  launcher->sandbox_paths = g_array_new (FALSE, FALSE, sizeof (DcSandboxPath));
+  g_array_set_clear_func (launcher->sandbox_paths, (GDestroyNotify) dc_sandbox_path_clear);
   return launcher;
 }
 
@@ -108,6 +115,8 @@ dc_launcher_free (DcLauncher *launcher,
     launcher->init_data_free (launcher->init_data);
   g_free (launcher->cwd);
   g_array_unref (launcher->env_ops);
+  g_array_unref (launcher->sandbox_paths);
+  g_clear_pointer (&launcher->sandbox, g_bytes_unref);
   g_free (launcher);
 }
 
@@ -230,6 +239,45 @@ gboolean
 dc_launcher_get_fork_server (DcLauncher *launcher)
 {
   return launcher->fork_server;
+}
+
+void
+dc_launcher_set_sandbox (DcLauncher     *launcher,
+                         DcSandboxFlags  flags)
+{
+  launcher->sandbox_flags = flags;
+  g_clear_pointer (&launcher->sandbox, g_bytes_unref);
+}
+
+DcSandboxFlags
+dc_launcher_get_sandbox (DcLauncher *launcher)
+{
+  return launcher->sandbox_flags;
+}
+
+void
+dc_launcher_add_sandbox_path (DcLauncher      *launcher,
+                              const char      *path,
+                              DcSandboxAccess  access)
+{
+  DcSandboxPath p = { g_strdup (path), access };
+
+  g_array_append_val (launcher->sandbox_paths, p);
+  g_clear_pointer (&launcher->sandbox, g_bytes_unref);
+}
+
+void
+dc_launcher_set_memory_limit (DcLauncher *launcher,
+                              guint64     memory_limit)
+{
+  launcher->memory_limit = memory_limit;
+  g_clear_pointer (&launcher->sandbox, g_bytes_unref);
+}
+
+guint64
+dc_launcher_get_memory_limit (DcLauncher *launcher)
+{
+  return launcher->memory_limit;
 }
 
 /* The child stores this array; it builds nothing itself. */
@@ -360,6 +408,9 @@ fill_code (DcLauncher            *launcher,
   code->init_func = launcher->init_func;
   code->init_data = launcher->init_data;
   code->is_socket = dc_launcher_is_socket (launcher);
+  /* The worker writes its pid into its own copy of the program. */
+  if (launcher->sandbox != NULL)
+    code->sandbox = (guint8 *) g_bytes_get_data (launcher->sandbox, &code->sandbox_size);
   if (options != NULL)
     {
       code->marshaller = options->marshaller;
@@ -564,6 +615,9 @@ template_start (DcLauncher  *launcher,
   tsetup.die_with_parent = gettid () == getpid ();
   tsetup.slots = slots;
   fill_code (launcher, NULL, &code);
+  /* Each request brings the sandbox of the settings it was made with. */
+  code.sandbox = NULL;
+  code.sandbox_size = 0;
 
   pid = clone_blocked (&pidfd);
   if (pid == 0)
@@ -596,11 +650,57 @@ template_start (DcLauncher  *launcher,
   return TRUE;
 }
 
+/* The address space this process maps now, which a worker inherits;
+ * 0 if unknown. */
+static guint64
+mapped_size (void)
+{
+  g_autofree char *statm = NULL;
+  guint64 pages;
+
+  if (!g_file_get_contents ("/proc/self/statm", &statm, NULL, NULL))
+    return 0;
+  pages = g_ascii_strtoull (statm, NULL, 10);
+  return pages * (guint64) sysconf (_SC_PAGESIZE);
+}
+
+/* The sandbox program, built once per settings. */
+static gboolean
+build_sandbox (DcLauncher  *launcher,
+               GError     **error)
+{
+  guint64 mapped;
+
+  if (launcher->sandbox != NULL ||
+      (launcher->sandbox_flags == DC_SANDBOX_NONE && launcher->memory_limit == 0))
+    return TRUE;
+
+  /* A worker starts with all of this mapped: under a lower limit it
+   * could not allocate a byte. */
+  mapped = mapped_size ();
+  if (launcher->memory_limit > 0 && launcher->memory_limit <= mapped)
+    {
+      g_autofree char *limit = g_format_size_full (launcher->memory_limit, G_FORMAT_SIZE_IEC_UNITS);
+      g_autofree char *have = g_format_size_full (mapped, G_FORMAT_SIZE_IEC_UNITS);
+
+      g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SANDBOX,
+                   _("The memory-limit of %s is too small: a worker starts with the %s "
+                     "this process maps"), limit, have);
+      return FALSE;
+    }
+
+  launcher->sandbox = dc_sandbox_build (launcher->sandbox_flags, launcher->sandbox_paths,
+                                        launcher->memory_limit, error);
+  return launcher->sandbox != NULL;
+}
+
 /* What would make every spawn fail, told before any is tried. */
 static gboolean
 check_settings (DcLauncher  *launcher,
                 GError     **error)
 {
+  if (!build_sandbox (launcher, error))
+    return FALSE;
   if (launcher->cwd != NULL && !g_file_test (launcher->cwd, G_FILE_TEST_IS_DIR))
     {
       g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
@@ -808,7 +908,8 @@ spawn_from_template (DcLauncher             *launcher,
   g_autoptr(GBytes) request = NULL;
   guint n_made = 0, deaths = 0;
 
-  request = dc_template_encode_request (launcher->setup_flags, launcher->cwd, envp,
+  request = dc_template_encode_request (launcher->setup_flags, launcher->sandbox,
+                                        launcher->cwd, envp,
                                         options->marshaller, options->exit_on_die,
                                         options->memfd_threshold);
   if (request == NULL)

@@ -11,7 +11,8 @@
  * and locks the parent has since.
  *
  * A request is one SOCK_SEQPACKET message: a DcTemplateRequest, then the
- * working directory and the environment, with the worker's channel
+ * worker's sandbox program (dc-sandbox-private.h, at most
+ * DC_SANDBOX_MAX_SIZE bytes), the working directory and the environment, with the worker's channel
  * descriptors attached (SCM_RIGHTS: one for a socket, read then write for
  * pipes).  The reply is a DcTemplateReply, with the worker's pidfd
  * attached when it was made.
@@ -43,6 +44,8 @@ typedef struct
   guint32 n_env;             /* strings, each with its NUL ... */
   guint32 env_len;           /* ... in this many bytes; 0 and 0: keep */
   guint32 slot;              /* where the worker's pid goes, < DC_TEMPLATE_N_SLOTS */
+  guint32 sandbox_len;       /* 0: no sandbox */
+  guint32 reserved;
 } DcTemplateRequest;
 
 /* The pid slots: a page shared by the parent and its template alone,
@@ -72,10 +75,11 @@ typedef struct
   gint32   *slots;           /* DC_TEMPLATE_N_SLOTS, in the shared page */
 } DcTemplateSetup;
 
-/* In the parent: the request for a worker with these settings (@cwd and
- * @envp may be NULL).  NULL if it would be larger than
+/* In the parent: the request for a worker with these settings (@cwd,
+ * @envp and @sandbox may be NULL).  NULL if it would be larger than
  * DC_TEMPLATE_MAX_REQUEST. */
 GBytes   *dc_template_encode_request  (DcSetupFlags          flags,
+                                       GBytes               *sandbox,
                                        const char           *cwd,
                                        char                **envp,
                                        DcMarshaller          marshaller,

@@ -17,11 +17,13 @@
 #include <unistd.h>
 
 #include "dc-process-private.h"
+#include "dc-sandbox-private.h"
 #include "dc-template-private.h"
 #include "dc-wire-private.h"
 
 GBytes *
 dc_template_encode_request (DcSetupFlags   flags,
+                            GBytes        *sandbox,
                             const char    *cwd,
                             char         **envp,
                             DcMarshaller   marshaller,
@@ -33,6 +35,16 @@ dc_template_encode_request (DcSetupFlags   flags,
   guint i;
 
   g_byte_array_append (bytes, (const guint8 *) &request, sizeof request);
+  if (sandbox != NULL)
+    {
+      if (g_bytes_get_size (sandbox) > DC_SANDBOX_MAX_SIZE)
+        {
+          g_byte_array_unref (bytes);
+          return NULL;
+        }
+      request.sandbox_len = (guint32) g_bytes_get_size (sandbox);
+      g_byte_array_append (bytes, g_bytes_get_data (sandbox, NULL), request.sandbox_len);
+    }
   if (cwd != NULL)
     {
       request.cwd_len = (guint32) strlen (cwd) + 1;
@@ -94,11 +106,22 @@ dc_template_decode_request (guint8         *data,
       (request.marshaller != DC_MARSHALLER_VARIANT && request.marshaller != DC_MARSHALLER_FLAT) ||
       request.exit_on_die > 1 || request.n_env > DC_TEMPLATE_MAX_ENV ||
       request.slot >= DC_TEMPLATE_N_SLOTS ||
-      request.cwd_len > size - sizeof request ||
-      request.env_len != size - sizeof request - request.cwd_len)
+      request.sandbox_len > size - sizeof request ||
+      request.cwd_len > size - sizeof request - request.sandbox_len ||
+      request.env_len != size - sizeof request - request.sandbox_len - request.cwd_len)
     return FALSE;
 
   pos = sizeof request;
+  code->sandbox = NULL;
+  code->sandbox_size = 0;
+  if (request.sandbox_len > 0)
+    {
+      if (!dc_sandbox_check (data + pos, request.sandbox_len))
+        return FALSE;
+      code->sandbox = data + pos;
+      code->sandbox_size = request.sandbox_len;
+      pos += request.sandbox_len;
+    }
   setup->cwd = NULL;
   if (request.cwd_len > 0)
     {

@@ -45,7 +45,8 @@ typedef enum
   DC_WIRE_NULL_RESULT,       /* no payload: the code returned NULL without an error */
   DC_WIRE_MARSHAL_FAILED,    /* payload: type string of the value that could not travel */
   DC_WIRE_SETUP_FAILED,      /* payload: guint32 step, guint32 errno */
-  DC_WIRE_LAST_TYPE = DC_WIRE_SETUP_FAILED,
+  DC_WIRE_SANDBOX_STOPPED,   /* payload: guint32 audit arch, gint32 system call number */
+  DC_WIRE_LAST_TYPE = DC_WIRE_SANDBOX_STOPPED,
 } DcWireType;
 
 typedef enum
@@ -65,6 +66,7 @@ typedef enum
   DC_WIRE_SETUP_STEP_DESCRIPTORS = 1,
   DC_WIRE_SETUP_STEP_CWD,
   DC_WIRE_SETUP_STEP_PARENT_GONE,
+  DC_WIRE_SETUP_STEP_SANDBOX,
 } DcWireSetupStep;
 
 typedef struct

@@ -49,6 +49,9 @@ typedef struct
   gboolean          exit_on_die;
   gboolean          is_socket;        /* descriptors can travel */
   gsize             memfd_threshold;  /* 0: never */
+  guint8           *sandbox;          /* a program of dc-sandbox-private.h, or NULL; the
+                                       * worker writes into its own copy */
+  gsize             sandbox_size;
 } DcWorkerCode;
 
 /* Exit statuses a worker may leave with of its own accord. */
@@ -58,6 +61,7 @@ enum
   DC_WORKER_EXIT_CHANNEL = 120,     /* read or write on the channel failed */
   DC_WORKER_EXIT_BAD_REQUEST = 121, /* the parent sent something undecodable */
   DC_WORKER_EXIT_SETUP = 122,       /* set-up failed (a SETUP_FAILED frame was sent) */
+  DC_WORKER_EXIT_SANDBOX = 123,     /* a forbidden system call (a SANDBOX_STOPPED frame was sent) */
 };
 
 /* Picks the high descriptor numbers the channel takes in a worker: the top

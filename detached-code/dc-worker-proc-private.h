@@ -47,6 +47,7 @@ typedef struct
   guint         memfd_threshold;   /* bytes; 0 = never; read per call */
   guint         call_timeout;      /* ms; 0 = none; read as a call starts */
   guint         idle_timeout;      /* ms; 0 = never */
+  guint64       memory_limit;      /* bytes; 0 = none; only while no worker runs */
 } DcWorkerProcSettings;
 
 typedef struct

@@ -20,6 +20,7 @@
 #include <glib-unix.h>
 
 #include "dc-process-private.h"
+#include "dc-sandbox-private.h"
 #include "dc-wire-private.h"
 #include "dc-worker-proc-private.h"
 
@@ -504,6 +505,10 @@ setup_failed_error (DcWorkerProc *proc,
     case DC_WIRE_SETUP_STEP_CWD:
       what = _("cannot change to the working directory");
       break;
+    case DC_WIRE_SETUP_STEP_SANDBOX:
+      return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SANDBOX,
+                          _("Worker process %d could not start: cannot set up its sandbox: %s"),
+                          (int) proc->pid, g_strerror ((int) words[1]));
     case DC_WIRE_SETUP_STEP_DESCRIPTORS:
     default:
       what = _("cannot set up its descriptors");
@@ -512,6 +517,22 @@ setup_failed_error (DcWorkerProc *proc,
   return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                       _("Worker process %d could not start: %s: %s"),
                       (int) proc->pid, what, g_strerror ((int) words[1]));
+}
+
+static GError *
+sandbox_error (DcWorkerProc *proc,
+               GBytes       *payload)
+{
+  const guint32 *words = g_bytes_get_data (payload, NULL);
+  g_autofree char *name = dc_sandbox_syscall_name (words[0], (gint32) words[1]);
+
+  if (name != NULL)
+    return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SANDBOX,
+                        _("Worker process %d was stopped by the sandbox: it called %s()"),
+                        (int) proc->pid, name);
+  return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SANDBOX,
+                      _("Worker process %d was stopped by the sandbox: it made system call %d"),
+                      (int) proc->pid, (int) words[1]);
 }
 
 typedef struct
@@ -558,6 +579,15 @@ handle_frame (gpointer            data,
       return FALSE;
     }
 
+  if (header->type == DC_WIRE_SANDBOX_STOPPED)
+    {
+      if (g_bytes_get_size (payload) != 8)
+        return reject (proc, _("a malformed sandbox report"));
+      /* It exits next; the call it ran, and those behind, fail with it. */
+      proc_transition (proc, EVENT_KILL, sandbox_error (proc, payload), NULL);
+      return FALSE;
+    }
+
   call = g_queue_peek_head (&proc->inflight);
   if (call == NULL)
     return reject (proc, _("a reply without a call"));
@@ -597,6 +627,7 @@ handle_frame (gpointer            data,
 
     case DC_WIRE_CALL:
     case DC_WIRE_SETUP_FAILED:
+    case DC_WIRE_SANDBOX_STOPPED:
     default:
       g_assert_not_reached ();
     }
@@ -810,6 +841,19 @@ death_error (DcWorkerProc *proc)
     return g_error_copy (proc->lost_error);
 
   status = dc_describe_wait_status (proc->pid, proc->wait_status);
+  /* Whether an allocation failed, the parent cannot know; that it may
+   * have, it says. */
+  if (proc->settings != NULL && proc->settings->memory_limit > 0 &&
+      proc->wait_status != DC_PROCESS_STATUS_UNKNOWN &&
+      (WIFSIGNALED (proc->wait_status) || WEXITSTATUS (proc->wait_status) != 0))
+    {
+      g_autofree char *limit = g_format_size_full (proc->settings->memory_limit,
+                                                   G_FORMAT_SIZE_IEC_UNITS);
+
+      return g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED,
+                          _("%s; it ran under a memory-limit of %s, and an allocation past "
+                            "it fails"), status, limit);
+    }
   return g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED, status);
 }
 

@@ -20,6 +20,7 @@
 
 #include <gio/gunixfdlist.h>
 
+#include "dc-sandbox-private.h"
 #include "dc-wire-private.h"
 #include "dc-worker-private.h"
 
@@ -584,6 +585,16 @@ dc_worker_main (const DcWorkerSetup *setup,
   dc_wire_forget_buffers_after_fork ();
   if (code->init_func != NULL)
     code->init_func (code->init_data);
+
+  /* The sandbox: after init (which may open files, load models), before
+   * the first call.  A worker that cannot confine itself takes no call. */
+  if (code->sandbox != NULL)
+    {
+      int errsv = dc_sandbox_apply (code->sandbox, code->sandbox_size, setup->target_write_fd);
+
+      if (errsv != 0)
+        setup_fail (setup->target_write_fd, DC_WIRE_SETUP_STEP_SANDBOX, errsv);
+    }
 
   /* _exit(): the parent's atexit handlers and stdio buffers are not ours. */
   _exit (dc_worker_serve (setup->target_read_fd, setup->target_write_fd, code));

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dc-sandbox-private.h"
 #include "dc-template-private.h"
 #include "dc-wire-private.h"
 
@@ -730,7 +731,10 @@ test_template_request (void)
 {
   char *envp[] = { "A=1", "PATH=/bin", "EMPTY=", NULL };
   char *storage[DC_TEMPLATE_MAX_ENV + 1];
-  g_autoptr(GBytes) request = dc_template_encode_request (DC_SETUP_SILENCE_STDERR, "/tmp", envp,
+  g_autoptr(GArray) no_paths = g_array_new (FALSE, FALSE, sizeof (DcSandboxPath));
+  g_autoptr(GBytes) sandbox = dc_sandbox_build (DC_SANDBOX_NO_EXEC, no_paths, 0, NULL);
+  g_autoptr(GBytes) request = dc_template_encode_request (DC_SETUP_SILENCE_STDERR, sandbox,
+                                                          "/tmp", envp,
                                                           DC_MARSHALLER_FLAT, TRUE, 4096);
   g_autofree guint8 *copy = g_memdup2 (g_bytes_get_data (request, NULL), g_bytes_get_size (request));
   gsize size = g_bytes_get_size (request);
@@ -749,10 +753,13 @@ test_template_request (void)
   g_assert_true (code.exit_on_die);
   g_assert_cmpuint (code.memfd_threshold, ==, 4096);
   g_assert_false (code.is_socket);
+  g_assert_nonnull (code.sandbox);
+  g_assert_cmpmem (code.sandbox, code.sandbox_size,
+                   g_bytes_get_data (sandbox, NULL), g_bytes_get_size (sandbox));
 
   /* Nothing to change: the template's own directory and environment. */
   {
-    g_autoptr(GBytes) plain = dc_template_encode_request (DC_SETUP_NONE, NULL, NULL,
+    g_autoptr(GBytes) plain = dc_template_encode_request (DC_SETUP_NONE, NULL, NULL, NULL,
                                                           DC_MARSHALLER_VARIANT, FALSE, 0);
     g_autofree guint8 *plain_copy = g_memdup2 (g_bytes_get_data (plain, NULL), g_bytes_get_size (plain));
 
@@ -760,6 +767,7 @@ test_template_request (void)
                                                storage, &setup, &code));
     g_assert_null (setup.cwd);
     g_assert_null (setup.envp);
+    g_assert_null (code.sandbox);
     g_assert_true (code.is_socket);
   }
 

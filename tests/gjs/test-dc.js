@@ -263,6 +263,9 @@ function workerBehave(args) {
         throw new Error('still alive after SIGKILL');
     case 'env':
         return new GLib.Variant('(msms)', [GLib.getenv('DC_TEST_VAR'), GLib.getenv('DC_TEST_GONE')]);
+    case 'socket':
+        Gio.Socket.new(Gio.SocketFamily.IPV4, Gio.SocketType.STREAM, Gio.SocketProtocol.TCP).close();
+        return new GLib.Variant('(si)', ['socket made', ownPid()]);
     default:
         return new GLib.Variant('(si)', [what, ownPid()]);
     }
@@ -435,6 +438,26 @@ test('a worker that dies fails its call with WORKER_DIED', () => {
     assertEqual(what, 'ok');
     assert(newPid !== pid, 'a fresh worker took the call');
     assertEqual(pool.get_worker_pids(), [newPid]);
+});
+
+test('the sandbox property, and a violation is SANDBOX', () => {
+    const pool = makePool(workerBehave);
+    assertEqual(pool.sandbox, Dc.SandboxFlags.NONE);
+    const notified = [];
+    pool.connect('notify::sandbox', () => notified.push('sandbox'));
+    pool.sandbox = Dc.SandboxFlags.NO_NETWORK | Dc.SandboxFlags.NO_EXEC;
+    pool.sandbox = Dc.SandboxFlags.NO_NETWORK | Dc.SandboxFlags.NO_EXEC;
+    assertEqual(notified, ['sandbox']);
+    assertEqual(pool.get_sandbox(), Dc.SandboxFlags.NO_NETWORK | Dc.SandboxFlags.NO_EXEC);
+
+    const [, pid] = assertValue(callSync(pool, new GLib.Variant('(s)', ['ok'])));
+    const outcome = callSync(pool, new GLib.Variant('(s)', ['socket']));
+    assertDcError(outcome, Dc.DetachedCodeError.SANDBOX);
+    assert(outcome.error.message.includes(
+        `Worker process ${pid} was stopped by the sandbox: it called socket()`), outcome.error.message);
+    const [what, newPid] = assertValue(callSync(pool, new GLib.Variant('(s)', ['ok'])));
+    assertEqual(what, 'ok');
+    assert(newPid !== pid, 'a fresh worker took the call');
 });
 
 test('setenv and unsetenv reach the worker only', () => {

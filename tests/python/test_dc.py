@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import resource
+import socket
 import sys
 import tempfile
 import threading
@@ -254,6 +255,23 @@ def worker_fds_raise(args, fd_list):
     if what == 'raise':
         raise RuntimeError('no descriptors today')
     return GLib.Variant('(s)', (what,)), None
+
+
+def worker_sandboxed(args):
+    # Everything it needs is imported already: under DC_SANDBOX_ALL, with
+    # no path listed, the worker opens no file.
+    (what,) = args.unpack()
+    if what == 'exec':
+        os.execv('/bin/true', ['true'])
+    if what == 'socket':
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()
+    if what == 'open':
+        try:
+            with open('/etc/passwd', 'rb'):
+                return GLib.Variant('(si)', ('opened', os.getpid()))
+        except PermissionError:
+            return GLib.Variant('(si)', ('denied', os.getpid()))
+    return GLib.Variant('(si)', ('%s %d' % (what, sum(range(10))), os.getpid()))
 
 
 def worker_environment(args):
@@ -745,6 +763,44 @@ class TestPython(DcTestCase):
         pool.shutdown()
         self.assertIn('n-workers', notified)
         self.assertEqual(pool.props.n_workers, 0)
+
+    def test_sandbox_property(self):
+        pool = self.make_pool(worker_sandboxed)
+        self.assertEqual(pool.props.sandbox, Dc.SandboxFlags.NONE)
+        self.assertEqual(pool.props.memory_limit, 0)
+        notified = []
+        pool.connect('notify', lambda _pool, pspec: notified.append(pspec.name))
+        pool.props.sandbox = Dc.SandboxFlags.NO_EXEC | Dc.SandboxFlags.NO_NETWORK
+        pool.set_sandbox(Dc.SandboxFlags.NO_EXEC | Dc.SandboxFlags.NO_NETWORK)
+        pool.props.memory_limit = 1 << 40
+        self.assertEqual(notified, ['sandbox', 'memory-limit'])
+        self.assertEqual(pool.get_sandbox(),
+                         Dc.SandboxFlags.NO_EXEC | Dc.SandboxFlags.NO_NETWORK)
+        self.assertEqual(pool.get_memory_limit(), 1 << 40)
+        self.assertEqual(Dc.SandboxFlags.ALL,
+                         Dc.SandboxFlags.NO_EXEC | Dc.SandboxFlags.NO_NETWORK |
+                         Dc.SandboxFlags.NO_SPAWN | Dc.SandboxFlags.NO_PROCESS_ACCESS |
+                         Dc.SandboxFlags.FILESYSTEM)
+
+    def test_sandbox_violation_is_sandbox_error(self):
+        pool = self.make_pool(worker_sandboxed)
+        pool.props.sandbox = Dc.SandboxFlags.ALL
+        what, pid = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
+        self.assertEqual(what, 'ok 45', 'a Python worker runs Python under DC_SANDBOX_ALL')
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('exec',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.SANDBOX)
+        self.assertIn('Worker process %d was stopped by the sandbox: it called execve()' % pid,
+                      outcome.error.message)
+        self.wait_reaped(pid)
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('socket',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.SANDBOX)
+        self.assertIn('it called socket()', outcome.error.message)
+
+        what, new_pid = self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('open',))))
+        self.assertEqual(what, 'denied')
+        self.assertNotEqual(new_pid, pid)
 
     def test_exit_on_die(self):
         pool = self.make_pool(worker_behave)
