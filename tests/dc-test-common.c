@@ -456,3 +456,18 @@ cancel_cb (gpointer data)
   g_cancellable_cancel (data);
   return G_SOURCE_REMOVE;
 }
+
+GLogWriterOutput
+tolerate_threads_warning (GLogLevelFlags   log_level,
+                          const GLogField *fields,
+                          gsize            n_fields,
+                          gpointer         user_data)
+{
+  gsize i;
+
+  for (i = 0; i < n_fields; i++)
+    if (g_str_equal (fields[i].key, "MESSAGE") && fields[i].length < 0 &&
+        g_str_has_prefix (fields[i].value, "Forking a worker from a process with "))
+      return G_LOG_WRITER_HANDLED;
+  return g_log_writer_default (log_level, fields, n_fields, user_data);
+}

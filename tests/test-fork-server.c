@@ -109,7 +109,7 @@ static GQueue expected_warnings = G_QUEUE_INIT;   /* patterns */
 /* Forking from a process with threads warns, once per pool.  GLib 2.74
  * starts a thread of its own with the first GTask, so a test that uses
  * fork-server FALSE for something else cannot know whether it comes. */
-static gboolean tolerate_threads_warning;
+static gboolean let_threads_warning_through;
 
 static char *
 field_string (const GLogField *field)
@@ -144,7 +144,7 @@ test_writer (GLogLevelFlags   log_level,
           g_free (g_queue_pop_head (&expected_warnings));
           return G_LOG_WRITER_HANDLED;
         }
-      if (tolerate_threads_warning &&
+      if (let_threads_warning_through &&
           g_str_has_prefix (message, "Forking a worker from a process with "))
         return G_LOG_WRITER_HANDLED;
     }
@@ -299,7 +299,7 @@ test_memory_snapshot (void)
   destroy_pool (code);
 
   /* Without the template a fresh worker is a copy of the parent now. */
-  tolerate_threads_warning = TRUE;
+  let_threads_warning_through = TRUE;
   code = new_pool (1, 1);
   dc_detached_code_set_fork_server (code, FALSE);
   dc_detached_code_set_max_worker_calls (code, 1);
@@ -314,7 +314,7 @@ test_memory_snapshot (void)
   g_assert_cmpint (call_parent_state (code, NULL), ==, 3);
   parent_state = 1;
   destroy_pool (code);
-  tolerate_threads_warning = FALSE;
+  let_threads_warning_through = FALSE;
 }
 
 /* ---- a dead template is replaced ---- */

@@ -659,25 +659,6 @@ test_memfd_unsealed (void)
 
 /* ---- a low descriptor limit ---- */
 
-/* Forking from a process with threads warns, once per pool, and GLib 2.74
- * starts a thread of its own with the first GTask: a test of something
- * else that forks from this process lets that warning through.  (The
- * library logs structured messages, which g_test_expect_message() does not
- * see in GLib 2.74.) */
-static GLogWriterOutput
-tolerate_threads_warning (GLogLevelFlags   log_level,
-                          const GLogField *fields,
-                          gsize            n_fields,
-                          gpointer         user_data)
-{
-  gsize i;
-
-  for (i = 0; i < n_fields; i++)
-    if (g_str_equal (fields[i].key, "MESSAGE") && fields[i].length < 0 &&
-        g_str_has_prefix (fields[i].value, "Forking a worker from a process with "))
-      return G_LOG_WRITER_HANDLED;
-  return g_log_writer_default (log_level, fields, n_fields, user_data);
-}
 
 static void
 check_low_fd_limit (gboolean fork_server)
