@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -84,6 +85,27 @@ trap (scmp_filter_ctx      ctx,
                     : seccomp_rule_add (ctx, SCMP_ACT_TRAP, nr, 0);
 }
 
+/* Traps @name when its argument @arg, an unsigned int command the kernel
+ * reads from the low 32 bits only, is @value: a compare of all 64 bits
+ * would let a command with high bits set through. */
+static int
+trap_command (scmp_filter_ctx  ctx,
+              const char      *name,
+              guint            arg,
+              guint32          value)
+{
+  return trap (ctx, name, 1, SCMP_CMP (arg, SCMP_CMP_MASKED_EQ, 0xffffffffu, value));
+}
+
+/* Traps @name unless its first argument is 0, which means the caller
+ * itself; the argument is a pid_t, so high bits trap too. */
+static int
+trap_unless_zero (scmp_filter_ctx  ctx,
+                  const char      *name)
+{
+  return trap (ctx, name, 1, SCMP_A0 (SCMP_CMP_NE, 0));
+}
+
 /* Traps @name unless its first argument is the worker's own pid. */
 static int
 trap_unless_self (scmp_filter_ctx  ctx,
@@ -120,9 +142,20 @@ build_filter (DcSandboxFlags   flags,
     {
       r = r < 0 ? r : trap (ctx, "execve", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
       r = r < 0 ? r : trap (ctx, "execveat", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
+      /* Keystrokes pushed into the terminal the worker shares with its
+       * parent run as commands once the parent's shell reads them. */
+      r = r < 0 ? r : trap_command (ctx, "ioctl", 1, TIOCSTI);
+      r = r < 0 ? r : trap_command (ctx, "ioctl", 1, TIOCLINUX);
     }
   if (flags & DC_SANDBOX_NO_NETWORK)
-    r = r < 0 ? r : trap (ctx, "socket", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
+    {
+      r = r < 0 ? r : trap (ctx, "socket", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
+      /* io_uring makes sockets (and more) without a system call the
+       * filter sees. */
+      r = r < 0 ? r : trap (ctx, "io_uring_setup", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
+      r = r < 0 ? r : trap (ctx, "io_uring_enter", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
+      r = r < 0 ? r : trap (ctx, "io_uring_register", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
+    }
   if (flags & DC_SANDBOX_NO_SPAWN)
     {
       r = r < 0 ? r : trap (ctx, "fork", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
@@ -149,6 +182,41 @@ build_filter (DcSandboxFlags   flags,
       r = r < 0 ? r : trap (ctx, "pidfd_send_signal", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
       r = r < 0 ? r : trap (ctx, "process_madvise", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
       r = r < 0 ? r : trap (ctx, "ptrace", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
+      /* A pidfd of the parent comes without pidfd_open() (SO_PEERPIDFD on
+       * the channel): taking its descriptors is stopped instead. */
+      r = r < 0 ? r : trap (ctx, "pidfd_getfd", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
+      r = r < 0 ? r : trap (ctx, "kcmp", 0, SCMP_A0 (SCMP_CMP_EQ, 0));
+      /* Signals sent by the kernel for I/O on a descriptor: to the
+       * parent, SIGKILL as well as any other. */
+      r = r < 0 ? r : trap_command (ctx, "fcntl", 1, F_SETOWN);
+      r = r < 0 ? r : trap_command (ctx, "fcntl", 1, F_SETOWN_EX);
+      r = r < 0 ? r : trap_command (ctx, "fcntl", 1, F_SETSIG);
+      /* Another process's limits and scheduling; 0, the worker itself,
+       * is what libc passes for its own. */
+      r = r < 0 ? r : trap_unless_zero (ctx, "prlimit64");
+      r = r < 0 ? r : trap_unless_zero (ctx, "sched_setaffinity");
+      r = r < 0 ? r : trap_unless_zero (ctx, "sched_setscheduler");
+      r = r < 0 ? r : trap_unless_zero (ctx, "sched_setparam");
+      r = r < 0 ? r : trap_unless_zero (ctx, "sched_setattr");
+      r = r < 0 ? r : trap (ctx, "setpriority", 1, SCMP_A0 (SCMP_CMP_NE, PRIO_PROCESS));
+      r = r < 0 ? r : trap (ctx, "setpriority", 1, SCMP_A1 (SCMP_CMP_NE, 0));
+      r = r < 0 ? r : trap (ctx, "ioprio_set", 1, SCMP_A0 (SCMP_CMP_NE, 1 /* IOPRIO_WHO_PROCESS */));
+      r = r < 0 ? r : trap (ctx, "ioprio_set", 1, SCMP_A1 (SCMP_CMP_NE, 0));
+    }
+  if (flags & DC_SANDBOX_FILESYSTEM)
+    {
+      static const char *const metadata[] = {
+        "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat",
+        "utime", "utimes", "futimesat", "utimensat",
+        "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
+      };
+      gsize m;
+
+      /* Landlock rules opening, not a file's mode, owner, times or
+       * attributes: those changes are stopped, inside the listed paths
+       * too. */
+      for (m = 0; m < G_N_ELEMENTS (metadata); m++)
+        r = r < 0 ? r : trap (ctx, metadata[m], 0, SCMP_A0 (SCMP_CMP_EQ, 0));
     }
   if (r < 0)
     {
@@ -262,7 +330,7 @@ dc_sandbox_build (DcSandboxFlags   flags,
   header.memory_limit = memory_limit;
   g_byte_array_append (program, (const guint8 *) &header, sizeof header);
 
-  if (flags & (DC_SANDBOX_ALL & ~DC_SANDBOX_FILESYSTEM))
+  if (flags & DC_SANDBOX_ALL)
     {
       filter = build_filter (flags, error);
       if (filter == NULL)
@@ -338,8 +406,13 @@ char *
 dc_sandbox_syscall_name (guint32 arch,
                          gint32  nr)
 {
-  char *name = seccomp_syscall_resolve_num_arch (arch, nr);
-  char *copy = g_strdup (name);
+  char *name, *copy;
+
+  /* x32 calls come with the x86-64 architecture and a bit of their own. */
+  if (arch == SCMP_ARCH_X86_64 && (nr & 0x40000000) != 0)
+    arch = SCMP_ARCH_X32;
+  name = seccomp_syscall_resolve_num_arch (arch, nr);
+  copy = g_strdup (name);
 
   free (name);
   return copy;

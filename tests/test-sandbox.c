@@ -14,7 +14,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/ptrace.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -181,6 +183,68 @@ sandbox_code (GVariant  *args,
       forge_report (words, 8);
       g_usleep (60 * G_USEC_PER_SEC);
     }
+  else if (g_str_equal (what, "io-uring"))
+    {
+      /* Its parameters: 120 bytes, zeroed. */
+      guint8 params[120] = { 0, };
+      long fd = syscall (__NR_io_uring_setup, 1, params);
+
+      r = fd < 0 ? -errno : 0;
+      if (fd >= 0)
+        close ((int) fd);
+    }
+  else if (g_str_equal (what, "setown-parent"))
+    {
+      int sv[2];
+
+      g_assert_cmpint (socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), ==, 0);
+      /* Nothing is written, so no signal would come even if allowed. */
+      r = fcntl (sv[0], F_SETOWN, (int) getppid ()) < 0 ? -errno : 0;
+      close (sv[0]);
+      close (sv[1]);
+    }
+  else if (g_str_equal (what, "prlimit-parent"))
+    {
+      struct rlimit old;
+
+      r = prlimit (getppid (), RLIMIT_NOFILE, NULL, &old) < 0 ? -errno : 0;
+    }
+  else if (g_str_equal (what, "prlimit-self"))
+    {
+      struct rlimit old;
+
+      r = getrlimit (RLIMIT_NOFILE, &old) < 0 ? -errno : 0;
+      if (r == 0)
+        r = setrlimit (RLIMIT_NOFILE, &old) < 0 ? -errno : 0;
+    }
+  else if (g_str_equal (what, "renice-parent"))
+    {
+      /* To the nice value it has: harmless if allowed. */
+      errno = 0;
+      r = getpriority (PRIO_PROCESS, (id_t) getppid ());
+      r = errno != 0 ? -errno
+                     : setpriority (PRIO_PROCESS, (id_t) getppid (), (int) r) < 0 ? -errno : 0;
+    }
+  else if (g_str_equal (what, "renice-self"))
+    {
+      errno = 0;
+      r = getpriority (PRIO_PROCESS, 0);
+      r = errno != 0 ? -errno : setpriority (PRIO_PROCESS, 0, (int) r) < 0 ? -errno : 0;
+    }
+  else if (g_str_equal (what, "pidfd-getfd"))
+    r = syscall (__NR_pidfd_getfd, -1, 0, 0) < 0 ? -errno : 0;
+  else if (g_str_equal (what, "tiocsti"))
+    {
+      /* On no descriptor: harmless if allowed. */
+      char c = 0;
+
+      r = ioctl (-1, TIOCSTI, &c) < 0 ? -errno : 0;
+    }
+  else if (g_str_equal (what, "chmod"))
+    {
+      /* A path that does not exist: harmless if allowed. */
+      r = syscall (__NR_fchmodat, AT_FDCWD, "/nonexistent/dc-sandbox", 0600) < 0 ? -errno : 0;
+    }
   else if (g_str_equal (what, "abort"))
     abort ();
   else if (g_str_equal (what, "ptrace"))
@@ -319,6 +383,8 @@ test_no_exec (gconstpointer data)
   DcDetachedCode *code = new_sandboxed (DC_SANDBOX_NO_EXEC, GPOINTER_TO_INT (data));
 
   assert_stopped (code, "exec", "execve");
+  /* Typing into the terminal, for its shell to run. */
+  assert_stopped (code, "tiocsti", "ioctl");
   /* Its neighbours still work. */
   g_assert_cmpint (run_ok (code, "socket", NULL), ==, 0);
   g_assert_cmpint (run_ok (code, "thread", NULL), ==, 42);
@@ -348,6 +414,8 @@ test_no_network (gconstpointer data)
   g_assert_cmpint (init_fd, >=, 0);
 
   assert_stopped (code, "socket", "socket");
+  /* io_uring would make one unseen. */
+  assert_stopped (code, "io-uring", "io_uring_setup");
   g_assert_cmpint (run_ok (code, "socketpair", NULL), ==, 0);
   destroy_pool (code);
 }
@@ -405,6 +473,15 @@ test_no_process_access (gconstpointer data)
 
   assert_stopped (code, "signal-parent", "kill");
   assert_stopped (code, "ptrace", "ptrace");
+  /* Signals the kernel would send it, its limits and its scheduling, its
+   * descriptors. */
+  assert_stopped (code, "setown-parent", "fcntl");
+  assert_stopped (code, "prlimit-parent", "prlimit64");
+  assert_stopped (code, "renice-parent", "setpriority");
+  assert_stopped (code, "pidfd-getfd", "pidfd_getfd");
+  /* The same for itself is allowed. */
+  g_assert_cmpint (run_ok (code, "prlimit-self", NULL), ==, 0);
+  g_assert_cmpint (run_ok (code, "renice-self", NULL), ==, 0);
   /* Signalling itself is allowed, and abort() still kills it. */
   g_assert_cmpint (run_ok (code, "signal-self", NULL), ==, 0);
   run (code, "abort", NULL, &error);
@@ -441,6 +518,8 @@ test_filesystem (gconstpointer data)
   g_assert_false (g_file_test ("/tmp/dc-sandbox-outside", G_FILE_TEST_EXISTS));
   /* Read only where read was asked. */
   g_assert_cmpint (run_ok (code, "write", readable), ==, -EACCES);
+  /* A file's mode, which Landlock does not rule. */
+  assert_stopped (code, "chmod", "fchmodat");
 
   destroy_pool (code);
   g_unlink (inside);
