@@ -56,6 +56,15 @@ stderr_code (GVariant  *args,
       g_usleep (60 * G_USEC_PER_SEC);
       return g_variant_new ("()");
     }
+  if (g_str_equal (command, "say-exec"))
+    {
+      char *exec_argv[] = { "/bin/true", NULL };
+      char *exec_envp[] = { NULL };
+
+      say (g_variant_get_string (arg, NULL));
+      execve (exec_argv[0], exec_argv, exec_envp);
+      return g_variant_new ("()");
+    }
   if (g_str_equal (command, "flood"))
     {
       /* Lines as fast as it can for this many ms; how much it wrote. */
@@ -280,6 +289,22 @@ test_flood_direct (void)
 }
 
 static void
+test_sandbox (void)
+{
+  DcDetachedCode *code = capturing_pool (TRUE);
+  Result r = { 0, };
+
+  dc_detached_code_set_sandbox (code, DC_SANDBOX_NO_EXEC);
+  call_sync (code, cmd ("say-exec", g_variant_new_string ("about to exec\n")), &r);
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SANDBOX);
+  g_assert_nonnull (strstr (r.error->message, "execve"));
+  g_assert_true (g_str_has_suffix (r.error->message, "---\nabout to exec"));
+  result_clear (&r);
+  g_assert_cmpint (call_pid (code), >, 0);
+  destroy_pool (code);
+}
+
+static void
 test_exclusive (void)
 {
   DcDetachedCode *code = capturing_pool (TRUE);
@@ -315,6 +340,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/stderr/abort-direct", test_abort_direct);
   g_test_add_func ("/detached-code/stderr/long-output", test_long_output);
   g_test_add_func ("/detached-code/stderr/timeout", test_timeout);
+  g_test_add_func ("/detached-code/stderr/sandbox", test_sandbox);
   g_test_add_func ("/detached-code/stderr/exclusive", test_exclusive);
 
   return g_test_run ();
