@@ -110,7 +110,6 @@ check_abort (gboolean fork_server)
   Result r = { 0, };
   GPid pid = call_pid (code);
   g_autofree char *header = g_strdup_printf ("--- last output of worker process %d ---", (int) pid);
-  g_autofree char *stdio = NULL;
   const char *err_target;
 
   g_assert_cmpint (dc_detached_code_get_setup_flags (code), ==, DC_SETUP_CAPTURE_STDERR);
