@@ -105,6 +105,12 @@ typedef enum
  * @DC_SETUP_INHERIT_STDIN: the worker shares the parent's stdin
  * @DC_SETUP_INHERIT_STDOUT: the worker shares the parent's stdout
  * @DC_SETUP_SILENCE_STDERR: the worker's stderr is `/dev/null`
+ * @DC_SETUP_CAPTURE_STDERR: the worker's stderr is a pipe to this process,
+ *   which copies it line by line to its own stderr, each line prefixed with
+ *   `dc-worker[PID]: `, and keeps the last 2 KiB of it per worker: a
+ *   %DC_DETACHED_CODE_ERROR_WORKER_DIED, %DC_DETACHED_CODE_ERROR_TIMED_OUT or
+ *   %DC_DETACHED_CODE_ERROR_SANDBOX error about that worker ends with its
+ *   last lines.  Not together with %DC_SETUP_SILENCE_STDERR.
  *
  * How the standard descriptors of a worker are set up.
  *
@@ -116,6 +122,7 @@ typedef enum /*< flags >*/
   DC_SETUP_INHERIT_STDIN  = 1 << 0,
   DC_SETUP_INHERIT_STDOUT = 1 << 1,
   DC_SETUP_SILENCE_STDERR = 1 << 2,
+  DC_SETUP_CAPTURE_STDERR = 1 << 3,
 } DcSetupFlags;
 
 /**

@@ -30,6 +30,8 @@ typedef struct
   GPid          pid;
   int           pidfd;     /* reaps it; owned by the caller */
   DcChannel    *channel;   /* the parent's end */
+  int           stderr_fd; /* with DC_SETUP_CAPTURE_STDERR, the read end of its
+                            * stderr, non-blocking, owned by the caller; or -1 */
 } DcLaunched;
 
 /* The template's death is noticed on @context. */

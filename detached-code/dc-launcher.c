@@ -339,16 +339,52 @@ close_pair (int read_fd,
     close (write_fd);
 }
 
+/* Under DC_SETUP_CAPTURE_STDERR, the pipe that becomes the worker's
+ * stderr: the parent's end non-blocking, neither on 0..2. */
+static gboolean
+make_stderr_pipe (DcLauncher     *launcher,
+                  int            *parent_fd,
+                  DcWorkerSetup  *setup,
+                  GError        **error)
+{
+  int fds[2], errsv;
+
+  *parent_fd = -1;
+  setup->stderr_fd = -1;
+  if (!(launcher->setup_flags & DC_SETUP_CAPTURE_STDERR))
+    return TRUE;
+  if (pipe2 (fds, O_CLOEXEC) == 0)
+    {
+      if (move_above_stdio (&fds[0], &fds[0]) && move_above_stdio (&fds[1], &fds[1]) &&
+          fcntl (fds[0], F_SETFL, O_NONBLOCK) == 0)
+        {
+          *parent_fd = fds[0];
+          setup->stderr_fd = fds[1];
+          return TRUE;
+        }
+      errsv = errno;
+      close_pair (fds[0], fds[1]);
+      errno = errsv;
+    }
+  errsv = errno;
+  g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+               _("Cannot create a pipe for a worker’s stderr: %s"), g_strerror (errsv));
+  return FALSE;
+}
+
 /* The descriptors of a new channel: the parent's ends and the worker's,
  * none of them on 0..2, where a host that closed its stdio would write
- * into them. */
+ * into them; and the stderr pipe, if asked (@parent_fds[2]). */
 static gboolean
 make_channel_fds (DcLauncher     *launcher,
-                  int             parent_fds[2],
+                  int             parent_fds[3],
                   DcWorkerSetup  *setup,
                   GError        **error)
 {
   int errsv;
+
+  if (!make_stderr_pipe (launcher, &parent_fds[2], setup, error))
+    return FALSE;
 
   if (launcher->stream == DC_STREAM_PIPE)
     {
@@ -389,6 +425,7 @@ make_channel_fds (DcLauncher     *launcher,
 
 fail:
   errsv = errno;
+  close_pair (parent_fds[2], setup->stderr_fd);
   g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                _("Cannot create a worker channel: %s"), g_strerror (errsv));
   return FALSE;
@@ -443,12 +480,13 @@ clone_blocked (int *pidfd)
 /* The parent's end of a new channel, made into a DcChannel.  A worker
  * made already must not outlive a failure here unreaped. */
 static gboolean
-wrap_channel (int          parent_fds[2],
+wrap_channel (int          parent_fds[3],
               GPid         pid,
               int          pidfd,
               DcLaunched  *launched,
               GError     **error)
 {
+  launched->stderr_fd = parent_fds[2];
   if (parent_fds[0] == parent_fds[1])
     {
       g_autoptr(GError) local_error = NULL;
@@ -460,6 +498,9 @@ wrap_channel (int          parent_fds[2],
           dc_process_signal (pidfd, pid, SIGKILL);
           dc_process_reap (pidfd, TRUE, &status);
           close (pidfd);
+          if (parent_fds[2] >= 0)
+            close (parent_fds[2]);
+          launched->stderr_fd = -1;
           g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                        _("Cannot set up a worker channel: %s"), local_error->message);
           return FALSE;
@@ -699,6 +740,14 @@ static gboolean
 check_settings (DcLauncher  *launcher,
                 GError     **error)
 {
+  if ((launcher->setup_flags & DC_SETUP_CAPTURE_STDERR) &&
+      (launcher->setup_flags & DC_SETUP_SILENCE_STDERR))
+    {
+      g_set_error_literal (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+                           _("Cannot start a worker: the setup-flags CAPTURE_STDERR and "
+                             "SILENCE_STDERR exclude each other"));
+      return FALSE;
+    }
   if (!build_sandbox (launcher, error))
     return FALSE;
   if (launcher->cwd != NULL && !g_file_test (launcher->cwd, G_FILE_TEST_IS_DIR))
@@ -827,7 +876,7 @@ template_round (DcLauncher       *launcher,
                 guint            *unanswered,
                 GError          **error)
 {
-  int parent_fds[SPAWN_BATCH][2];
+  int parent_fds[SPAWN_BATCH][3];
   guint n_sent = 0, n_made = 0, i;
   gsize size;
   g_autofree guint8 *copy = g_bytes_unref_to_data (g_bytes_ref (request), &size);
@@ -838,19 +887,26 @@ template_round (DcLauncher       *launcher,
   for (i = 0; i < n; i++)
     {
       DcWorkerSetup ends = { 0, };
-      int worker_fds[2];
+      int worker_fds[3];
+      guint n_fds = 0;
       gboolean sent;
 
       if (!make_channel_fds (launcher, parent_fds[i], &ends, error))
         break;
-      worker_fds[0] = ends.read_fd;
-      worker_fds[1] = ends.write_fd;
-      sent = template_send (launcher->template, copy, size, i, worker_fds,
-                            ends.read_fd == ends.write_fd ? 1 : 2);
+      /* The channel's ends, then the stderr pipe's, as the request's
+       * flags say. */
+      worker_fds[n_fds++] = ends.read_fd;
+      if (ends.write_fd != ends.read_fd)
+        worker_fds[n_fds++] = ends.write_fd;
+      if (ends.stderr_fd >= 0)
+        worker_fds[n_fds++] = ends.stderr_fd;
+      sent = template_send (launcher->template, copy, size, i, worker_fds, n_fds);
       close_pair (ends.read_fd, ends.write_fd);
+      close_pair (ends.stderr_fd, -1);
       if (!sent)
         {
           close_pair (parent_fds[i][0], parent_fds[i][1]);
+          close_pair (parent_fds[i][2], -1);
           *answer = ANSWER_GONE;
           break;
         }
@@ -878,6 +934,7 @@ template_round (DcLauncher       *launcher,
         }
 
       close_pair (parent_fds[i][0], parent_fds[i][1]);
+      close_pair (parent_fds[i][2], -1);
       if (a == ANSWER_REFUSED)
         {
           if (error != NULL && *error == NULL)
@@ -891,6 +948,7 @@ template_round (DcLauncher       *launcher,
       for (i++; i < n_sent; i++)
         {
           close_pair (parent_fds[i][0], parent_fds[i][1]);
+          close_pair (parent_fds[i][2], -1);
           *unanswered |= 1u << i;
         }
     }
@@ -968,7 +1026,7 @@ spawn_directly (DcLauncher             *launcher,
 {
   DcWorkerSetup setup = { 0, };
   DcWorkerCode code;
-  int parent_fds[2], pidfd = -1;
+  int parent_fds[3], pidfd = -1;
   g_auto(GStrv) envp = NULL;
   pid_t pid;
   int errsv;
@@ -1004,10 +1062,12 @@ spawn_directly (DcLauncher             *launcher,
     dc_worker_main (&setup, &code);   /* never returns */
   errsv = errno;
   close_pair (setup.read_fd, setup.write_fd);
+  close_pair (setup.stderr_fd, -1);
 
   if (pid < 0)
     {
       close_pair (parent_fds[0], parent_fds[1]);
+      close_pair (parent_fds[2], -1);
       g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                    _("Cannot fork a worker: %s"), g_strerror (errsv));
       return FALSE;

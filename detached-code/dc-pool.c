@@ -131,6 +131,7 @@ pool_adopt (DcPool     *pool,
   DcWorkerProc *proc;
 
   proc = dc_worker_proc_new (launched->pid, launched->pidfd, launched->channel,
+                             launched->stderr_fd,
                              pool->ctx.main_context, &pool->settings.proc,
                              pool->settings.exit_on_die, &proc_callbacks, pool);
   pool->workers = g_list_prepend (pool->workers, dc_worker_proc_ref (proc));

@@ -94,7 +94,9 @@ void      dc_template_request_set_slot (guint8              *request,
 /* Async-signal-safe.  Checks @request (@size bytes, which it may write
  * to) and fills @setup and @code from it, pointing into it and into
  * @envp_storage (DC_TEMPLATE_MAX_ENV + 1 entries).  @channel_fds are the
- * descriptors that came with it.  FALSE if it is malformed. */
+ * descriptors that came with it: the channel's one or two ends, then,
+ * when its flags have DC_SETUP_CAPTURE_STDERR, the stderr pipe's write
+ * end.  FALSE if it is malformed. */
 gboolean  dc_template_decode_request  (guint8               *request,
                                        gsize                 size,
                                        const int            *channel_fds,

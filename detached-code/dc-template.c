@@ -96,13 +96,15 @@ dc_template_decode_request (guint8         *data,
 {
   DcTemplateRequest request;
   gsize pos, end;
-  guint i;
+  guint i, n_stderr;
 
   if (size < sizeof request)
     return FALSE;
   memcpy (&request, data, sizeof request);
+  /* The stderr pipe comes last, when the flags ask for it. */
+  n_stderr = (request.setup_flags & DC_SETUP_CAPTURE_STDERR) ? 1 : 0;
   if (request.magic != DC_TEMPLATE_MAGIC || request.size != size ||
-      (n_channel_fds != 1 && n_channel_fds != 2) ||
+      (n_channel_fds != 1 + n_stderr && n_channel_fds != 2 + n_stderr) ||
       (request.marshaller != DC_MARSHALLER_VARIANT && request.marshaller != DC_MARSHALLER_FLAT) ||
       request.exit_on_die > 1 || request.n_env > DC_TEMPLATE_MAX_ENV ||
       request.slot >= DC_TEMPLATE_N_SLOTS ||
@@ -155,8 +157,10 @@ dc_template_decode_request (guint8         *data,
       setup->envp = envp_storage;
     }
 
+  n_channel_fds -= n_stderr;
   setup->read_fd = channel_fds[0];
   setup->write_fd = channel_fds[n_channel_fds - 1];
+  setup->stderr_fd = n_stderr ? channel_fds[n_channel_fds] : -1;
   setup->flags = request.setup_flags;
   code->marshaller = request.marshaller;
   code->exit_on_die = request.exit_on_die;
@@ -181,10 +185,11 @@ reply (int   fd,
 
 /* This function is called between fork() and the user's code and hence
  * must be async-signal-safe: it takes what recvmsg() brought, no more than
- * two descriptors, closing any others.  Returns how many it kept. */
+ * three descriptors (the channel's ends and the stderr pipe), closing any
+ * others.  Returns how many it kept. */
 static guint
 take_fds (struct msghdr *msg,
-          int            fds[2])
+          int            fds[3])
 {
   struct cmsghdr *cmsg;
   guint n = 0;
@@ -199,7 +204,7 @@ take_fds (struct msghdr *msg,
             int fd;
 
             memcpy (&fd, CMSG_DATA (cmsg) + i * sizeof (int), sizeof (int));
-            if (n < 2)
+            if (n < 3)
               fds[n++] = fd;
             else
               close (fd);
@@ -256,7 +261,7 @@ dc_template_main (const DcTemplateSetup *tsetup,
       struct msghdr msg = { 0, };
       DcWorkerSetup setup = { 0, };
       DcWorkerCode code = *code_template;
-      int fds[2] = { -1, -1 };
+      int fds[3] = { -1, -1, -1 };
       guint n_fds;
       ssize_t n;
       pid_t pid;
@@ -307,5 +312,7 @@ dc_template_main (const DcTemplateSetup *tsetup,
         close (fds[0]);
       if (fds[1] >= 0)
         close (fds[1]);
+      if (fds[2] >= 0)
+        close (fds[2]);
     }
 }

@@ -32,6 +32,9 @@ typedef struct
   int          target_write_fd;
   int          fd_limit;         /* RLIMIT_NOFILE, for closing without close_range() */
   DcSetupFlags flags;
+  int          stderr_fd;        /* with DC_SETUP_CAPTURE_STDERR: the write end of
+                                  * the pipe that becomes its stderr, as numbered
+                                  * in the parent */
   pid_t        parent_pid;
   gboolean     die_with_parent;  /* forked from the main thread: PR_SET_PDEATHSIG */
   const char  *cwd;              /* NULL: keep the parent's */

@@ -76,10 +76,13 @@ typedef struct
                         gpointer      user_data);
 } DcWorkerProcCallbacks;
 
-/* Takes @pidfd and @channel.  Reaps the worker through @pidfd. */
+/* Takes @pidfd, @channel and @stderr_fd (the read end of the worker's
+ * captured stderr, non-blocking, or -1).  Reaps the worker through
+ * @pidfd. */
 DcWorkerProc      *dc_worker_proc_new           (GPid                          pid,
                                                  int                           pidfd,
                                                  DcChannel                    *channel,
+                                                 int                           stderr_fd,
                                                  GMainContext                 *context,
                                                  const DcWorkerProcSettings   *settings,
                                                  gboolean                      exit_on_die,

@@ -76,6 +76,17 @@ struct _DcWorkerProc
   int                          wait_status;
   GError                      *lost_error; /* why we killed it, for its calls */
 
+  /* Its stderr, under DC_SETUP_CAPTURE_STDERR: open until it ends or
+   * the worker is finished; the last lines are kept to the end. */
+  int                          err_fd;
+  GSource                     *err_source;
+  char                        *err_line;    /* the line being read, ERR_LINE_MAX */
+  gsize                        err_line_len;
+  gboolean                     err_cutting; /* dropping the rest of a long line */
+  char                        *err_ring;    /* the last ERR_KEEP bytes of whole lines */
+  gsize                        err_ring_end;
+  gsize                        err_ring_len;
+
   gint64                       idle_since;
   GSource                     *idle_source;
   GSource                     *grace_source; /* LOST and not yet reaped */
@@ -84,6 +95,7 @@ struct _DcWorkerProc
 
 static void proc_transition (DcWorkerProc *proc, Event event, GError *reason, GQueue *calls);
 static gboolean proc_read (DcWorkerProc *proc, gboolean drain);
+static void proc_close_stderr (DcWorkerProc *proc, gboolean drain);
 
 /* ---- life ---- */
 
@@ -118,6 +130,9 @@ dc_worker_proc_unref (DcWorkerProc *proc)
   dc_wire_close_fds (proc->rx_fds);
   g_clear_pointer (&proc->rx_fds, g_array_unref);
   g_clear_error (&proc->lost_error);
+  proc_close_stderr (proc, FALSE);
+  g_free (proc->err_line);
+  g_free (proc->err_ring);
   if (proc->pidfd >= 0)
     close (proc->pidfd);
   g_free (proc);
@@ -168,6 +183,219 @@ clear_source (GSource **source)
       g_source_destroy (*source);
       g_clear_pointer (source, g_source_unref);
     }
+}
+
+/* ---- its stderr ---- */
+
+/* What is kept of a worker's stderr for its errors. */
+#define ERR_KEEP 2048
+/* A longer line is cut there. */
+#define ERR_LINE_MAX 1024
+/* Read per dispatch: a worker that floods its stderr gets no more of
+ * the context than this. */
+#define ERR_READ_PER_DISPATCH (64 * 1024)
+/* Read when the worker is gone, or a time limit runs out: more than a
+ * pipe holds, and bounded, should a child of the worker go on writing. */
+#define ERR_READ_LEFT (1024 * 1024)
+
+static void
+err_keep (DcWorkerProc *proc,
+          const char   *text,
+          gsize         len)
+{
+  gsize i;
+
+  for (i = 0; i < len; i++)
+    {
+      proc->err_ring[proc->err_ring_end] = text[i];
+      proc->err_ring_end = (proc->err_ring_end + 1) % ERR_KEEP;
+    }
+  proc->err_ring_len = MIN (proc->err_ring_len + len, ERR_KEEP);
+}
+
+/* Copies the line read so far to our stderr, prefixed with the worker's
+ * pid, and keeps it. */
+static void
+err_emit_line (DcWorkerProc *proc)
+{
+  static const char cut[] = "…";
+  char out[64 + ERR_LINE_MAX + sizeof cut];
+  gsize len, done;
+  ssize_t n;
+
+  len = (gsize) g_snprintf (out, 64, "dc-worker[%d]: ", (int) proc->pid);
+  memcpy (out + len, proc->err_line, proc->err_line_len);
+  len += proc->err_line_len;
+  if (proc->err_cutting)
+    {
+      memcpy (out + len, cut, sizeof cut - 1);
+      len += sizeof cut - 1;
+    }
+  out[len++] = '\n';
+
+  /* Our stderr, blocking as any write to it; a failure loses the line
+   * there, not here. */
+  for (done = 0; done < len; done += (gsize) n)
+    {
+      n = write (STDERR_FILENO, out + done, len - done);
+      if (n < 0 && errno == EINTR)
+        n = 0;
+      else if (n <= 0)
+        break;
+    }
+
+  err_keep (proc, proc->err_line, proc->err_line_len);
+  if (proc->err_cutting)
+    err_keep (proc, cut, sizeof cut - 1);
+  err_keep (proc, "\n", 1);
+  proc->err_line_len = 0;
+}
+
+static void
+err_take (DcWorkerProc *proc,
+          const char   *data,
+          gsize         len)
+{
+  while (len > 0)
+    {
+      const char *nl = memchr (data, '\n', len);
+      gsize line = nl != NULL ? (gsize) (nl - data) : len;
+      gsize room = ERR_LINE_MAX - proc->err_line_len;
+
+      if (!proc->err_cutting)
+        {
+          memcpy (proc->err_line + proc->err_line_len, data, MIN (line, room));
+          proc->err_line_len += MIN (line, room);
+          /* Too long: out now, cut; the rest of it is dropped. */
+          if (line > room)
+            {
+              proc->err_cutting = TRUE;
+              err_emit_line (proc);
+            }
+        }
+      if (nl == NULL)
+        break;
+      if (!proc->err_cutting)
+        err_emit_line (proc);
+      proc->err_cutting = FALSE;
+      data = nl + 1;
+      len -= line + 1;
+    }
+}
+
+/* Reads at most @budget bytes of the worker's stderr without blocking.
+ * FALSE once it ended. */
+static gboolean
+err_read (DcWorkerProc *proc,
+          gsize         budget)
+{
+  char buf[16 * 1024];
+
+  while (budget > 0)
+    {
+      ssize_t n = read (proc->err_fd, buf, MIN (sizeof buf, budget));
+
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return TRUE;
+      if (n <= 0)
+        return FALSE;
+      err_take (proc, buf, (gsize) n);
+      budget -= (gsize) n;
+    }
+  return TRUE;
+}
+
+/* Closes the pipe, after reading what is left in it when @drain; a last
+ * line without its newline goes out as it is. */
+static void
+proc_close_stderr (DcWorkerProc *proc,
+                   gboolean      drain)
+{
+  if (proc->err_fd < 0)
+    return;
+  if (drain)
+    err_read (proc, ERR_READ_LEFT);
+  clear_source (&proc->err_source);
+  close (proc->err_fd);
+  proc->err_fd = -1;
+  if (proc->err_line_len > 0)
+    err_emit_line (proc);
+}
+
+static gboolean
+err_readable_cb (gint         fd,
+                 GIOCondition condition,
+                 gpointer     data)
+{
+  DcWorkerProc *proc = data;
+
+  if (err_read (proc, ERR_READ_PER_DISPATCH))
+    return G_SOURCE_CONTINUE;
+  /* Ended: the worker is going; nothing more comes. */
+  g_clear_pointer (&proc->err_source, g_source_unref);
+  close (proc->err_fd);
+  proc->err_fd = -1;
+  if (proc->err_line_len > 0)
+    err_emit_line (proc);
+  return G_SOURCE_REMOVE;
+}
+
+/* The kept lines, and a line not ended yet; NULL if there are none. */
+static char *
+err_last_output (DcWorkerProc *proc)
+{
+  GString *text;
+  gsize start, i;
+
+  if (proc->err_ring == NULL || (proc->err_ring_len == 0 && proc->err_line_len == 0))
+    return NULL;
+
+  text = g_string_sized_new (ERR_KEEP + ERR_LINE_MAX);
+  start = (proc->err_ring_end + ERR_KEEP - proc->err_ring_len) % ERR_KEEP;
+  for (i = 0; i < proc->err_ring_len; i++)
+    g_string_append_c (text, proc->err_ring[(start + i) % ERR_KEEP]);
+  /* Full: it starts inside a line, which is dropped. */
+  if (proc->err_ring_len == ERR_KEEP)
+    {
+      const char *nl = memchr (text->str, '\n', text->len);
+
+      g_string_erase (text, 0, nl != NULL ? nl - text->str + 1 : (gssize) text->len);
+    }
+  g_string_append_len (text, proc->err_line, (gssize) proc->err_line_len);
+  while (text->len > 0 && text->str[text->len - 1] == '\n')
+    g_string_truncate (text, text->len - 1);
+  if (text->len == 0)
+    {
+      g_string_free (text, TRUE);
+      return NULL;
+    }
+  return g_string_free (text, FALSE);
+}
+
+/* An error about the worker ends with its last output, if it was
+ * captured and there is some. */
+static void
+proc_add_last_output (DcWorkerProc *proc,
+                      GError       *error)
+{
+  g_autofree char *output = NULL;
+  g_autofree char *header = NULL;
+  char *message;
+
+  if (error == NULL || error->domain != DC_DETACHED_CODE_ERROR ||
+      (error->code != DC_DETACHED_CODE_ERROR_WORKER_DIED &&
+       error->code != DC_DETACHED_CODE_ERROR_TIMED_OUT &&
+       error->code != DC_DETACHED_CODE_ERROR_SANDBOX))
+    return;
+  output = err_last_output (proc);
+  if (output == NULL)
+    return;
+  header = g_strdup_printf (_("--- last output of worker process %d ---"), (int) proc->pid);
+  message = g_strdup_printf ("%s\n%s\n%s", error->message, header, output);
+  g_free (error->message);
+  error->message = message;
 }
 
 /* ---- timers ---- */
@@ -294,14 +522,21 @@ call_timeout_cb (gpointer data)
 
   if (task != NULL)
     {
+      GError *error;
+
       if (running)
-        g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
-                                 _("The call took longer than %u ms; worker process %d was killed"),
-                                 limit, (int) pid);
+        error = g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
+                             _("The call took longer than %u ms; worker process %d was killed"),
+                             limit, (int) pid);
       else
-        g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
-                                 _("The call did not complete within %u ms on worker process %d"),
-                                 limit, (int) pid);
+        error = g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_TIMED_OUT,
+                             _("The call did not complete within %u ms on worker process %d"),
+                             limit, (int) pid);
+      /* What it wrote until now, read now. */
+      if (proc->err_fd >= 0 && !err_read (proc, ERR_READ_LEFT))
+        proc_close_stderr (proc, FALSE);
+      proc_add_last_output (proc, error);
+      g_task_return_error (task, error);
     }
   return G_SOURCE_REMOVE;
 }
@@ -921,6 +1156,8 @@ proc_finish (DcWorkerProc *proc)
   g_assert (proc->reaped && proc->channel == NULL && !proc->in_read);
 
   proc_set_state (proc, DC_WORKER_PROC_EXITED);
+  /* Dead: all it wrote is in the pipe, read before its death is told. */
+  proc_close_stderr (proc, TRUE);
   while (proc->inflight.length > 0)
     {
       call = g_queue_pop_head_link (&proc->inflight)->data;
@@ -928,7 +1165,10 @@ proc_finish (DcWorkerProc *proc)
       g_queue_push_tail_link (&calls, &call->link);
     }
   if (calls.length > 0)
-    error = death_error (proc);
+    {
+      error = death_error (proc);
+      proc_add_last_output (proc, error);
+    }
 
   if (proc->callbacks != NULL)
     proc->callbacks->exited (proc, proc->wait_status, &calls, error, proc->user_data);
@@ -1129,6 +1369,7 @@ DcWorkerProc *
 dc_worker_proc_new (GPid                         pid,
                     int                          pidfd,
                     DcChannel                   *channel,
+                    int                          stderr_fd,
                     GMainContext                *context,
                     const DcWorkerProcSettings  *settings,
                     gboolean                     exit_on_die,
@@ -1165,6 +1406,16 @@ dc_worker_proc_new (GPid                         pid,
   g_source_set_callback (proc->watch, G_SOURCE_FUNC (exited_cb), proc,
                          (GDestroyNotify) dc_worker_proc_unref);
   g_source_attach (proc->watch, context);
+
+  proc->err_fd = stderr_fd;
+  if (stderr_fd >= 0)
+    {
+      proc->err_line = g_malloc (ERR_LINE_MAX);
+      proc->err_ring = g_malloc (ERR_KEEP);
+      proc->err_source = g_unix_fd_source_new (stderr_fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
+      g_source_set_callback (proc->err_source, G_SOURCE_FUNC (err_readable_cb), proc, NULL);
+      g_source_attach (proc->err_source, context);
+    }
 
   proc_note_idle (proc);
   return proc;

@@ -198,8 +198,20 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
   int wfd = setup->write_fd;
   int lo, hi, i, flags;
 
+  int err_fd = (setup->flags & DC_SETUP_CAPTURE_STDERR) ? setup->stderr_fd : -1;
+
   dc_worker_reset_signals ();
   dc_worker_tie_to_parent (setup->parent_pid, setup->die_with_parent);
+
+  /* The stderr pipe must not sit where the channel goes. */
+  if (err_fd >= 0 && (err_fd == setup->target_read_fd || err_fd == setup->target_write_fd))
+    {
+      do
+        err_fd = fcntl (err_fd, F_DUPFD_CLOEXEC, 3);
+      while (err_fd < 0 && errno == EINTR);
+      if (err_fd < 0 || err_fd == setup->target_read_fd || err_fd == setup->target_write_fd)
+        setup_fail (wfd, DC_WIRE_SETUP_STEP_DESCRIPTORS, err_fd < 0 ? errno : EBADF);
+    }
 
   /* Move the channel to its high numbers.  A write end sitting on the read
    * end's target must move away first. */
@@ -216,6 +228,11 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
   if (wfd != rfd && move_channel_fd (wfd, setup->target_write_fd) < 0)
     setup_fail (wfd, DC_WIRE_SETUP_STEP_DESCRIPTORS, errno);
   wfd = setup->target_write_fd;
+
+  /* The captured stderr takes 2 before the rest is closed; the channel
+   * has left 0..2 already. */
+  if (err_fd >= 0 && move_fd (err_fd, 2) < 0)
+    setup_fail (wfd, DC_WIRE_SETUP_STEP_DESCRIPTORS, errno);
 
   /* Nothing else the parent had open survives: not its files, not its
    * main context's eventfd, not another worker's channel (which would
@@ -235,6 +252,8 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
     {
       gboolean inherit;
 
+      if (i == 2 && err_fd >= 0)
+        break;   /* the pipe, in place above */
       switch (i)
         {
         case 0: inherit = (setup->flags & DC_SETUP_INHERIT_STDIN) != 0; break;

@@ -757,6 +757,37 @@ test_template_request (void)
   g_assert_cmpmem (code.sandbox, code.sandbox_size,
                    g_bytes_get_data (sandbox, NULL), g_bytes_get_size (sandbox));
 
+  /* A captured stderr: its pipe comes after the channel's ends. */
+  {
+    g_autoptr(GBytes) capture = dc_template_encode_request (DC_SETUP_CAPTURE_STDERR, NULL, NULL,
+                                                            NULL, DC_MARSHALLER_VARIANT, FALSE, 0);
+    g_autofree guint8 *capture_copy = g_memdup2 (g_bytes_get_data (capture, NULL),
+                                                 g_bytes_get_size (capture));
+    gsize capture_size = g_bytes_get_size (capture);
+    DcWorkerSetup capture_setup = { 0, };
+    DcWorkerCode capture_code = { 0, };
+    int three[3] = { 7, 8, 9 };
+    int four[4] = { 7, 8, 9, 10 };
+
+    g_assert_true (dc_template_decode_request (capture_copy, capture_size, three, 3, storage,
+                                               &capture_setup, &capture_code));
+    g_assert_cmpint (capture_setup.read_fd, ==, 7);
+    g_assert_cmpint (capture_setup.write_fd, ==, 8);
+    g_assert_cmpint (capture_setup.stderr_fd, ==, 9);
+    g_assert_false (capture_code.is_socket);
+    g_assert_true (dc_template_decode_request (capture_copy, capture_size, three, 2, storage,
+                                               &capture_setup, &capture_code));
+    g_assert_cmpint (capture_setup.read_fd, ==, 7);
+    g_assert_cmpint (capture_setup.write_fd, ==, 7);
+    g_assert_cmpint (capture_setup.stderr_fd, ==, 8);
+    g_assert_true (capture_code.is_socket);
+    /* Without its pipe, or with one too many, it is refused. */
+    g_assert_false (dc_template_decode_request (capture_copy, capture_size, three, 1, storage,
+                                                &capture_setup, &capture_code));
+    g_assert_false (dc_template_decode_request (capture_copy, capture_size, four, 4, storage,
+                                                &capture_setup, &capture_code));
+  }
+
   /* Nothing to change: the template's own directory and environment. */
   {
     g_autoptr(GBytes) plain = dc_template_encode_request (DC_SETUP_NONE, NULL, NULL, NULL,

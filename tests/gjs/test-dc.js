@@ -261,6 +261,11 @@ function workerBehave(args) {
         GLib.spawn_sync(null, ['kill', '-KILL', `${ownPid()}`], null,
             GLib.SpawnFlags.SEARCH_PATH, null);
         throw new Error('still alive after SIGKILL');
+    case 'say-die':
+        printerr('first words\nlast words from gjs');
+        GLib.spawn_sync(null, ['kill', '-KILL', `${ownPid()}`], null,
+            GLib.SpawnFlags.SEARCH_PATH, null);
+        throw new Error('still alive after SIGKILL');
     case 'env':
         return new GLib.Variant('(msms)', [GLib.getenv('DC_TEST_VAR'), GLib.getenv('DC_TEST_GONE')]);
     case 'socket':
@@ -413,6 +418,21 @@ test('returning null is FAILED', () => {
     const pool = makePool(workerBehave);
     const outcome = callSync(pool, new GLib.Variant('(s)', ['null']));
     assertDcError(outcome, Dc.DetachedCodeError.FAILED);
+    assertValue(callSync(pool, new GLib.Variant('(s)', ['ok'])));
+});
+
+test('a dying worker\'s error ends with its captured stderr', () => {
+    const pool = makePool(workerBehave);
+    pool.setup_flags = Dc.SetupFlags.CAPTURE_STDERR;
+    assert(pool.start());
+    const [pid] = pool.get_worker_pids();
+
+    const outcome = callSync(pool, new GLib.Variant('(s)', ['say-die']));
+    assertDcError(outcome, Dc.DetachedCodeError.WORKER_DIED);
+    assert(outcome.error.message.endsWith(
+        `--- last output of worker process ${pid} ---\nfirst words\nlast words from gjs`),
+    outcome.error.message);
+    waitReaped(pid);
     assertValue(callSync(pool, new GLib.Variant('(s)', ['ok'])));
 });
 

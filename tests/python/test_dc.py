@@ -219,6 +219,10 @@ def worker_behave(args):
         return None
     if what == 'exit3':
         os._exit(3)
+    if what == 'say-exit3':
+        sys.stderr.write('first words\nlast words from python\n')
+        sys.stderr.flush()
+        os._exit(3)
     return GLib.Variant('(si)', (what, os.getpid()))
 
 
@@ -605,6 +609,20 @@ class TestPython(DcTestCase):
         self.assertIsNone(outcome.error)
         self.assertEqual(outcome.value.unpack(), ('fine',))
         self.assertIsNone(outcome.fd_list)
+
+    def test_captured_stderr_ends_worker_died(self):
+        pool = self.make_pool(worker_behave)
+        pool.props.setup_flags = Dc.SetupFlags.CAPTURE_STDERR
+        self.assertTrue(pool.start())
+        [pid] = pool.get_worker_pids()
+
+        outcome = self.call_sync(pool, GLib.Variant('(s)', ('say-exit3',)))
+        self.assertDcError(outcome, Dc.DetachedCodeError.WORKER_DIED)
+        self.assertIn('status 3', outcome.error.message)
+        self.assertTrue(outcome.error.message.endswith(
+            '--- last output of worker process %d ---\nfirst words\nlast words from python'
+            % pid), outcome.error.message)
+        self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('ok',))))
 
     def test_worker_exit_is_worker_died(self):
         pool = self.make_pool(worker_behave)
