@@ -11,6 +11,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -213,38 +214,56 @@ err_keep (DcWorkerProc *proc,
   proc->err_ring_len = MIN (proc->err_ring_len + len, ERR_KEEP);
 }
 
+/* Worker output as text that may be printed and put in a GError: valid
+ * UTF-8 (a cut may have split a character, and a worker writes whatever
+ * its input made it write), with every control character a terminal would
+ * act on shown as '?': C0 but tab (and newline, if @newlines), DEL, C1. */
+static char *
+err_clean (const char *data,
+           gsize       len,
+           gboolean    newlines)
+{
+  g_autofree char *valid = g_utf8_make_valid (data, (gssize) len);
+  GString *out = g_string_sized_new (len + 1);
+  const char *p, *next;
+
+  for (p = valid; *p != '\0'; p = next)
+    {
+      gunichar c = g_utf8_get_char (p);
+
+      next = g_utf8_next_char (p);
+      if ((c < 0x20 && c != '\t' && !(newlines && c == '\n')) || (c >= 0x7f && c < 0xa0))
+        g_string_append_c (out, '?');
+      else
+        g_string_append_len (out, p, next - p);
+    }
+  return g_string_free (out, FALSE);
+}
+
 /* Copies the line read so far to our stderr, prefixed with the worker's
  * pid, and keeps it. */
 static void
 err_emit_line (DcWorkerProc *proc)
 {
   static const char cut[] = "…";
-  char out[64 + ERR_LINE_MAX + sizeof cut];
-  gsize len, done;
-  ssize_t n;
+  g_autofree char *line = err_clean (proc->err_line, proc->err_line_len, FALSE);
+  g_autoptr(GString) out = g_string_new (NULL);
+  struct pollfd pfd = { STDERR_FILENO, POLLOUT, 0 };
 
-  len = (gsize) g_snprintf (out, 64, "dc-worker[%d]: ", (int) proc->pid);
-  memcpy (out + len, proc->err_line, proc->err_line_len);
-  len += proc->err_line_len;
-  if (proc->err_cutting)
-    {
-      memcpy (out + len, cut, sizeof cut - 1);
-      len += sizeof cut - 1;
-    }
-  out[len++] = '\n';
+  g_string_printf (out, "dc-worker[%d]: %s%s\n", (int) proc->pid, line,
+                   proc->err_cutting ? cut : "");
 
-  /* Our stderr, blocking as any write to it; a failure loses the line
-   * there, not here. */
-  for (done = 0; done < len; done += (gsize) n)
+  /* Our stderr may be a pipe nobody reads, or a stopped terminal: a write
+   * that would block would stop the pool's context, and the application's
+   * with it.  A line that does not fit now is lost there, not here; one
+   * that does (at most about 4 KiB: within PIPE_BUF) goes in one write. */
+  if (poll (&pfd, 1, 0) == 1 && (pfd.revents & POLLOUT) &&
+      write (STDERR_FILENO, out->str, out->len) < 0)
     {
-      n = write (STDERR_FILENO, out + done, len - done);
-      if (n < 0 && errno == EINTR)
-        n = 0;
-      else if (n <= 0)
-        break;
+      /* Lost too. */
     }
 
-  err_keep (proc, proc->err_line, proc->err_line_len);
+  err_keep (proc, line, strlen (line));
   if (proc->err_cutting)
     err_keep (proc, cut, sizeof cut - 1);
   err_keep (proc, "\n", 1);
@@ -347,6 +366,7 @@ static char *
 err_last_output (DcWorkerProc *proc)
 {
   GString *text;
+  char *cleaned;
   gsize start, i;
 
   if (proc->err_ring == NULL || (proc->err_ring_len == 0 && proc->err_line_len == 0))
@@ -371,7 +391,11 @@ err_last_output (DcWorkerProc *proc)
       g_string_free (text, TRUE);
       return NULL;
     }
-  return g_string_free (text, FALSE);
+  /* The line not ended yet is raw, and the ring may start inside a
+   * character. */
+  cleaned = err_clean (text->str, text->len, TRUE);
+  g_string_free (text, TRUE);
+  return cleaned;
 }
 
 /* An error about the worker ends with its last output, if it was

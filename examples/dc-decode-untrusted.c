@@ -23,6 +23,7 @@
  * Landlock).
  */
 
+#include <locale.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -125,6 +126,9 @@ main (int   argc,
   gpointer dir;
   guint i, n, failed = 0;
 
+  /* Printed text in the user's encoding; what a worker wrote comes
+   * through the library as valid UTF-8 already. */
+  setlocale (LC_ALL, "");
   g_option_context_add_main_entries (options, entries, NULL);
   if (!g_option_context_parse (options, &argc, &argv, &error) || files == NULL ||
       timeout_ms <= 0 || memory_mib <= 0)

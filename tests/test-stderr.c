@@ -50,6 +50,14 @@ stderr_code (GVariant  *args,
       say (g_variant_get_string (arg, NULL));
       abort ();
     }
+  if (g_str_equal (command, "bytes-abort"))
+    {
+      gsize len;
+      const char *bytes = g_variant_get_fixed_array (arg, &len, 1);
+
+      g_assert_cmpint (write (STDERR_FILENO, bytes, len), ==, (gssize) len);
+      abort ();
+    }
   if (g_str_equal (command, "say-sleep"))
     {
       say (g_variant_get_string (arg, NULL));
@@ -145,6 +153,45 @@ check_abort (gboolean fork_server)
   g_assert_true (g_variant_equal (fds_before, fds_after));
 }
 
+/* Whatever bytes a worker writes, its copies and its error are text: valid
+ * UTF-8 (a GError must be), with no control sequence for a terminal, and
+ * a NUL stops nothing. */
+static void
+test_hostile_bytes (void)
+{
+  DcDetachedCode *code = capturing_pool (TRUE);
+  g_autoptr(GString) bytes = g_string_new ("bad \xff\xfe utf-8\n"
+                                           "\x1b]0;title\x07\x1b[2J\r escapes\n"
+                                           "\xc2\x9b" "31m c1\n");
+  Result r = { 0, };
+  const char *p;
+  guint i;
+
+  g_string_append_len (bytes, "nul\0tail\n", 9);
+  /* A long line of three-byte characters, cut inside one. */
+  for (i = 0; i < 500; i++)
+    g_string_append (bytes, "€");
+  g_string_append (bytes, "\nlast\n");
+
+  call_sync (code, cmd ("bytes-abort", g_variant_new_fixed_array (G_VARIANT_TYPE_BYTE, bytes->str,
+                                                                  bytes->len, 1)), &r);
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_WORKER_DIED);
+  g_test_message ("%s", r.error->message);
+  g_assert_true (g_utf8_validate (r.error->message, -1, NULL));
+  for (p = r.error->message; *p != '\0'; p = g_utf8_next_char (p))
+    {
+      gunichar c = g_utf8_get_char (p);
+
+      g_assert_false ((c < 0x20 && c != '\n' && c != '\t') || (c >= 0x7f && c < 0xa0));
+    }
+  g_assert_nonnull (strstr (r.error->message, "utf-8"));
+  g_assert_nonnull (strstr (r.error->message, "escapes"));
+  g_assert_nonnull (strstr (r.error->message, "tail"));
+  g_assert_true (g_str_has_suffix (r.error->message, "\nlast"));
+  result_clear (&r);
+  destroy_pool (code);
+}
+
 static void
 test_abort_fork_server (void)
 {
@@ -229,8 +276,11 @@ resident_size (void)
   return resident * (guint64) sysconf (_SC_PAGESIZE);
 }
 
+static int stuck_pipe[2] = { -1, -1 };
+
 static void
-check_flood (gboolean fork_server)
+check_flood (gboolean fork_server,
+             gboolean stuck)
 {
   DcDetachedCode *code = capturing_pool (fork_server);
   Ticks ticks = { 0, };
@@ -241,9 +291,23 @@ check_flood (gboolean fork_server)
 
   g_assert_cmpint (call_pid (code), >, 0);
 
-  /* The copies go to /dev/null, not to the test's log. */
+  /* The copies go to /dev/null, not to the test's log; or to a full pipe
+   * nobody reads, as a stopped terminal would be. */
   saved_stderr = dup (STDERR_FILENO);
-  null_fd = open ("/dev/null", O_WRONLY | O_CLOEXEC);
+  if (stuck)
+    {
+      char block[4096] = { 0, };
+
+      g_assert_cmpint (pipe2 (stuck_pipe, O_CLOEXEC | O_NONBLOCK), ==, 0);
+      while (write (stuck_pipe[1], block, sizeof block) > 0)
+        ;
+      g_assert_cmpint (errno, ==, EAGAIN);
+      /* Blocking again, as our stderr would be. */
+      g_assert_cmpint (fcntl (stuck_pipe[1], F_SETFL, 0), ==, 0);
+      null_fd = stuck_pipe[1];
+    }
+  else
+    null_fd = open ("/dev/null", O_WRONLY | O_CLOEXEC);
   g_assert_cmpint (dup2 (null_fd, STDERR_FILENO), ==, STDERR_FILENO);
   close (null_fd);
 
@@ -257,6 +321,8 @@ check_flood (gboolean fork_server)
 
   g_assert_cmpint (dup2 (saved_stderr, STDERR_FILENO), ==, STDERR_FILENO);
   close (saved_stderr);
+  if (stuck)
+    close (stuck_pipe[0]);
 
   g_assert_no_error (r.error);
   g_variant_get (r.value, "(t)", &total);
@@ -278,13 +344,19 @@ check_flood (gboolean fork_server)
 static void
 test_flood_fork_server (void)
 {
-  check_flood (TRUE);
+  check_flood (TRUE, FALSE);
 }
 
 static void
 test_flood_direct (void)
 {
-  check_flood (FALSE);
+  check_flood (FALSE, FALSE);
+}
+
+static void
+test_flood_stuck_stderr (void)
+{
+  check_flood (TRUE, TRUE);
 }
 
 static void
@@ -335,6 +407,8 @@ main (int   argc,
 
   g_test_add_func ("/detached-code/stderr/flood-fork-server", test_flood_fork_server);
   g_test_add_func ("/detached-code/stderr/flood-direct", test_flood_direct);
+  g_test_add_func ("/detached-code/stderr/flood-stuck-stderr", test_flood_stuck_stderr);
+  g_test_add_func ("/detached-code/stderr/hostile-bytes", test_hostile_bytes);
   g_test_add_func ("/detached-code/stderr/abort-fork-server", test_abort_fork_server);
   g_test_add_func ("/detached-code/stderr/abort-direct", test_abort_direct);
   g_test_add_func ("/detached-code/stderr/long-output", test_long_output);
