@@ -214,30 +214,47 @@ err_keep (DcWorkerProc *proc,
   proc->err_ring_len = MIN (proc->err_ring_len + len, ERR_KEEP);
 }
 
-/* Worker output as text that may be printed and put in a GError: valid
- * UTF-8 (a cut may have split a character, and a worker writes whatever
- * its input made it write), with every control character a terminal would
- * act on shown as '?': C0 but tab (and newline, if @newlines), DEL, C1. */
-static char *
-err_clean (const char *data,
+/* Writes @len bytes of worker output into @dest (room for 3 × @len + 1)
+ * as text that may be printed and put in a GError: valid UTF-8 (a cut may
+ * have split a character, and a worker writes whatever its input made it
+ * write), each invalid byte as U+FFFD, and every control character a
+ * terminal would act on as '?': C0 but tab (and newline, if @newlines),
+ * NUL too, DEL, C1.  Returns the length written, NUL not counted.  No
+ * allocation: it runs for every line of a flood. */
+static gsize
+err_clean (char       *dest,
+           const char *data,
            gsize       len,
            gboolean    newlines)
 {
-  g_autofree char *valid = g_utf8_make_valid (data, (gssize) len);
-  GString *out = g_string_sized_new (len + 1);
-  const char *p, *next;
+  static const char replacement[] = "\xef\xbf\xbd";
+  const char *p = data, *end = data + len;
+  char *out = dest;
 
-  for (p = valid; *p != '\0'; p = next)
+  while (p < end)
     {
-      gunichar c = g_utf8_get_char (p);
+      gunichar c = g_utf8_get_char_validated (p, end - p);
 
-      next = g_utf8_next_char (p);
+      if (c == (gunichar) -1 || c == (gunichar) -2)
+        {
+          memcpy (out, replacement, sizeof replacement - 1);
+          out += sizeof replacement - 1;
+          p++;
+          continue;
+        }
       if ((c < 0x20 && c != '\t' && !(newlines && c == '\n')) || (c >= 0x7f && c < 0xa0))
-        g_string_append_c (out, '?');
+        *out++ = '?';
       else
-        g_string_append_len (out, p, next - p);
+        {
+          gsize n = (gsize) (g_utf8_next_char (p) - p);
+
+          memcpy (out, p, n);
+          out += n;
+        }
+      p = c == 0 ? p + 1 : g_utf8_next_char (p);
     }
-  return g_string_free (out, FALSE);
+  *out = '\0';
+  return (gsize) (out - dest);
 }
 
 /* Copies the line read so far to our stderr, prefixed with the worker's
@@ -246,27 +263,33 @@ static void
 err_emit_line (DcWorkerProc *proc)
 {
   static const char cut[] = "…";
-  g_autofree char *line = err_clean (proc->err_line, proc->err_line_len, FALSE);
-  g_autoptr(GString) out = g_string_new (NULL);
+  char out[64 + 3 * ERR_LINE_MAX + sizeof cut + 1];
+  const char *line;
+  gsize prefix, len;
   struct pollfd pfd = { STDERR_FILENO, POLLOUT, 0 };
 
-  g_string_printf (out, "dc-worker[%d]: %s%s\n", (int) proc->pid, line,
-                   proc->err_cutting ? cut : "");
+  prefix = (gsize) g_snprintf (out, 64, "dc-worker[%d]: ", (int) proc->pid);
+  len = prefix + err_clean (out + prefix, proc->err_line, proc->err_line_len, FALSE);
+  line = out + prefix;
+  if (proc->err_cutting)
+    {
+      memcpy (out + len, cut, sizeof cut - 1);
+      len += sizeof cut - 1;
+    }
+  out[len++] = '\n';
 
   /* Our stderr may be a pipe nobody reads, or a stopped terminal: a write
    * that would block would stop the pool's context, and the application's
    * with it.  A line that does not fit now is lost there, not here; one
    * that does (at most about 4 KiB: within PIPE_BUF) goes in one write. */
   if (poll (&pfd, 1, 0) == 1 && (pfd.revents & POLLOUT) &&
-      write (STDERR_FILENO, out->str, out->len) < 0)
+      write (STDERR_FILENO, out, len) < 0)
     {
       /* Lost too. */
     }
 
-  err_keep (proc, line, strlen (line));
-  if (proc->err_cutting)
-    err_keep (proc, cut, sizeof cut - 1);
-  err_keep (proc, "\n", 1);
+  /* The line, its cut mark and its newline, as written. */
+  err_keep (proc, line, len - prefix);
   proc->err_line_len = 0;
 }
 
@@ -393,7 +416,8 @@ err_last_output (DcWorkerProc *proc)
     }
   /* The line not ended yet is raw, and the ring may start inside a
    * character. */
-  cleaned = err_clean (text->str, text->len, TRUE);
+  cleaned = g_malloc (3 * text->len + 1);
+  err_clean (cleaned, text->str, text->len, TRUE);
   g_string_free (text, TRUE);
   return cleaned;
 }
