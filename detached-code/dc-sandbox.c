@@ -470,17 +470,8 @@ sigsys_handler (int        sig,
                 siginfo_t *info,
                 void      *context)
 {
-  guint8 frame[DC_WIRE_HEADER_SIZE + 8];
-  DcWireHeader header = { .size = 8, .type = DC_WIRE_SANDBOX_STOPPED };
-  guint32 words[2] = { info->si_arch, (guint32) info->si_syscall };
-  ssize_t n;
-
-  memcpy (frame, &header, sizeof header);
-  memcpy (frame + DC_WIRE_HEADER_SIZE, words, sizeof words);
-  do
-    n = write (sandbox_channel_fd, frame, sizeof frame);
-  while (n < 0 && errno == EINTR);
-
+  dc_wire_write_words_frame (sandbox_channel_fd, DC_WIRE_SANDBOX_STOPPED, info->si_arch,
+                             (guint32) info->si_syscall);
   _exit (DC_WORKER_EXIT_SANDBOX);
 }
 

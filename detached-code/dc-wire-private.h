@@ -84,6 +84,15 @@ void      dc_wire_header_encode          (guint8             *buf,
                                           DcWireType          type,
                                           guint64             serial,
                                           gsize               size);
+/* Writes a frame of @type whose payload is two 32-bit words (set-up
+ * failed, stopped by the sandbox) on @fd, with write() alone: it runs in
+ * a worker between fork() and the user's code, and in a signal handler,
+ * so it is async-signal-safe.  A failure is ignored: the worker leaves
+ * next, and its exit says the rest. */
+void      dc_wire_write_words_frame      (int                 fd,
+                                          DcWireType          type,
+                                          guint32             first,
+                                          guint32             second);
 void      dc_wire_header_encode_full     (guint8             *buf,
                                           DcWireType          type,
                                           guint               flags,

@@ -165,6 +165,27 @@ dc_wire_header_encode_full (guint8     *buf,
   memcpy (buf, &header, sizeof header);
 }
 
+/* This function is called between fork() and the user's code, and in a
+ * signal handler, and hence must be async-signal-safe: memcpy() and
+ * write(). */
+void
+dc_wire_write_words_frame (int        fd,
+                           DcWireType type,
+                           guint32    first,
+                           guint32    second)
+{
+  guint8 frame[DC_WIRE_HEADER_SIZE + 8];
+  DcWireHeader header = { .size = 8, .type = (guint8) type };
+  guint32 words[2] = { first, second };
+  ssize_t n;
+
+  memcpy (frame, &header, sizeof header);
+  memcpy (frame + DC_WIRE_HEADER_SIZE, words, sizeof words);
+  do
+    n = write (fd, frame, sizeof frame);
+  while (n < 0 && errno == EINTR);
+}
+
 void
 dc_wire_header_encode (guint8     *buf,
                        DcWireType  type,

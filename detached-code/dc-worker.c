@@ -58,17 +58,7 @@ setup_fail (int             fd,
             DcWireSetupStep step,
             int             errsv)
 {
-  guint8 frame[DC_WIRE_HEADER_SIZE + 8];
-  DcWireHeader header = { .size = 8, .type = DC_WIRE_SETUP_FAILED };
-  guint32 words[2] = { step, (guint32) errsv };
-  ssize_t n;
-
-  memcpy (frame, &header, sizeof header);
-  memcpy (frame + DC_WIRE_HEADER_SIZE, words, sizeof words);
-  do
-    n = write (fd, frame, sizeof frame);
-  while (n < 0 && errno == EINTR);
-
+  dc_wire_write_words_frame (fd, DC_WIRE_SETUP_FAILED, step, (guint32) errsv);
   _exit (DC_WORKER_EXIT_SETUP);
 }
 
