@@ -35,17 +35,29 @@
 void
 dc_worker_pick_targets (DcWorkerSetup *setup)
 {
+  DcWorkerSetup picked = { 0, };
   struct rlimit rl;
   int top = DC_WORKER_TARGET_CEILING;
+  gboolean limited = getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
 
-  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-      rl.rlim_cur < (rlim_t) top)
+  if (limited && rl.rlim_cur < (rlim_t) top)
     top = (int) rl.rlim_cur;
 
   /* The top two numbers below the limit; never inside 0..2. */
-  setup->fd_limit = (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-                     rl.rlim_cur < (rlim_t) G_MAXINT) ? (int) rl.rlim_cur : 65536;
-  setup->target_write_fd = MAX (top - 1, 4);
+  picked.fd_limit = limited && rl.rlim_cur < (rlim_t) G_MAXINT ? (int) rl.rlim_cur : 65536;
+  picked.target_write_fd = MAX (top - 1, 4);
+  dc_worker_copy_targets (setup, &picked);
+}
+
+/* Called in the template and hence async-signal-safe: it only writes
+ * memory.  The template's descriptor limit never changes, so it reads it
+ * once and gives each worker the same numbers. */
+void
+dc_worker_copy_targets (DcWorkerSetup       *setup,
+                        const DcWorkerSetup *picked)
+{
+  setup->fd_limit = picked->fd_limit;
+  setup->target_write_fd = picked->target_write_fd;
   setup->target_read_fd = setup->read_fd == setup->write_fd
                             ? setup->target_write_fd
                             : setup->target_write_fd - 1;
@@ -190,7 +202,10 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
 
   int err_fd = (setup->flags & DC_SETUP_CAPTURE_STDERR) ? setup->stderr_fd : -1;
 
-  dc_worker_reset_signals ();
+  /* A clone of the template inherits the dispositions it reset: one
+   * system call per signal less in each worker. */
+  if (!setup->signals_default)
+    dc_worker_reset_signals ();
   dc_worker_tie_to_parent (setup->parent_pid, setup->die_with_parent);
 
   /* The stderr pipe must not sit where the channel goes. */
