@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -549,13 +550,25 @@ handle_call (gpointer            data,
   return TRUE;
 }
 
+/* What the worker reads from its channel at once. */
+#define SERVE_READ_SIZE (64 * 1024)
+
 int
 dc_worker_serve (int                 read_fd,
                  int                 write_fd,
                  const DcWorkerCode *code)
 {
   Serve serve = { read_fd, write_fd, code, };
-  guint8 *buf = g_malloc (64 * 1024);
+  /* Not from malloc: in a fresh worker its first large request makes
+   * malloc consolidate the free chunks inherited from the parent, writing
+   * into, and so copying, each heap page that holds one, and then grow
+   * the heap; for a read buffer, before the worker has read a byte. */
+  guint8 *buf = mmap (NULL, SERVE_READ_SIZE, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  gboolean mapped = buf != MAP_FAILED;
+
+  if (!mapped)
+    buf = g_malloc (SERVE_READ_SIZE);
 
   dc_wire_reader_init (&serve.reader);
   serve.rx_fds = g_array_new (FALSE, FALSE, sizeof (int));
@@ -574,7 +587,8 @@ dc_worker_serve (int                 read_fd,
           break;
         }
 
-      status = dc_wire_reader_pump (&serve.reader, buf, 64 * 1024, receive, handle_call, &serve, &n);
+      status = dc_wire_reader_pump (&serve.reader, buf, SERVE_READ_SIZE, receive, handle_call,
+                                    &serve, &n);
       /* The parent sends descriptors only with the frame that takes them. */
       if (status == DC_WIRE_PUMP_READ && serve.rx_fds->len > 0 &&
           dc_wire_reader_between_frames (&serve.reader))
@@ -594,7 +608,10 @@ dc_worker_serve (int                 read_fd,
   g_array_unref (serve.rx_fds);
   g_byte_array_unref (serve.out);
   dc_wire_reader_clear (&serve.reader);
-  g_free (buf);
+  if (mapped)
+    munmap (buf, SERVE_READ_SIZE);
+  else
+    g_free (buf);
   return serve.exit_status;
 }
 
