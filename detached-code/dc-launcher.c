@@ -477,6 +477,15 @@ clone_blocked (int *pidfd)
   return pid;
 }
 
+/* The parent's end of a channel no worker got. */
+static void
+drop_channel (DcLaunched *launched)
+{
+  g_clear_pointer (&launched->channel, dc_channel_free);
+  close_pair (launched->stderr_fd, -1);
+  launched->stderr_fd = -1;
+}
+
 /* A new channel: the worker's ends in @ends, to be closed once it has
  * them; the parent's made into @launched's DcChannel before the worker
  * exists, so that nothing can fail once it does. */
@@ -505,19 +514,11 @@ make_channel (DcLauncher     *launcher,
     return TRUE;
 
   close_pair (ends->read_fd, ends->write_fd);
-  close_pair (ends->stderr_fd, parent_fds[2]);
+  close_pair (ends->stderr_fd, -1);
+  drop_channel (launched);
   g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                _("Cannot set up a worker channel: %s"), local_error->message);
   return FALSE;
-}
-
-/* The parent's end of a channel no worker got. */
-static void
-drop_channel (DcLaunched *launched)
-{
-  g_clear_pointer (&launched->channel, dc_channel_free);
-  close_pair (launched->stderr_fd, -1);
-  launched->stderr_fd = -1;
 }
 
 /* ---- the template ---- */
