@@ -477,41 +477,48 @@ clone_blocked (int *pidfd)
   return pid;
 }
 
-/* The parent's end of a new channel, made into a DcChannel.  A worker
- * made already must not outlive a failure here unreaped. */
-static gboolean
-wrap_channel (int          parent_fds[3],
-              GPid         pid,
-              int          pidfd,
-              DcLaunched  *launched,
-              GError     **error)
+/* The parent's end of a channel no worker got. */
+static void
+drop_channel (DcLaunched *launched)
 {
+  g_clear_pointer (&launched->channel, dc_channel_free);
+  close_pair (launched->stderr_fd, -1);
+  launched->stderr_fd = -1;
+}
+
+/* A new channel: the worker's ends in @ends, to be closed once it has
+ * them; the parent's made into @launched's DcChannel before the worker
+ * exists, so that nothing can fail once it does. */
+static gboolean
+make_channel (DcLauncher     *launcher,
+              DcLaunched     *launched,
+              DcWorkerSetup  *ends,
+              GError        **error)
+{
+  g_autoptr(GError) local_error = NULL;
+  int parent_fds[3];
+
+  if (!make_channel_fds (launcher, parent_fds, ends, error))
+    return FALSE;
+
+  launched->pid = 0;
+  launched->pidfd = -1;
   launched->stderr_fd = parent_fds[2];
-  if (parent_fds[0] == parent_fds[1])
+  if (parent_fds[0] != parent_fds[1])
     {
-      g_autoptr(GError) local_error = NULL;
-      int status;
-
-      launched->channel = dc_channel_new_socket (parent_fds[0], &local_error);
-      if (launched->channel == NULL)
-        {
-          dc_process_signal (pidfd, pid, SIGKILL);
-          dc_process_reap (pidfd, TRUE, &status);
-          close (pidfd);
-          if (parent_fds[2] >= 0)
-            close (parent_fds[2]);
-          launched->stderr_fd = -1;
-          g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
-                       _("Cannot set up a worker channel: %s"), local_error->message);
-          return FALSE;
-        }
+      launched->channel = dc_channel_new_pipes (parent_fds[0], parent_fds[1]);
+      return TRUE;
     }
-  else
-    launched->channel = dc_channel_new_pipes (parent_fds[0], parent_fds[1]);
+  launched->channel = dc_channel_new_socket (parent_fds[0], &local_error);
+  if (launched->channel != NULL)
+    return TRUE;
 
-  launched->pid = pid;
-  launched->pidfd = pidfd;
-  return TRUE;
+  close_pair (ends->read_fd, ends->write_fd);
+  close_pair (ends->stderr_fd, -1);
+  drop_channel (launched);
+  g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
+               _("Cannot set up a worker channel: %s"), local_error->message);
+  return FALSE;
 }
 
 /* ---- the template ---- */
@@ -618,7 +625,6 @@ template_start (DcLauncher  *launcher,
                 GError     **error)
 {
   DcTemplateSetup tsetup = { 0, };
-  DcWorkerSetup targets = { 0, };
   DcWorkerCode code;
   DcTemplate *template;
   gint32 *slots;
@@ -648,10 +654,9 @@ template_start (DcLauncher  *launcher,
     }
 
   /* Below the two numbers its workers' channels take. */
-  dc_worker_pick_targets (&targets);
+  dc_worker_pick_targets (&tsetup.targets);
   tsetup.channel_fd = sv[1];
-  tsetup.channel_target = MAX (targets.target_write_fd - 2, 3);
-  tsetup.fd_limit = targets.fd_limit;
+  tsetup.channel_target = MAX (tsetup.targets.target_write_fd - 2, 3);
   tsetup.parent_pid = getpid ();
   tsetup.die_with_parent = gettid () == getpid ();
   tsetup.slots = slots;
@@ -876,7 +881,7 @@ template_round (DcLauncher       *launcher,
                 guint            *unanswered,
                 GError          **error)
 {
-  int parent_fds[SPAWN_BATCH][3];
+  DcLaunched prepared[SPAWN_BATCH];
   guint n_sent = 0, n_made = 0, i;
   gsize size;
   g_autofree guint8 *copy = g_bytes_unref_to_data (g_bytes_ref (request), &size);
@@ -891,7 +896,7 @@ template_round (DcLauncher       *launcher,
       guint n_fds = 0;
       gboolean sent;
 
-      if (!make_channel_fds (launcher, parent_fds[i], &ends, error))
+      if (!make_channel (launcher, &prepared[i], &ends, error))
         break;
       /* The channel's ends, then the stderr pipe's, as the request's
        * flags say. */
@@ -905,8 +910,7 @@ template_round (DcLauncher       *launcher,
       close_pair (ends.stderr_fd, -1);
       if (!sent)
         {
-          close_pair (parent_fds[i][0], parent_fds[i][1]);
-          close_pair (parent_fds[i][2], -1);
+          drop_channel (&prepared[i]);
           *answer = ANSWER_GONE;
           break;
         }
@@ -922,19 +926,14 @@ template_round (DcLauncher       *launcher,
 
       if (a == ANSWER_OK)
         {
-          GError *local_error = NULL;
-
-          if (wrap_channel (parent_fds[i], reply.pid, pidfd, &launched[n_made], &local_error))
-            n_made++;
-          else if (error != NULL && *error == NULL)
-            g_propagate_error (error, local_error);
-          else
-            g_error_free (local_error);
+          launched[n_made] = prepared[i];
+          launched[n_made].pid = reply.pid;
+          launched[n_made].pidfd = pidfd;
+          n_made++;
           continue;
         }
 
-      close_pair (parent_fds[i][0], parent_fds[i][1]);
-      close_pair (parent_fds[i][2], -1);
+      drop_channel (&prepared[i]);
       if (a == ANSWER_REFUSED)
         {
           if (error != NULL && *error == NULL)
@@ -947,8 +946,7 @@ template_round (DcLauncher       *launcher,
       *unanswered |= 1u << i;
       for (i++; i < n_sent; i++)
         {
-          close_pair (parent_fds[i][0], parent_fds[i][1]);
-          close_pair (parent_fds[i][2], -1);
+          drop_channel (&prepared[i]);
           *unanswered |= 1u << i;
         }
     }
@@ -1026,7 +1024,7 @@ spawn_directly (DcLauncher             *launcher,
 {
   DcWorkerSetup setup = { 0, };
   DcWorkerCode code;
-  int parent_fds[3], pidfd = -1;
+  int pidfd = -1;
   g_auto(GStrv) envp = NULL;
   pid_t pid;
   int errsv;
@@ -1045,7 +1043,7 @@ spawn_directly (DcLauncher             *launcher,
         }
     }
 
-  if (!make_channel_fds (launcher, parent_fds, &setup, error))
+  if (!make_channel (launcher, launched, &setup, error))
     return FALSE;
 
   dc_worker_pick_targets (&setup);
@@ -1066,13 +1064,14 @@ spawn_directly (DcLauncher             *launcher,
 
   if (pid < 0)
     {
-      close_pair (parent_fds[0], parent_fds[1]);
-      close_pair (parent_fds[2], -1);
+      drop_channel (launched);
       g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SPAWN,
                    _("Cannot fork a worker: %s"), g_strerror (errsv));
       return FALSE;
     }
-  return wrap_channel (parent_fds, pid, pidfd, launched, error);
+  launched->pid = pid;
+  launched->pidfd = pidfd;
+  return TRUE;
 }
 
 guint

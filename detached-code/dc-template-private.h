@@ -69,7 +69,8 @@ typedef struct
 {
   int       channel_fd;      /* its end, as numbered in the parent */
   int       channel_target;  /* where it goes in the template */
-  int       fd_limit;
+  DcWorkerSetup targets;     /* dc_worker_pick_targets() at its fork: its
+                              * descriptor limit is the parent's then */
   pid_t     parent_pid;
   gboolean  die_with_parent;
   gint32   *slots;           /* DC_TEMPLATE_N_SLOTS, in the shared page */

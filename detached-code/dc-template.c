@@ -246,7 +246,7 @@ dc_template_main (const DcTemplateSetup *tsetup,
     {
       int fd;
 
-      for (fd = 3; fd < tsetup->fd_limit; fd++)
+      for (fd = 3; fd < tsetup->targets.fd_limit; fd++)
         if (fd != chan)
           close (fd);
     }
@@ -288,7 +288,8 @@ dc_template_main (const DcTemplateSetup *tsetup,
 
       setup.parent_pid = tsetup->parent_pid;
       setup.die_with_parent = tsetup->die_with_parent;
-      dc_worker_pick_targets (&setup);
+      setup.signals_default = TRUE;
+      dc_worker_copy_targets (&setup, &tsetup->targets);
 
       {
         DcTemplateRequest request;

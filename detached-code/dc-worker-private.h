@@ -37,6 +37,10 @@ typedef struct
                                   * in the parent */
   pid_t        parent_pid;
   gboolean     die_with_parent;  /* forked from the main thread: PR_SET_PDEATHSIG */
+  gboolean     signals_default;  /* every signal at its default disposition and
+                                  * none blocked already (cloned from the
+                                  * template, which reset them and installs
+                                  * no handler) */
   const char  *cwd;              /* NULL: keep the parent's */
   char       **envp;             /* NULL: keep the parent's */
 } DcWorkerSetup;
@@ -70,6 +74,10 @@ enum
 /* Picks the high descriptor numbers the channel takes in a worker: the top
  * two below the descriptor limit (or 1024).  Async-signal-safe. */
 void      dc_worker_pick_targets  (DcWorkerSetup       *setup);
+/* Async-signal-safe, no system call: @setup's targets for its own ends,
+ * from the limit and numbers dc_worker_pick_targets() put in @picked. */
+void      dc_worker_copy_targets  (DcWorkerSetup       *setup,
+                                   const DcWorkerSetup *picked);
 
 /* Async-signal-safe: every signal at its default disposition, none
  * blocked. */

@@ -11,7 +11,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -24,6 +23,7 @@
 #include "dc-sandbox-private.h"
 #include "dc-wire-private.h"
 #include "dc-worker-proc-private.h"
+#include "dc-worker-stderr-private.h"
 
 /* What happens to a worker process. */
 typedef enum
@@ -79,14 +79,7 @@ struct _DcWorkerProc
 
   /* Its stderr, under DC_SETUP_CAPTURE_STDERR: open until it ends or
    * the worker is finished; the last lines are kept to the end. */
-  int                          err_fd;
-  GSource                     *err_source;
-  char                        *err_line;    /* the line being read, ERR_LINE_MAX */
-  gsize                        err_line_len;
-  gboolean                     err_cutting; /* dropping the rest of a long line */
-  char                        *err_ring;    /* the last ERR_KEEP bytes of whole lines */
-  gsize                        err_ring_end;
-  gsize                        err_ring_len;
+  DcWorkerStderr              *err;         /* captured stderr, or NULL */
 
   gint64                       idle_since;
   GSource                     *idle_source;
@@ -96,7 +89,6 @@ struct _DcWorkerProc
 
 static void proc_transition (DcWorkerProc *proc, Event event, GError *reason, GQueue *calls);
 static gboolean proc_read (DcWorkerProc *proc, gboolean drain);
-static void proc_close_stderr (DcWorkerProc *proc, gboolean drain);
 
 /* ---- life ---- */
 
@@ -131,9 +123,7 @@ dc_worker_proc_unref (DcWorkerProc *proc)
   dc_wire_close_fds (proc->rx_fds);
   g_clear_pointer (&proc->rx_fds, g_array_unref);
   g_clear_error (&proc->lost_error);
-  proc_close_stderr (proc, FALSE);
-  g_free (proc->err_line);
-  g_free (proc->err_ring);
+  g_clear_pointer (&proc->err, dc_worker_stderr_free);
   if (proc->pidfd >= 0)
     close (proc->pidfd);
   g_free (proc);
@@ -188,240 +178,6 @@ clear_source (GSource **source)
 
 /* ---- its stderr ---- */
 
-/* What is kept of a worker's stderr for its errors. */
-#define ERR_KEEP 2048
-/* A longer line is cut there. */
-#define ERR_LINE_MAX 1024
-/* Read per dispatch: a worker that floods its stderr gets no more of
- * the context than this. */
-#define ERR_READ_PER_DISPATCH (64 * 1024)
-/* Read when the worker is gone, or a time limit runs out: more than a
- * pipe holds, and bounded, should a child of the worker go on writing. */
-#define ERR_READ_LEFT (1024 * 1024)
-
-static void
-err_keep (DcWorkerProc *proc,
-          const char   *text,
-          gsize         len)
-{
-  gsize i;
-
-  for (i = 0; i < len; i++)
-    {
-      proc->err_ring[proc->err_ring_end] = text[i];
-      proc->err_ring_end = (proc->err_ring_end + 1) % ERR_KEEP;
-    }
-  proc->err_ring_len = MIN (proc->err_ring_len + len, ERR_KEEP);
-}
-
-/* Writes @len bytes of worker output into @dest (room for 3 × @len + 1)
- * as text that may be printed and put in a GError: valid UTF-8 (a cut may
- * have split a character, and a worker writes whatever its input made it
- * write), each invalid byte as U+FFFD, and every control character a
- * terminal would act on as '?': C0 but tab (and newline, if @newlines),
- * NUL too, DEL, C1.  Returns the length written, NUL not counted.  No
- * allocation: it runs for every line of a flood. */
-static gsize
-err_clean (char       *dest,
-           const char *data,
-           gsize       len,
-           gboolean    newlines)
-{
-  static const char replacement[] = "\xef\xbf\xbd";
-  const char *p = data, *end = data + len;
-  char *out = dest;
-
-  while (p < end)
-    {
-      gunichar c = g_utf8_get_char_validated (p, end - p);
-
-      if (c == (gunichar) -1 || c == (gunichar) -2)
-        {
-          memcpy (out, replacement, sizeof replacement - 1);
-          out += sizeof replacement - 1;
-          p++;
-          continue;
-        }
-      if ((c < 0x20 && c != '\t' && !(newlines && c == '\n')) || (c >= 0x7f && c < 0xa0))
-        *out++ = '?';
-      else
-        {
-          gsize n = (gsize) (g_utf8_next_char (p) - p);
-
-          memcpy (out, p, n);
-          out += n;
-        }
-      p = c == 0 ? p + 1 : g_utf8_next_char (p);
-    }
-  *out = '\0';
-  return (gsize) (out - dest);
-}
-
-/* Copies the line read so far to our stderr, prefixed with the worker's
- * pid, and keeps it. */
-static void
-err_emit_line (DcWorkerProc *proc)
-{
-  static const char cut[] = "…";
-  char out[64 + 3 * ERR_LINE_MAX + sizeof cut + 1];
-  const char *line;
-  gsize prefix, len;
-  struct pollfd pfd = { STDERR_FILENO, POLLOUT, 0 };
-
-  prefix = (gsize) g_snprintf (out, 64, "dc-worker[%d]: ", (int) proc->pid);
-  len = prefix + err_clean (out + prefix, proc->err_line, proc->err_line_len, FALSE);
-  line = out + prefix;
-  if (proc->err_cutting)
-    {
-      memcpy (out + len, cut, sizeof cut - 1);
-      len += sizeof cut - 1;
-    }
-  out[len++] = '\n';
-
-  /* Our stderr may be a pipe nobody reads, or a stopped terminal: a write
-   * that would block would stop the pool's context, and the application's
-   * with it.  A line that does not fit now is lost there, not here; one
-   * that does (at most about 4 KiB: within PIPE_BUF) goes in one write. */
-  if (poll (&pfd, 1, 0) == 1 && (pfd.revents & POLLOUT) &&
-      write (STDERR_FILENO, out, len) < 0)
-    {
-      /* Lost too. */
-    }
-
-  /* The line, its cut mark and its newline, as written. */
-  err_keep (proc, line, len - prefix);
-  proc->err_line_len = 0;
-}
-
-static void
-err_take (DcWorkerProc *proc,
-          const char   *data,
-          gsize         len)
-{
-  while (len > 0)
-    {
-      const char *nl = memchr (data, '\n', len);
-      gsize line = nl != NULL ? (gsize) (nl - data) : len;
-      gsize room = ERR_LINE_MAX - proc->err_line_len;
-
-      if (!proc->err_cutting)
-        {
-          memcpy (proc->err_line + proc->err_line_len, data, MIN (line, room));
-          proc->err_line_len += MIN (line, room);
-          /* Too long: out now, cut; the rest of it is dropped. */
-          if (line > room)
-            {
-              proc->err_cutting = TRUE;
-              err_emit_line (proc);
-            }
-        }
-      if (nl == NULL)
-        break;
-      if (!proc->err_cutting)
-        err_emit_line (proc);
-      proc->err_cutting = FALSE;
-      data = nl + 1;
-      len -= line + 1;
-    }
-}
-
-/* Reads at most @budget bytes of the worker's stderr without blocking.
- * FALSE once it ended. */
-static gboolean
-err_read (DcWorkerProc *proc,
-          gsize         budget)
-{
-  char buf[16 * 1024];
-
-  while (budget > 0)
-    {
-      ssize_t n = read (proc->err_fd, buf, MIN (sizeof buf, budget));
-
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-        return TRUE;
-      if (n <= 0)
-        return FALSE;
-      err_take (proc, buf, (gsize) n);
-      budget -= (gsize) n;
-    }
-  return TRUE;
-}
-
-/* Closes the pipe, after reading what is left in it when @drain; a last
- * line without its newline goes out as it is. */
-static void
-proc_close_stderr (DcWorkerProc *proc,
-                   gboolean      drain)
-{
-  if (proc->err_fd < 0)
-    return;
-  if (drain)
-    err_read (proc, ERR_READ_LEFT);
-  clear_source (&proc->err_source);
-  close (proc->err_fd);
-  proc->err_fd = -1;
-  if (proc->err_line_len > 0)
-    err_emit_line (proc);
-}
-
-static gboolean
-err_readable_cb (gint         fd,
-                 GIOCondition condition,
-                 gpointer     data)
-{
-  DcWorkerProc *proc = data;
-
-  if (err_read (proc, ERR_READ_PER_DISPATCH))
-    return G_SOURCE_CONTINUE;
-  /* Ended: the worker is going; nothing more comes. */
-  g_clear_pointer (&proc->err_source, g_source_unref);
-  close (proc->err_fd);
-  proc->err_fd = -1;
-  if (proc->err_line_len > 0)
-    err_emit_line (proc);
-  return G_SOURCE_REMOVE;
-}
-
-/* The kept lines, and a line not ended yet; NULL if there are none. */
-static char *
-err_last_output (DcWorkerProc *proc)
-{
-  GString *text;
-  char *cleaned;
-  gsize start, i;
-
-  if (proc->err_ring == NULL || (proc->err_ring_len == 0 && proc->err_line_len == 0))
-    return NULL;
-
-  text = g_string_sized_new (ERR_KEEP + ERR_LINE_MAX);
-  start = (proc->err_ring_end + ERR_KEEP - proc->err_ring_len) % ERR_KEEP;
-  for (i = 0; i < proc->err_ring_len; i++)
-    g_string_append_c (text, proc->err_ring[(start + i) % ERR_KEEP]);
-  /* Full: it starts inside a line, which is dropped. */
-  if (proc->err_ring_len == ERR_KEEP)
-    {
-      const char *nl = memchr (text->str, '\n', text->len);
-
-      g_string_erase (text, 0, nl != NULL ? nl - text->str + 1 : (gssize) text->len);
-    }
-  g_string_append_len (text, proc->err_line, (gssize) proc->err_line_len);
-  while (text->len > 0 && text->str[text->len - 1] == '\n')
-    g_string_truncate (text, text->len - 1);
-  if (text->len == 0)
-    {
-      g_string_free (text, TRUE);
-      return NULL;
-    }
-  /* The line not ended yet is raw, and the ring may start inside a
-   * character. */
-  cleaned = g_malloc (3 * text->len + 1);
-  err_clean (cleaned, text->str, text->len, TRUE);
-  g_string_free (text, TRUE);
-  return cleaned;
-}
-
 /* An error about the worker ends with its last output, if it was
  * captured and there is some. */
 static void
@@ -437,7 +193,7 @@ proc_add_last_output (DcWorkerProc *proc,
        error->code != DC_DETACHED_CODE_ERROR_TIMED_OUT &&
        error->code != DC_DETACHED_CODE_ERROR_SANDBOX))
     return;
-  output = err_last_output (proc);
+  output = proc->err != NULL ? dc_worker_stderr_last_output (proc->err) : NULL;
   if (output == NULL)
     return;
   header = g_strdup_printf (_("--- last output of worker process %d ---"), (int) proc->pid);
@@ -581,8 +337,8 @@ call_timeout_cb (gpointer data)
                              _("The call did not complete within %u ms on worker process %d"),
                              limit, (int) pid);
       /* What it wrote until now, read now. */
-      if (proc->err_fd >= 0 && !err_read (proc, ERR_READ_LEFT))
-        proc_close_stderr (proc, FALSE);
+      if (proc->err != NULL)
+        dc_worker_stderr_read_now (proc->err);
       proc_add_last_output (proc, error);
       g_task_return_error (task, error);
     }
@@ -1205,7 +961,8 @@ proc_finish (DcWorkerProc *proc)
 
   proc_set_state (proc, DC_WORKER_PROC_EXITED);
   /* Dead: all it wrote is in the pipe, read before its death is told. */
-  proc_close_stderr (proc, TRUE);
+  if (proc->err != NULL)
+    dc_worker_stderr_close (proc->err, TRUE);
   while (proc->inflight.length > 0)
     {
       call = g_queue_pop_head_link (&proc->inflight)->data;
@@ -1455,15 +1212,8 @@ dc_worker_proc_new (GPid                         pid,
                          (GDestroyNotify) dc_worker_proc_unref);
   g_source_attach (proc->watch, context);
 
-  proc->err_fd = stderr_fd;
   if (stderr_fd >= 0)
-    {
-      proc->err_line = g_malloc (ERR_LINE_MAX);
-      proc->err_ring = g_malloc (ERR_KEEP);
-      proc->err_source = g_unix_fd_source_new (stderr_fd, G_IO_IN | G_IO_HUP | G_IO_ERR);
-      g_source_set_callback (proc->err_source, G_SOURCE_FUNC (err_readable_cb), proc, NULL);
-      g_source_attach (proc->err_source, context);
-    }
+    proc->err = dc_worker_stderr_new (stderr_fd, pid, context);
 
   proc_note_idle (proc);
   return proc;

@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -35,17 +36,29 @@
 void
 dc_worker_pick_targets (DcWorkerSetup *setup)
 {
+  DcWorkerSetup picked = { 0, };
   struct rlimit rl;
   int top = DC_WORKER_TARGET_CEILING;
+  gboolean limited = getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
 
-  if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-      rl.rlim_cur < (rlim_t) top)
+  if (limited && rl.rlim_cur < (rlim_t) top)
     top = (int) rl.rlim_cur;
 
   /* The top two numbers below the limit; never inside 0..2. */
-  setup->fd_limit = (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-                     rl.rlim_cur < (rlim_t) G_MAXINT) ? (int) rl.rlim_cur : 65536;
-  setup->target_write_fd = MAX (top - 1, 4);
+  picked.fd_limit = limited && rl.rlim_cur < (rlim_t) G_MAXINT ? (int) rl.rlim_cur : 65536;
+  picked.target_write_fd = MAX (top - 1, 4);
+  dc_worker_copy_targets (setup, &picked);
+}
+
+/* Called in the template and hence async-signal-safe: it only writes
+ * memory.  The template's descriptor limit never changes, so it reads it
+ * once and gives each worker the same numbers. */
+void
+dc_worker_copy_targets (DcWorkerSetup       *setup,
+                        const DcWorkerSetup *picked)
+{
+  setup->fd_limit = picked->fd_limit;
+  setup->target_write_fd = picked->target_write_fd;
   setup->target_read_fd = setup->read_fd == setup->write_fd
                             ? setup->target_write_fd
                             : setup->target_write_fd - 1;
@@ -190,7 +203,10 @@ dc_worker_child_setup (const DcWorkerSetup *setup)
 
   int err_fd = (setup->flags & DC_SETUP_CAPTURE_STDERR) ? setup->stderr_fd : -1;
 
-  dc_worker_reset_signals ();
+  /* A clone of the template inherits the dispositions it reset: one
+   * system call per signal less in each worker. */
+  if (!setup->signals_default)
+    dc_worker_reset_signals ();
   dc_worker_tie_to_parent (setup->parent_pid, setup->die_with_parent);
 
   /* The stderr pipe must not sit where the channel goes. */
@@ -534,13 +550,25 @@ handle_call (gpointer            data,
   return TRUE;
 }
 
+/* What the worker reads from its channel at once. */
+#define SERVE_READ_SIZE (64 * 1024)
+
 int
 dc_worker_serve (int                 read_fd,
                  int                 write_fd,
                  const DcWorkerCode *code)
 {
   Serve serve = { read_fd, write_fd, code, };
-  guint8 *buf = g_malloc (64 * 1024);
+  /* Not from malloc: in a fresh worker its first large request makes
+   * malloc consolidate the free chunks inherited from the parent, writing
+   * into, and so copying, each heap page that holds one, and then grow
+   * the heap; for a read buffer, before the worker has read a byte. */
+  guint8 *buf = mmap (NULL, SERVE_READ_SIZE, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  gboolean mapped = buf != MAP_FAILED;
+
+  if (!mapped)
+    buf = g_malloc (SERVE_READ_SIZE);
 
   dc_wire_reader_init (&serve.reader);
   serve.rx_fds = g_array_new (FALSE, FALSE, sizeof (int));
@@ -559,7 +587,8 @@ dc_worker_serve (int                 read_fd,
           break;
         }
 
-      status = dc_wire_reader_pump (&serve.reader, buf, 64 * 1024, receive, handle_call, &serve, &n);
+      status = dc_wire_reader_pump (&serve.reader, buf, SERVE_READ_SIZE, receive, handle_call,
+                                    &serve, &n);
       /* The parent sends descriptors only with the frame that takes them. */
       if (status == DC_WIRE_PUMP_READ && serve.rx_fds->len > 0 &&
           dc_wire_reader_between_frames (&serve.reader))
@@ -579,7 +608,10 @@ dc_worker_serve (int                 read_fd,
   g_array_unref (serve.rx_fds);
   g_byte_array_unref (serve.out);
   dc_wire_reader_clear (&serve.reader);
-  g_free (buf);
+  if (mapped)
+    munmap (buf, SERVE_READ_SIZE);
+  else
+    g_free (buf);
   return serve.exit_status;
 }
 

@@ -328,8 +328,8 @@ main (int   argc,
                            BENCH_NO_TARGET, 0);
           bench_table_note ("start() with fork-server TRUE (the default) = the template's fork "
                             "from this process (\"template alone\", baseline one bare fork) + "
-                            "4 workers, each a request to the template and a blocking wait for "
-                            "its clone and answer (\"per worker\", derived: (start(4) - "
+                            "4 workers, the 4 requests sent to the template at once, then a "
+                            "blocking wait for each clone's answer (\"per worker\", derived: (start(4) - "
                             "template alone) / 4; baseline a quarter of the bare fork of 4)");
         }
       else
