@@ -699,6 +699,8 @@ proc_append_call (DcWorkerProc *proc,
   if (call->fd_list == NULL && call->memfd < 0)
     {
       dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, FALSE, 0);
+      if (call->progress != NULL)
+        dc_wire_frame_head_add_flags (&head, DC_WIRE_FLAG_PROGRESS);
       g_byte_array_append (proc->outbuf, head.bytes, head.len);
       if (head.body_len > 0)
         g_byte_array_append (proc->outbuf, head.body, head.body_len);
@@ -721,6 +723,8 @@ proc_append_call (DcWorkerProc *proc,
 
   dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, call->memfd >= 0,
                            call->fd_list != NULL ? (guint) g_unix_fd_list_get_length (call->fd_list) : 0);
+  if (call->progress != NULL)
+    dc_wire_frame_head_add_flags (&head, DC_WIRE_FLAG_PROGRESS);
   g_byte_array_append (proc->outbuf, head.bytes, head.len);
   if (head.body_len > 0)
     g_byte_array_append (proc->outbuf, head.body, head.body_len);
@@ -762,17 +766,25 @@ marshal_failed_error (GBytes *payload)
   g_autofree char *type_string = NULL;
   GError *error = NULL;
 
+  gboolean of_progress;
+
   if (size < 4)
     return NULL;
   memcpy (&reason, data, 4);
+  of_progress = (reason & DC_WIRE_MARSHAL_OF_PROGRESS) != 0;
+  reason &= ~DC_WIRE_MARSHAL_OF_PROGRESS;
   type_string = g_strndup ((const char *) data + 4, size - 4);
+  /* A progress value carries no descriptors. */
   if ((reason != DC_WIRE_MARSHAL_BAD_TYPE && reason != DC_WIRE_MARSHAL_TOO_LARGE &&
-       reason != DC_WIRE_MARSHAL_NO_FDS && reason != DC_WIRE_MARSHAL_TOO_MANY_FDS) ||
+       (of_progress || (reason != DC_WIRE_MARSHAL_NO_FDS && reason != DC_WIRE_MARSHAL_TOO_MANY_FDS))) ||
       strlen (type_string) != size - 4 ||
       !g_variant_type_string_is_valid (type_string))
     return NULL;
 
   dc_wire_set_marshal_error (&error, reason, type_string);
+  if (of_progress)
+    g_prefix_error (&error, "%s", _("A progress value could not travel, so the call’s result "
+                                    "was dropped: "));
   return error;
 }
 
@@ -848,8 +860,12 @@ handle_frame (gpointer            data,
   GVariant *value = NULL;
   GError *error = NULL;
 
-  if (header->n_fds > 0 && header->type != DC_WIRE_RESULT)
+  /* A progress value may come in a memfd, never with descriptors. */
+  if (header->n_fds > 0 && header->type != DC_WIRE_RESULT &&
+      !(header->type == DC_WIRE_PROGRESS && header->n_fds == 1 && (header->flags & DC_WIRE_FLAG_MEMFD)))
     return reject (proc, _("descriptors with a message that takes none"));
+  if (header->flags & DC_WIRE_FLAG_PROGRESS)
+    return reject (proc, _("a flag only calls carry"));
   if (!dc_wire_claim_fds (proc->rx_fds, header, &payload, &fd_list, &fd_error))
     return reject (proc, fd_error->message);
 
@@ -878,6 +894,22 @@ handle_frame (gpointer            data,
     return reject (proc, _("a message of the wrong type"));
   if (header->serial != call->serial)
     return reject (proc, _("a reply out of order"));
+
+  if (header->type == DC_WIRE_PROGRESS)
+    {
+      if (call->progress == NULL)
+        return reject (proc, _("progress for a call that takes none"));
+      value = dc_wire_unmarshal (proc->settings->marshaller, payload, &error);
+      if (value == NULL)
+        {
+          g_autoptr(GError) why = error;
+
+          return reject (proc, why->message);
+        }
+      /* Delivered by the caller's context, never from inside this read. */
+      dc_progress_push (call->progress, value);
+      return TRUE;
+    }
 
   switch ((DcWireType) header->type)
     {
@@ -911,6 +943,7 @@ handle_frame (gpointer            data,
     case DC_WIRE_CALL:
     case DC_WIRE_SETUP_FAILED:
     case DC_WIRE_SANDBOX_STOPPED:
+    case DC_WIRE_PROGRESS:
     default:
       g_assert_not_reached ();
     }
