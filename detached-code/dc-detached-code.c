@@ -1020,6 +1020,96 @@ dc_detached_code_call_with_progress_async (DcDetachedCode     *self,
                  dc_detached_code_call_with_progress_async);
 }
 
+/* Invokes @closure with an object and an object or a variant. */
+static void
+closure_invoke_pair (GClosure *closure,
+                     GType     first_type,
+                     gpointer  first,
+                     GType     second_type,
+                     gpointer  second)
+{
+  GValue params[2] = { G_VALUE_INIT, G_VALUE_INIT };
+
+  g_value_init (&params[0], first_type);
+  g_value_set_object (&params[0], first);
+  g_value_init (&params[1], second_type);
+  if (second_type == G_TYPE_VARIANT)
+    g_value_set_variant (&params[1], second);
+  else
+    g_value_set_object (&params[1], second);
+  g_closure_invoke (closure, NULL, G_N_ELEMENTS (params), params, NULL);
+  g_value_unset (&params[0]);
+  g_value_unset (&params[1]);
+}
+
+static void
+progress_closure_cb (DcDetachedCode *self,
+                     GVariant       *progress,
+                     gpointer        data)
+{
+  closure_invoke_pair (data, DC_TYPE_DETACHED_CODE, self, G_TYPE_VARIANT, progress);
+}
+
+static void
+ready_closure_cb (GObject      *source,
+                  GAsyncResult *result,
+                  gpointer      data)
+{
+  closure_invoke_pair (data, G_TYPE_OBJECT, source, G_TYPE_ASYNC_RESULT, result);
+  g_closure_unref (data);
+}
+
+/* Ours until it is unreffed; a C closure made without a marshaller gets
+ * the generic one. */
+static GClosure *
+closure_take (GClosure *closure)
+{
+  g_closure_ref (closure);
+  g_closure_sink (closure);
+  if (G_CLOSURE_NEEDS_MARSHAL (closure))
+    g_closure_set_marshal (closure, g_cclosure_marshal_generic);
+  return closure;
+}
+
+/**
+ * dc_detached_code_call_with_progress_async_with_closures: (rename-to dc_detached_code_call_with_progress_async)
+ * @self: a pool
+ * @args: (nullable): the arguments for the code; %NULL means an empty
+ *   tuple.  A floating reference is sunk.
+ * @io_priority: the call's place in the queue
+ * @cancellable: (nullable): a #GCancellable
+ * @progress_closure: invoked with the pool and each progress value, as a
+ *   [callback@ProgressFunc] is
+ * @ready_closure: (nullable): invoked with the pool and the
+ *   [iface@Gio.AsyncResult] when the call completes, as a
+ *   [callback@Gio.AsyncReadyCallback] is
+ *
+ * [method@DetachedCode.call_with_progress_async] with closures in place of
+ * its two callbacks, for language bindings, which cannot all pass two
+ * callbacks with data of their own.  It keeps @progress_closure until the
+ * call has completed, and @ready_closure until it has been invoked.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_call_with_progress_async_with_closures (DcDetachedCode *self,
+                                                         GVariant       *args,
+                                                         int             io_priority,
+                                                         GCancellable   *cancellable,
+                                                         GClosure       *progress_closure,
+                                                         GClosure       *ready_closure)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
+  g_return_if_fail (progress_closure != NULL);
+
+  dc_detached_code_call_with_progress_async (self, args, io_priority, cancellable,
+                                             progress_closure_cb, closure_take (progress_closure),
+                                             (GDestroyNotify) g_closure_unref,
+                                             ready_closure != NULL ? ready_closure_cb : NULL,
+                                             ready_closure != NULL ? closure_take (ready_closure) : NULL);
+}
+
 /**
  * dc_worker_report_progress:
  * @progress: a progress value; a floating reference is sunk

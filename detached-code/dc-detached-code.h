@@ -299,6 +299,13 @@ void            dc_detached_code_call_with_progress_async (DcDetachedCode *self,
                                                     GAsyncReadyCallback callback,
                                                     gpointer            user_data);
 DC_AVAILABLE_IN_ALL
+void            dc_detached_code_call_with_progress_async_with_closures (DcDetachedCode *self,
+                                                    GVariant           *args,
+                                                    int                 io_priority,
+                                                    GCancellable       *cancellable,
+                                                    GClosure           *progress_closure,
+                                                    GClosure           *ready_closure);
+DC_AVAILABLE_IN_ALL
 GVariant       *dc_detached_code_call_finish       (DcDetachedCode     *self,
                                                     GAsyncResult       *result,
                                                     GError            **error);

@@ -472,6 +472,55 @@ test_progress_plain_call (void)
   destroy_pool (code);
 }
 
+static void
+closure_progress_cb (DcDetachedCode *self,
+                     GVariant       *value,
+                     gpointer        data)
+{
+  progress_cb (self, value, data);
+}
+
+static void
+closure_done_cb (GObject      *source,
+                 GAsyncResult *res,
+                 gpointer      data)
+{
+  progress_done_cb (source, res, data);
+}
+
+static void
+closure_notify_cb (gpointer  data,
+                   GClosure *closure)
+{
+  progress_free_cb (data);
+}
+
+/* The form for bindings, from C: closures without a marshaller of their
+ * own get the generic one. */
+static void
+test_progress_closures (void)
+{
+  DcDetachedCode *code = dc_detached_code_new (progress_code, NULL, NULL);
+  GClosure *on_progress, *on_done;
+  Progress p;
+
+  progress_init (&p);
+  on_progress = g_cclosure_new (G_CALLBACK (closure_progress_cb), &p, closure_notify_cb);
+  on_done = g_cclosure_new (G_CALLBACK (closure_done_cb), &p, closure_notify_cb);
+  dc_detached_code_call_with_progress_async_with_closures (code, what ("count", "20", 0),
+                                                           G_PRIORITY_DEFAULT, NULL,
+                                                           on_progress, on_done);
+  wait_for_flag (&p.result.done, "a call with progress closures");
+  g_assert_no_error (p.result.error);
+  g_assert_cmpuint (p.values_at_callback, ==, 20);
+  assert_counting (&p, 20);
+  /* Both closures were let go of, after the callback. */
+  g_assert_cmpuint (p.n_freed, ==, 2);
+
+  progress_clear (&p);
+  destroy_pool (code);
+}
+
 /* The lie costs its call a PROTOCOL error naming the pid, and the liar
  * its life; the pool goes on. */
 static void
@@ -536,6 +585,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/progress/other-thread", test_progress_other_thread);
   g_test_add_func ("/detached-code/progress/marshal", test_progress_marshal);
   g_test_add_func ("/detached-code/progress/plain-call", test_progress_plain_call);
+  g_test_add_func ("/detached-code/progress/closures", test_progress_closures);
   g_test_add_func ("/detached-code/progress/hostile", test_progress_hostile);
 
   return g_test_run ();
