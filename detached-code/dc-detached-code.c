@@ -987,9 +987,11 @@ dc_detached_code_call_with_unix_fd_list_async (DcDetachedCode     *self,
  * costs a message each time.  Values wait in memory until the caller's
  * context delivers them; should that context fall behind a worker that
  * reports faster than @progress_func takes them, each waiting value costs
- * its serialized size and about 150 bytes.  When the calling thread also
- * runs the pool's context, reading and delivery take turns, so at most
- * what one read brings (about 1 MiB of messages) waits at a time.
+ * about 240 bytes more than its serialized size.  When the calling thread
+ * also runs the pool's context, reading and delivery take turns, so at most
+ * what one read brings (1 MiB of messages: some 40 000 tiny values, 10 MiB)
+ * waits at a time; a caller in another thread that falls behind lets them
+ * pile up without bound.
  *
  * A progress value the [property@DetachedCode:marshaller] cannot carry
  * fails the call with %DC_DETACHED_CODE_ERROR_MARSHAL: the code runs to
