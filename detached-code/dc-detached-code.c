@@ -985,13 +985,12 @@ dc_detached_code_call_with_unix_fd_list_async (DcDetachedCode     *self,
  *
  * A worker writes each value as it is reported: a call that reports often
  * costs a message each time.  Values wait in memory until the caller's
- * context delivers them; should that context fall behind a worker that
- * reports faster than @progress_func takes them, each waiting value costs
- * about 240 bytes more than its serialized size.  When the calling thread
- * also runs the pool's context, reading and delivery take turns, so at most
- * what one read brings (1 MiB of messages: some 40 000 tiny values, 10 MiB)
- * waits at a time; a caller in another thread that falls behind lets them
- * pile up without bound.
+ * context delivers them, each about 240 bytes more than its serialized
+ * size.  Should that context fall behind a worker that reports faster than
+ * @progress_func takes them, the pool stops reading that worker once 1024
+ * values (or 4 MiB of them) wait, until the caller has taken all but a
+ * quarter of them: the worker then waits in its report, and the parent's
+ * memory stays bounded (a little over 1024 values, one read's worth).
  *
  * A progress value the [property@DetachedCode:marshaller] cannot carry
  * fails the call with %DC_DETACHED_CODE_ERROR_MARSHAL: the code runs to

@@ -34,10 +34,24 @@ DcProgress *dc_progress_new       (DcDetachedCode      *self,
 DcProgress *dc_progress_ref       (DcProgress          *progress);
 void        dc_progress_unref     (DcProgress          *progress);
 
+/* Values that may wait for the caller before the pool stops reading the
+ * worker that sends them, and their serialized bytes. */
+#define DC_PROGRESS_MAX_WAITING        1024
+#define DC_PROGRESS_MAX_WAITING_BYTES  ((gsize) 4 << 20)
+
 /* Any thread: queues @value (transfer full) for the caller, or drops it
- * once the call is cancelled or complete. */
-void        dc_progress_push      (DcProgress          *progress,
+ * once the call is cancelled or complete.  FALSE when the caller has
+ * fallen behind: more than the bounds above wait. */
+gboolean    dc_progress_push      (DcProgress          *progress,
                                    GVariant            *value);
+/* Any thread: makes @resume ready (ready time 0) once a quarter of the
+ * bounds or less wait, or the call is complete; at once if so now.
+ * Keeps a reference to @resume until then. */
+void        dc_progress_wake_when_drained (DcProgress  *progress,
+                                           GSource     *resume);
+/* The most values that waited for one caller in this process since the
+ * last time it was asked (for tests). */
+guint       dc_progress_take_peak_waiting (void);
 
 /* The task's GAsyncReadyCallback; @data is a reference to the progress,
  * which it takes. */

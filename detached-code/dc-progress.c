@@ -28,6 +28,8 @@ struct _DcProgress
 
   GMutex               lock;        /* guards what follows */
   GQueue               values;      /* GVariant, in the order sent */
+  gsize                n_bytes;     /* their serialized sizes */
+  GSource             *resume;      /* owned: to make ready once they drain */
   GSource             *idle;        /* due to deliver them, or NULL */
   gboolean             done;        /* the callback ran or runs: no more values */
 };
@@ -76,11 +78,20 @@ dc_progress_unref (DcProgress *progress)
    * unless the task never completed (its context never ran again). */
   g_assert (progress->idle == NULL);
   progress_release_data (progress);
+  g_clear_pointer (&progress->resume, g_source_unref);
   g_queue_clear_full (&progress->values, (GDestroyNotify) g_variant_unref);
   g_mutex_clear (&progress->lock);
   g_clear_object (&progress->cancellable);
   g_main_context_unref (progress->context);
   g_free (progress);
+}
+
+static guint peak_waiting;
+
+guint
+dc_progress_take_peak_waiting (void)
+{
+  return (guint) g_atomic_int_exchange (&peak_waiting, 0);
 }
 
 static gboolean
@@ -101,6 +112,41 @@ progress_release_data (DcProgress *progress)
     data_free (progress->data);
 }
 
+/* With the lock held: the resume source, taken, if it is due. */
+static GSource *
+progress_take_resume (DcProgress *progress)
+{
+  if (progress->done ||
+      (progress->values.length <= DC_PROGRESS_MAX_WAITING / 4 &&
+       progress->n_bytes <= DC_PROGRESS_MAX_WAITING_BYTES / 4))
+    return g_steal_pointer (&progress->resume);
+  return NULL;
+}
+
+static void
+progress_wake (GSource *resume)
+{
+  if (resume != NULL)
+    {
+      g_source_set_ready_time (resume, 0);
+      g_source_unref (resume);
+    }
+}
+
+void
+dc_progress_wake_when_drained (DcProgress *progress,
+                               GSource    *resume)
+{
+  GSource *due;
+
+  g_mutex_lock (&progress->lock);
+  g_assert (progress->resume == NULL);
+  progress->resume = g_source_ref (resume);
+  due = progress_take_resume (progress);
+  g_mutex_unlock (&progress->lock);
+  progress_wake (due);
+}
+
 /* On the caller's context.  One value at a time, the lock never held
  * while the function runs: it may cancel the call, or run a nested loop. */
 static void
@@ -109,11 +155,18 @@ progress_deliver (DcProgress *progress)
   for (;;)
     {
       g_autoptr(GVariant) value = NULL;
+      GSource *resume = NULL;
 
       g_mutex_lock (&progress->lock);
       if (!progress->done && !progress_is_cancelled (progress))
         value = g_queue_pop_head (&progress->values);
+      if (value != NULL)
+        {
+          progress->n_bytes -= g_variant_get_size (value);
+          resume = progress_take_resume (progress);
+        }
       g_mutex_unlock (&progress->lock);
+      progress_wake (resume);
       if (value == NULL || progress->func == NULL)
         return;
 
@@ -138,20 +191,29 @@ progress_idle_cb (gpointer data)
   return G_SOURCE_REMOVE;
 }
 
-void
+gboolean
 dc_progress_push (DcProgress *progress,
                   GVariant   *value)
 {
   GSource *idle;
+  guint peak;
+  gboolean room;
 
   g_mutex_lock (&progress->lock);
   if (progress->done || progress_is_cancelled (progress))
     {
       g_mutex_unlock (&progress->lock);
       g_variant_unref (value);
-      return;
+      return TRUE;
     }
   g_queue_push_tail (&progress->values, value);
+  progress->n_bytes += g_variant_get_size (value);
+  room = progress->values.length <= DC_PROGRESS_MAX_WAITING &&
+         progress->n_bytes <= DC_PROGRESS_MAX_WAITING_BYTES;
+  peak = g_atomic_int_get (&peak_waiting);
+  while (progress->values.length > peak &&
+         !g_atomic_int_compare_and_exchange (&peak_waiting, peak, progress->values.length))
+    peak = g_atomic_int_get (&peak_waiting);
   if (progress->idle == NULL)
     {
       idle = g_idle_source_new ();
@@ -166,6 +228,7 @@ dc_progress_push (DcProgress *progress,
       progress->idle = idle;
     }
   g_mutex_unlock (&progress->lock);
+  return room;
 }
 
 void
@@ -174,7 +237,7 @@ dc_progress_task_done (GObject      *source,
                        gpointer      data)
 {
   g_autoptr(DcProgress) progress = data;
-  GSource *idle;
+  GSource *idle, *resume;
 
   /* All that was sent came before the result, and waits here now. */
   progress_deliver (progress);
@@ -183,7 +246,11 @@ dc_progress_task_done (GObject      *source,
   progress->done = TRUE;
   idle = g_steal_pointer (&progress->idle);
   g_queue_clear_full (&progress->values, (GDestroyNotify) g_variant_unref);
+  progress->n_bytes = 0;
+  resume = progress_take_resume (progress);
   g_mutex_unlock (&progress->lock);
+  /* A cancelled call's values were never taken: its worker may read on. */
+  progress_wake (resume);
   if (idle != NULL)
     {
       g_source_destroy (idle);

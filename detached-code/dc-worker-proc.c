@@ -59,7 +59,10 @@ struct _DcWorkerProc
   /* Open in RUNNING and RETIRING, and in LOST until what the worker sent
    * before it stopped reading has been read. */
   DcChannel                   *channel;
-  GSource                     *read_source;
+  GSource                     *read_source; /* NULL while paused */
+  /* Made ready by a caller that fell behind its progress values, once it
+   * has caught up: reading is paused until then. */
+  GSource                     *resume_source;
   GSource                     *write_source;
   DcWireReader                 reader;
   GArray                      *rx_fds;     /* received, not yet claimed by a frame */
@@ -96,6 +99,7 @@ struct _DcWorkerProc
 
 static void proc_transition (DcWorkerProc *proc, Event event, GError *reason, GQueue *calls);
 static gboolean proc_read (DcWorkerProc *proc, gboolean drain);
+static void proc_pause_reading (DcWorkerProc *proc, DcProgress *progress);
 static void proc_close_stderr (DcWorkerProc *proc, gboolean drain);
 
 /* ---- life ---- */
@@ -604,6 +608,7 @@ static void
 proc_close_channel (DcWorkerProc *proc)
 {
   clear_source (&proc->read_source);
+  clear_source (&proc->resume_source);
   proc_drop_output (proc);
   g_clear_pointer (&proc->channel, dc_channel_free);
   dc_wire_close_fds (proc->rx_fds);
@@ -835,6 +840,7 @@ typedef struct
   DcWorkerProc *proc;
   GQueue        completed;   /* calls answered, to be delivered after the read */
   guint         n_replies;   /* frames that made room, this read */
+  DcProgress   *behind;      /* owned: a caller with too many progress values waiting */
 } Read;
 
 /* Kills the worker for a malformed message; stops the read. */
@@ -906,8 +912,10 @@ handle_frame (gpointer            data,
 
           return reject (proc, why->message);
         }
-      /* Delivered by the caller's context, never from inside this read. */
-      dc_progress_push (call->progress, value);
+      /* Delivered by the caller's context, never from inside this read.
+       * A caller that falls behind stops the reads after this one. */
+      if (!dc_progress_push (call->progress, value) && read->behind == NULL)
+        read->behind = dc_progress_ref (call->progress);
       return TRUE;
     }
 
@@ -1042,8 +1050,9 @@ proc_read (DcWorkerProc *proc,
   dc_worker_proc_ref (proc);
   proc->in_read = TRUE;
 
-  /* Bounded, so that one chatty worker cannot starve the context. */
-  for (rounds = 0; proc->channel != NULL && (drain || rounds < 64); rounds++)
+  /* Bounded, so that one chatty worker cannot starve the context, nor
+   * flood a caller that fell behind its progress values. */
+  for (rounds = 0; proc->channel != NULL && (drain || (rounds < 64 && read.behind == NULL)); rounds++)
     {
       gsize n = 0;
       GList *answered_before = read.completed.tail;
@@ -1084,6 +1093,13 @@ proc_read (DcWorkerProc *proc,
       break;
     }
 
+  if (read.behind != NULL)
+    {
+      if (proc->channel != NULL && !drain)
+        proc_pause_reading (proc, read.behind);
+      dc_progress_unref (read.behind);
+    }
+
   /* One dispatch for all the replies read: the next calls go out in one
    * write per worker, and before this read's callbacks, which wait until
    * the read is over: a callback may run a nested main loop, where this
@@ -1115,7 +1131,62 @@ readable_cb (GIOCondition condition,
 {
   DcWorkerProc *proc = data;
 
-  return proc_read (proc, FALSE) ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
+  /* Paused within: this source is gone already. */
+  if (!proc_read (proc, FALSE) || proc->read_source == NULL)
+    return G_SOURCE_REMOVE;
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+proc_watch_channel (DcWorkerProc *proc)
+{
+  proc->read_source = dc_channel_create_source (proc->channel, G_IO_IN | G_IO_HUP | G_IO_ERR,
+                                                readable_cb, proc);
+  /* Without this, GLib blocks and unblocks the source around each
+   * dispatch: two more wake-ups per reply.  proc_read() refuses re-entry
+   * itself. */
+  g_source_set_can_recurse (proc->read_source, TRUE);
+  g_source_attach (proc->read_source, proc->context);
+}
+
+static gboolean
+resume_dispatch (GSource     *source,
+                 GSourceFunc  callback,
+                 gpointer     data)
+{
+  return callback (data);
+}
+
+/* Ready only through its ready time. */
+static GSourceFuncs resume_funcs = { NULL, NULL, resume_dispatch, NULL, NULL, NULL };
+
+static gboolean
+resume_cb (gpointer data)
+{
+  DcWorkerProc *proc = data;
+
+  clear_source (&proc->resume_source);
+  if (proc->channel != NULL && proc->read_source == NULL)
+    proc_watch_channel (proc);
+  return G_SOURCE_REMOVE;
+}
+
+/* Stops reading the worker until the caller behind @progress has taken
+ * most of its values: the worker then blocks on its writes, and the
+ * parent's memory stays bounded.  Its exit is still seen (through its
+ * pidfd), and whatever it sent is read then. */
+static void
+proc_pause_reading (DcWorkerProc *proc,
+                    DcProgress   *progress)
+{
+  if (proc->resume_source != NULL)
+    return;
+  clear_source (&proc->read_source);
+  proc->resume_source = g_source_new (&resume_funcs, sizeof (GSource));
+  g_source_set_static_name (proc->resume_source, "[detached-code] resume reading");
+  g_source_set_callback (proc->resume_source, resume_cb, proc, NULL);
+  g_source_attach (proc->resume_source, proc->context);
+  dc_progress_wake_when_drained (progress, proc->resume_source);
 }
 
 /* ---- the state machine ---- */
@@ -1475,13 +1546,7 @@ dc_worker_proc_new (GPid                         pid,
   g_queue_init (&proc->out_fds);
   g_queue_init (&proc->inflight);
 
-  proc->read_source = dc_channel_create_source (channel, G_IO_IN | G_IO_HUP | G_IO_ERR,
-                                                readable_cb, proc);
-  /* Without this, GLib blocks and unblocks the source around each
-   * dispatch: two more wake-ups per reply.  proc_read() refuses re-entry
-   * itself. */
-  g_source_set_can_recurse (proc->read_source, TRUE);
-  g_source_attach (proc->read_source, context);
+  proc_watch_channel (proc);
 
   proc->watch = g_unix_fd_source_new (pidfd, G_IO_IN);
   g_source_set_callback (proc->watch, G_SOURCE_FUNC (exited_cb), proc,

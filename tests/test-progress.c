@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "dc-progress-private.h"
 #include "dc-wire-private.h"
 
 #include "dc-test-common.h"
@@ -357,58 +358,6 @@ test_progress_cancelled_before (void)
   destroy_pool (code);
 }
 
-typedef struct
-{
-  DcDetachedCode *code;
-  Progress        p;
-  GThread        *thread;
-  gboolean        done;
-} ThreadCall;
-
-static gpointer
-thread_call (gpointer data)
-{
-  ThreadCall *t = data;
-  GMainContext *context = g_main_context_new ();
-
-  g_main_context_push_thread_default (context);
-  progress_init (&t->p);
-  call_progress (t->code, what ("count", "200", 0), &t->p);
-  while (!t->p.result.done || t->p.n_freed == 0)
-    g_main_context_iteration (context, TRUE);
-
-  g_assert_no_error (t->p.result.error);
-  g_assert_cmpuint (t->p.values_at_callback, ==, 200);
-  assert_counting (&t->p, 200);
-  g_assert_cmpuint (t->p.n_freed, ==, 1);
-  progress_clear (&t->p);
-
-  g_main_context_pop_thread_default (context);
-  g_main_context_unref (context);
-  g_atomic_int_set (&t->done, TRUE);
-  return NULL;
-}
-
-static gboolean
-thread_done (gpointer data)
-{
-  return g_atomic_int_get (&((ThreadCall *) data)->done);
-}
-
-static void
-test_progress_other_thread (void)
-{
-  ThreadCall t = { 0, };
-
-  t.code = dc_detached_code_new (progress_code, NULL, NULL);
-  dc_detached_code_start (t.code, NULL);
-  t.thread = g_thread_new ("caller", thread_call, &t);
-  /* The pool's context runs here; the values go to the thread's. */
-  wait_until (thread_done, &t, "a call with progress from another thread");
-  g_thread_join (t.thread);
-  destroy_pool (t.code);
-}
-
 static GPid
 first_worker (DcDetachedCode *code)
 {
@@ -417,6 +366,158 @@ first_worker (DcDetachedCode *code)
 
   g_assert_cmpuint (n, ==, 1);
   return pids[0];
+}
+
+/* A caller whose context does not run while its call floods it. */
+typedef struct
+{
+  DcDetachedCode *code;
+  Progress        p;
+  const char     *n_values;
+  gboolean        cancel;
+  gint            called;   /* the call is made */
+  gint            go;       /* the caller may take its values now */
+  gint            done;
+} SlowCaller;
+
+static gpointer
+slow_caller (gpointer data)
+{
+  SlowCaller *s = data;
+  GMainContext *context = g_main_context_new ();
+
+  g_main_context_push_thread_default (context);
+  progress_init (&s->p);
+  s->p.cancellable = g_cancellable_new ();
+  call_progress (s->code, what ("count", s->n_values, 0), &s->p);
+  g_atomic_int_set (&s->called, TRUE);
+  while (!g_atomic_int_get (&s->go))
+    g_usleep (1000);
+  if (s->cancel)
+    g_cancellable_cancel (s->p.cancellable);
+  while (!s->p.result.done || s->p.n_freed == 0)
+    g_main_context_iteration (context, TRUE);
+
+  g_main_context_pop_thread_default (context);
+  g_main_context_unref (context);
+  g_atomic_int_set (&s->done, TRUE);
+  return NULL;
+}
+
+static gboolean
+slow_caller_called (gpointer data)
+{
+  return g_atomic_int_get (&((SlowCaller *) data)->called) &&
+         dc_detached_code_get_n_busy (((SlowCaller *) data)->code) == 1;
+}
+
+static gboolean
+slow_caller_done (gpointer data)
+{
+  return g_atomic_int_get (&((SlowCaller *) data)->done);
+}
+
+static gboolean
+peak_reached (gpointer data)
+{
+  guint *peak = data;
+
+  guint now = dc_progress_take_peak_waiting ();
+
+  *peak = MAX (*peak, now);
+  return *peak >= DC_PROGRESS_MAX_WAITING;
+}
+
+/* The pool stops reading a worker whose caller has too many values
+ * waiting, and reads on once the caller has caught up, or cancelled. */
+static void
+check_flood (gboolean cancel)
+{
+  SlowCaller s = { 0, };
+  GThread *thread;
+  guint peak = 0, i;
+
+  s.code = dc_detached_code_new (progress_code, NULL, NULL);
+  /* 2.4 MB of messages: far more than the channel holds. */
+  s.n_values = "100000";
+  s.cancel = cancel;
+  dc_detached_code_start (s.code, NULL);
+  dc_progress_take_peak_waiting ();
+  thread = g_thread_new ("slow-caller", slow_caller, &s);
+  wait_until (slow_caller_called, &s, "the call to start");
+  wait_until (peak_reached, &peak, "the values to pile up");
+
+  /* The pool's context runs on: were it still reading, the worker would
+   * finish and the values pile up past the bound (one read over it at
+   * most: 16 KiB of messages). */
+  for (i = 0; i < 50; i++)
+    {
+      while (g_main_context_iteration (NULL, FALSE))
+        ;
+      g_usleep (10 * 1000);
+    }
+  peak_reached (&peak);
+  g_test_message ("at most %u values waited", peak);
+  g_assert_cmpuint (peak, <=, DC_PROGRESS_MAX_WAITING + 16 * 1024 / 24);
+  g_assert_cmpuint (dc_detached_code_get_n_busy (s.code), ==, 1);
+
+  /* The caller catches up, or cancels: the worker is read again. */
+  g_atomic_int_set (&s.go, TRUE);
+  wait_until (slow_caller_done, &s, "the flooded call to complete");
+  g_thread_join (thread);
+  if (cancel)
+    g_assert_error (s.p.result.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  else
+    {
+      g_assert_no_error (s.p.result.error);
+      g_assert_cmpuint (s.p.values_at_callback, ==, 100000);
+      assert_counting (&s.p, 100000);
+    }
+  g_assert_cmpuint (s.p.n_freed, ==, 1);
+  progress_clear (&s.p);
+
+  /* The same worker goes on. */
+  call_sync (s.code, what ("count", "3", 0), &s.p.result);
+  g_assert_no_error (s.p.result.error);
+  result_clear (&s.p.result);
+  g_assert_cmpuint (dc_detached_code_get_n_workers (s.code), ==, 1);
+  destroy_pool (s.code);
+}
+
+/* The values go to the context of the thread that made the call, while
+ * the pool's context runs here. */
+static void
+test_progress_other_thread (void)
+{
+  SlowCaller s = { 0, };
+  GThread *thread;
+
+  s.code = dc_detached_code_new (progress_code, NULL, NULL);
+  s.n_values = "200";
+  s.go = TRUE;
+  dc_detached_code_start (s.code, NULL);
+  thread = g_thread_new ("caller", slow_caller, &s);
+  wait_until (slow_caller_done, &s, "a call with progress from another thread");
+  g_thread_join (thread);
+
+  g_assert_no_error (s.p.result.error);
+  g_assert_cmpuint (s.p.values_at_callback, ==, 200);
+  assert_counting (&s.p, 200);
+  g_assert_cmpuint (s.p.n_freed, ==, 1);
+  progress_clear (&s.p);
+  destroy_pool (s.code);
+}
+
+static void
+test_progress_flood (void)
+{
+  check_flood (FALSE);
+}
+
+static void
+test_progress_flood_cancel (void)
+{
+  check_flood (TRUE);
 }
 
 static void
@@ -583,6 +684,8 @@ main (int   argc,
   g_test_add_func ("/detached-code/progress/cancel", test_progress_cancel);
   g_test_add_func ("/detached-code/progress/cancelled-before", test_progress_cancelled_before);
   g_test_add_func ("/detached-code/progress/other-thread", test_progress_other_thread);
+  g_test_add_func ("/detached-code/progress/flood", test_progress_flood);
+  g_test_add_func ("/detached-code/progress/flood-cancel", test_progress_flood_cancel);
   g_test_add_func ("/detached-code/progress/marshal", test_progress_marshal);
   g_test_add_func ("/detached-code/progress/plain-call", test_progress_plain_call);
   g_test_add_func ("/detached-code/progress/closures", test_progress_closures);
