@@ -257,12 +257,13 @@ assert_counting (Progress *p,
 /* ---- tests ---- */
 
 static void
-test_progress_order (void)
+check_order (DcStream stream)
 {
   DcDetachedCode *code = dc_detached_code_new (progress_code, NULL, NULL);
   Progress p;
   guint32 n;
 
+  dc_detached_code_set_stream (code, stream);
   progress_init (&p);
   call_progress (code, what ("count", "500", 0), &p);
   wait_for_flag (&p.result.done, "a call with progress");
@@ -283,6 +284,13 @@ test_progress_order (void)
 
   progress_clear (&p);
   destroy_pool (code);
+}
+
+static void
+test_progress_order (void)
+{
+  check_order (DC_STREAM_SOCKET);
+  check_order (DC_STREAM_PIPE);
 }
 
 static void
