@@ -14,6 +14,8 @@
 #include <gio/gio.h>
 #include <gio/gunixfdlist.h>
 
+#include "dc-progress-private.h"
+
 G_BEGIN_DECLS
 
 typedef struct _DcCall DcCall;
@@ -44,6 +46,7 @@ struct _DcCall
   GSource       *timeout_source; /* call-timeout, while it runs on its worker */
   GVariant      *result;         /* a completion waiting to be delivered ... */
   GError        *result_error;   /* ... once the read that produced it is over */
+  DcProgress    *progress;       /* owned; the caller takes progress values */
 };
 
 /* Takes @task, @payload (both transfer full) and a reference to @fd_list. */

@@ -54,6 +54,7 @@ dc_call_free (DcCall *call)
   dc_call_clear_timeout (call);
   g_clear_pointer (&call->payload, g_bytes_unref);
   g_clear_object (&call->fd_list);
+  g_clear_pointer (&call->progress, dc_progress_unref);
   if (call->memfd >= 0)
     close (call->memfd);
   g_assert (call->result == NULL && call->result_error == NULL);

@@ -18,7 +18,9 @@
 #include "dc-detached-code.h"
 #include "dc-enum-types.h"
 #include "dc-detached-code-private.h"
+#include "dc-progress-private.h"
 #include "dc-wire-private.h"
+#include "dc-worker-private.h"
 
 /**
  * DcDetachedCode:
@@ -815,6 +817,7 @@ call_internal (DcDetachedCode     *self,
                GUnixFDList        *fd_list,
                int                 io_priority,
                GCancellable       *cancellable,
+               DcProgress         *progress,
                GAsyncReadyCallback callback,
                gpointer            user_data,
                gpointer            source_tag)
@@ -830,7 +833,12 @@ call_internal (DcDetachedCode     *self,
   owned_args = args != NULL ? g_variant_ref_sink (args)
                             : g_variant_ref_sink (g_variant_new ("()"));
 
-  task = g_task_new (self, cancellable, callback, user_data);
+  /* With progress, the task completes through the progress, which
+   * delivers the values that wait before it runs @callback. */
+  if (progress != NULL)
+    task = g_task_new (self, cancellable, dc_progress_task_done, dc_progress_ref (progress));
+  else
+    task = g_task_new (self, cancellable, callback, user_data);
   g_task_set_source_tag (task, source_tag);
   g_task_set_priority (task, io_priority);
 
@@ -875,6 +883,8 @@ call_internal (DcDetachedCode     *self,
     }
 
   call = dc_call_new (g_steal_pointer (&task), payload, fd_list, io_priority);
+  if (progress != NULL)
+    call->progress = dc_progress_ref (progress);
 
   if (dc_context_enter (ctx))
     {
@@ -898,7 +908,7 @@ dc_detached_code_call_async (DcDetachedCode     *self,
   g_return_if_fail (DC_IS_DETACHED_CODE (self));
   g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
 
-  call_internal (self, args, NULL, io_priority, cancellable, callback, user_data,
+  call_internal (self, args, NULL, io_priority, cancellable, NULL, callback, user_data,
                  dc_detached_code_call_async);
 }
 
@@ -940,8 +950,191 @@ dc_detached_code_call_with_unix_fd_list_async (DcDetachedCode     *self,
   g_return_if_fail (fd_list == NULL || G_IS_UNIX_FD_LIST (fd_list));
   g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
 
-  call_internal (self, args, fd_list, io_priority, cancellable, callback, user_data,
+  call_internal (self, args, fd_list, io_priority, cancellable, NULL, callback, user_data,
                  dc_detached_code_call_with_unix_fd_list_async);
+}
+
+/**
+ * dc_detached_code_call_with_progress_async:
+ * @self: a pool
+ * @args: (nullable): the arguments for the code; %NULL means an empty
+ *   tuple.  A floating reference is sunk.
+ * @io_priority: the call's place in the queue
+ * @cancellable: (nullable): a #GCancellable
+ * @progress_func: (scope notified) (closure progress_data) (destroy progress_data_free):
+ *   receives each progress value the code sends
+ * @progress_data: data for @progress_func
+ * @progress_data_free: (nullable): frees @progress_data once @progress_func
+ *   will not run again
+ * @callback: (scope async) (closure user_data): called when the call
+ *   completes
+ * @user_data: data for @callback
+ *
+ * Like [method@DetachedCode.call_async], for code that reports its
+ * progress: each value the code passes to [func@worker_report_progress]
+ * while it runs reaches @progress_func.  Finish the call with
+ * [method@DetachedCode.call_finish].
+ *
+ * The values arrive in the thread-default main context of the calling
+ * thread, as the callback does, in the order the code sent them; all of
+ * them before @callback, none after it.  Once @cancellable is cancelled,
+ * no more arrive.  @progress_data_free runs once, in that context, after
+ * the last use of @progress_data (after @callback, unless a nested main
+ * loop in @progress_func completed the call; then when @progress_func
+ * returns).
+ *
+ * A worker writes each value as it is reported: a call that reports often
+ * costs a message each time.  Values wait in memory until the caller's
+ * context delivers them, each about 240 bytes more than its serialized
+ * size.  Should that context fall behind a worker that reports faster than
+ * @progress_func takes them, the pool stops reading that worker once 1024
+ * values (or 4 MiB of them) wait, until the caller has taken all but a
+ * quarter of them: the worker then waits in its report, and the parent's
+ * memory stays bounded (a little over 1024 values, one read's worth).
+ *
+ * A progress value the [property@DetachedCode:marshaller] cannot carry
+ * fails the call with %DC_DETACHED_CODE_ERROR_MARSHAL: the code runs to
+ * its end, its result is dropped, and no later value is sent.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_call_with_progress_async (DcDetachedCode     *self,
+                                           GVariant           *args,
+                                           int                 io_priority,
+                                           GCancellable       *cancellable,
+                                           DcProgressFunc      progress_func,
+                                           gpointer            progress_data,
+                                           GDestroyNotify      progress_data_free,
+                                           GAsyncReadyCallback callback,
+                                           gpointer            user_data)
+{
+  g_autoptr(DcProgress) progress = NULL;
+
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
+  g_return_if_fail (progress_func != NULL);
+
+  progress = dc_progress_new (self, cancellable, progress_func, progress_data,
+                              progress_data_free, callback, user_data);
+  call_internal (self, args, NULL, io_priority, cancellable, progress, callback, user_data,
+                 dc_detached_code_call_with_progress_async);
+}
+
+/* Invokes @closure with an object and an object or a variant. */
+static void
+closure_invoke_pair (GClosure *closure,
+                     GType     first_type,
+                     gpointer  first,
+                     GType     second_type,
+                     gpointer  second)
+{
+  GValue params[2] = { G_VALUE_INIT, G_VALUE_INIT };
+
+  g_value_init (&params[0], first_type);
+  g_value_set_object (&params[0], first);
+  g_value_init (&params[1], second_type);
+  if (second_type == G_TYPE_VARIANT)
+    g_value_set_variant (&params[1], second);
+  else
+    g_value_set_object (&params[1], second);
+  g_closure_invoke (closure, NULL, G_N_ELEMENTS (params), params, NULL);
+  g_value_unset (&params[0]);
+  g_value_unset (&params[1]);
+}
+
+static void
+progress_closure_cb (DcDetachedCode *self,
+                     GVariant       *progress,
+                     gpointer        data)
+{
+  closure_invoke_pair (data, DC_TYPE_DETACHED_CODE, self, G_TYPE_VARIANT, progress);
+}
+
+static void
+ready_closure_cb (GObject      *source,
+                  GAsyncResult *result,
+                  gpointer      data)
+{
+  closure_invoke_pair (data, G_TYPE_OBJECT, source, G_TYPE_ASYNC_RESULT, result);
+  g_closure_unref (data);
+}
+
+/* Ours until it is unreffed; a C closure made without a marshaller gets
+ * the generic one. */
+static GClosure *
+closure_take (GClosure *closure)
+{
+  g_closure_ref (closure);
+  g_closure_sink (closure);
+  if (G_CLOSURE_NEEDS_MARSHAL (closure))
+    g_closure_set_marshal (closure, g_cclosure_marshal_generic);
+  return closure;
+}
+
+/**
+ * dc_detached_code_call_with_progress_async_with_closures: (rename-to dc_detached_code_call_with_progress_async)
+ * @self: a pool
+ * @args: (nullable): the arguments for the code; %NULL means an empty
+ *   tuple.  A floating reference is sunk.
+ * @io_priority: the call's place in the queue
+ * @cancellable: (nullable): a #GCancellable
+ * @progress_closure: invoked with the pool and each progress value, as a
+ *   [callback@ProgressFunc] is
+ * @ready_closure: (nullable): invoked with the pool and the
+ *   [iface@Gio.AsyncResult] when the call completes, as a
+ *   [callback@Gio.AsyncReadyCallback] is
+ *
+ * [method@DetachedCode.call_with_progress_async] with closures in place of
+ * its two callbacks, for language bindings, which cannot all pass two
+ * callbacks with data of their own.  It keeps @progress_closure until the
+ * call has completed, and @ready_closure until it has been invoked.
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_call_with_progress_async_with_closures (DcDetachedCode *self,
+                                                         GVariant       *args,
+                                                         int             io_priority,
+                                                         GCancellable   *cancellable,
+                                                         GClosure       *progress_closure,
+                                                         GClosure       *ready_closure)
+{
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
+  g_return_if_fail (progress_closure != NULL);
+
+  dc_detached_code_call_with_progress_async (self, args, io_priority, cancellable,
+                                             progress_closure_cb, closure_take (progress_closure),
+                                             (GDestroyNotify) g_closure_unref,
+                                             ready_closure != NULL ? ready_closure_cb : NULL,
+                                             ready_closure != NULL ? closure_take (ready_closure) : NULL);
+}
+
+/**
+ * dc_worker_report_progress:
+ * @progress: a progress value; a floating reference is sunk
+ *
+ * Sends @progress to the caller of the call whose code runs now, in this
+ * worker: call it from a [callback@CodeFunc] (or [callback@CodeFdFunc]),
+ * in the thread that runs it.  The value reaches the progress function of
+ * [method@DetachedCode.call_with_progress_async] while the code goes on.
+ *
+ * It does nothing for a call made without a progress function (so
+ * reporting costs nothing there), outside a call, in another thread of
+ * the worker, and in the parent.
+ *
+ * Since: 1.0
+ */
+void
+dc_worker_report_progress (GVariant *progress)
+{
+  g_autoptr(GVariant) value = NULL;
+
+  g_return_if_fail (progress != NULL);
+
+  value = g_variant_ref_sink (progress);
+  dc_worker_send_progress (value);
 }
 
 /**
@@ -987,7 +1180,8 @@ dc_detached_code_call_with_unix_fd_list_finish (DcDetachedCode  *self,
  * @result: the result given to the callback
  * @error: return location for an error
  *
- * Finishes a call started with [method@DetachedCode.call_async].
+ * Finishes a call started with [method@DetachedCode.call_async] or
+ * [method@DetachedCode.call_with_progress_async].
  *
  * An error the code set arrives with its own domain, code and message.
  * Failures of the pool itself are in the %DC_DETACHED_CODE_ERROR domain.
@@ -1004,7 +1198,9 @@ dc_detached_code_call_finish (DcDetachedCode  *self,
 {
   g_return_val_if_fail (DC_IS_DETACHED_CODE (self), NULL);
   g_return_val_if_fail (g_task_is_valid (result, self), NULL);
-  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == dc_detached_code_call_async, NULL);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == dc_detached_code_call_async ||
+                        g_task_get_source_tag (G_TASK (result)) == dc_detached_code_call_with_progress_async,
+                        NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
   return g_task_propagate_pointer (G_TASK (result), error);

@@ -237,6 +237,23 @@ typedef void (*DcWorkerInitFunc) (gpointer user_data);
 DC_AVAILABLE_IN_ALL
 G_DECLARE_FINAL_TYPE (DcDetachedCode, dc_detached_code, DC, DETACHED_CODE, GObject)
 
+/**
+ * DcProgressFunc:
+ * @self: the pool the call was made on
+ * @progress: a value the code sent with [func@worker_report_progress]
+ * @user_data: the data given with the function
+ *
+ * Receives the progress values of a call made with
+ * [method@DetachedCode.call_with_progress_async], in the caller's
+ * thread-default main context, in the order the code sent them, all of
+ * them before the call's callback.
+ *
+ * Since: 1.0
+ */
+typedef void (*DcProgressFunc) (DcDetachedCode *self,
+                                GVariant       *progress,
+                                gpointer        user_data);
+
 DC_AVAILABLE_IN_ALL
 GQuark          dc_detached_code_error_quark       (void);
 
@@ -272,11 +289,31 @@ void            dc_detached_code_call_async        (DcDetachedCode     *self,
                                                     GAsyncReadyCallback callback,
                                                     gpointer            user_data);
 DC_AVAILABLE_IN_ALL
+void            dc_detached_code_call_with_progress_async (DcDetachedCode *self,
+                                                    GVariant           *args,
+                                                    int                 io_priority,
+                                                    GCancellable       *cancellable,
+                                                    DcProgressFunc      progress_func,
+                                                    gpointer            progress_data,
+                                                    GDestroyNotify      progress_data_free,
+                                                    GAsyncReadyCallback callback,
+                                                    gpointer            user_data);
+DC_AVAILABLE_IN_ALL
+void            dc_detached_code_call_with_progress_async_with_closures (DcDetachedCode *self,
+                                                    GVariant           *args,
+                                                    int                 io_priority,
+                                                    GCancellable       *cancellable,
+                                                    GClosure           *progress_closure,
+                                                    GClosure           *ready_closure);
+DC_AVAILABLE_IN_ALL
 GVariant       *dc_detached_code_call_finish       (DcDetachedCode     *self,
                                                     GAsyncResult       *result,
                                                     GError            **error);
 DC_AVAILABLE_IN_ALL
 void            dc_detached_code_shutdown          (DcDetachedCode     *self);
+
+DC_AVAILABLE_IN_ALL
+void            dc_worker_report_progress          (GVariant           *progress);
 
 DC_AVAILABLE_IN_ALL
 guint           dc_detached_code_get_n_workers     (DcDetachedCode     *self);

@@ -46,7 +46,10 @@ typedef enum
   DC_WIRE_MARSHAL_FAILED,    /* payload: type string of the value that could not travel */
   DC_WIRE_SETUP_FAILED,      /* payload: guint32 step, guint32 errno */
   DC_WIRE_SANDBOX_STOPPED,   /* payload: guint32 audit arch, gint32 system call number */
-  DC_WIRE_LAST_TYPE = DC_WIRE_SANDBOX_STOPPED,
+  /* Progress: only for a call whose frame had DC_WIRE_FLAG_PROGRESS, with
+   * its serial, while it runs; no descriptor but a memfd payload. */
+  DC_WIRE_PROGRESS,          /* payload: the marshalled progress value */
+  DC_WIRE_LAST_TYPE = DC_WIRE_PROGRESS,
 } DcWireType;
 
 typedef enum
@@ -54,7 +57,10 @@ typedef enum
   /* The payload is 8 bytes, the size of the real payload, which is in a
    * sealed memfd: the frame's first descriptor. */
   DC_WIRE_FLAG_MEMFD = 1 << 0,
-  DC_WIRE_KNOWN_FLAGS = DC_WIRE_FLAG_MEMFD,
+  /* On a CALL frame: the caller takes progress values.  Without it the
+   * worker sends none, and the parent takes none. */
+  DC_WIRE_FLAG_PROGRESS = 1 << 1,
+  DC_WIRE_KNOWN_FLAGS = DC_WIRE_FLAG_MEMFD | DC_WIRE_FLAG_PROGRESS,
 } DcWireFlags;
 
 /* At most what one sendmsg() may carry (SCM_MAX_FD). */
@@ -132,6 +138,10 @@ typedef enum
   DC_WIRE_MARSHAL_NO_FDS,       /* descriptors, where none can travel (pipes) */
   DC_WIRE_MARSHAL_TOO_MANY_FDS, /* more descriptors than one message carries */
 } DcWireMarshalStatus;
+
+/* Set in the reason word of a DC_WIRE_MARSHAL_FAILED frame: what could
+ * not travel was a progress value (the call's result was dropped). */
+#define DC_WIRE_MARSHAL_OF_PROGRESS ((guint32) 1 << 31)
 
 GBytes   *dc_wire_marshal_raw            (DcMarshaller         marshaller,
                                           GVariant            *value,
@@ -278,6 +288,10 @@ void      dc_wire_frame_head_init        (DcWireFrameHead    *head,
                                           GBytes             *payload,
                                           gboolean            in_memfd,
                                           guint               n_fds);
+
+/* Adds DcWireFlags to the header in @head. */
+void      dc_wire_frame_head_add_flags   (DcWireFrameHead    *head,
+                                          guint               flags);
 
 /* Bytes held in recycled payload buffers (for tests). */
 gsize     dc_wire_buffer_cache_size      (void);

@@ -1006,6 +1006,13 @@ dc_wire_frame_head_init (DcWireFrameHead *head,
   head->body_len = size;
 }
 
+void
+dc_wire_frame_head_add_flags (DcWireFrameHead *head,
+                              guint            flags)
+{
+  head->bytes[G_STRUCT_OFFSET (DcWireHeader, flags)] |= (guint8) flags;
+}
+
 /* ---- large payloads in memfds ---- */
 
 static void

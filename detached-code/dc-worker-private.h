@@ -97,6 +97,11 @@ int       dc_worker_serve         (int                  read_fd,
                                    int                  write_fd,
                                    const DcWorkerCode  *code);
 
+/* Not async-signal-safe.  Sends @value (not floating) as a progress value
+ * of the call whose code runs in this thread, if its caller takes
+ * progress; else does nothing. */
+void      dc_worker_send_progress (GVariant            *value);
+
 /* The whole life of a worker: set-up, init function, serving, _exit(). */
 G_NORETURN
 void      dc_worker_main          (const DcWorkerSetup *setup,

@@ -59,7 +59,10 @@ struct _DcWorkerProc
   /* Open in RUNNING and RETIRING, and in LOST until what the worker sent
    * before it stopped reading has been read. */
   DcChannel                   *channel;
-  GSource                     *read_source;
+  GSource                     *read_source; /* NULL while paused */
+  /* Made ready by a caller that fell behind its progress values, once it
+   * has caught up: reading is paused until then. */
+  GSource                     *resume_source;
   GSource                     *write_source;
   DcWireReader                 reader;
   GArray                      *rx_fds;     /* received, not yet claimed by a frame */
@@ -89,6 +92,7 @@ struct _DcWorkerProc
 
 static void proc_transition (DcWorkerProc *proc, Event event, GError *reason, GQueue *calls);
 static gboolean proc_read (DcWorkerProc *proc, gboolean drain);
+static void proc_pause_reading (DcWorkerProc *proc, DcProgress *progress);
 
 /* ---- life ---- */
 
@@ -360,6 +364,7 @@ static void
 proc_close_channel (DcWorkerProc *proc)
 {
   clear_source (&proc->read_source);
+  clear_source (&proc->resume_source);
   proc_drop_output (proc);
   g_clear_pointer (&proc->channel, dc_channel_free);
   dc_wire_close_fds (proc->rx_fds);
@@ -455,6 +460,8 @@ proc_append_call (DcWorkerProc *proc,
   if (call->fd_list == NULL && call->memfd < 0)
     {
       dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, FALSE, 0);
+      if (call->progress != NULL)
+        dc_wire_frame_head_add_flags (&head, DC_WIRE_FLAG_PROGRESS);
       g_byte_array_append (proc->outbuf, head.bytes, head.len);
       if (head.body_len > 0)
         g_byte_array_append (proc->outbuf, head.body, head.body_len);
@@ -477,6 +484,8 @@ proc_append_call (DcWorkerProc *proc,
 
   dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, call->memfd >= 0,
                            call->fd_list != NULL ? (guint) g_unix_fd_list_get_length (call->fd_list) : 0);
+  if (call->progress != NULL)
+    dc_wire_frame_head_add_flags (&head, DC_WIRE_FLAG_PROGRESS);
   g_byte_array_append (proc->outbuf, head.bytes, head.len);
   if (head.body_len > 0)
     g_byte_array_append (proc->outbuf, head.body, head.body_len);
@@ -518,17 +527,25 @@ marshal_failed_error (GBytes *payload)
   g_autofree char *type_string = NULL;
   GError *error = NULL;
 
+  gboolean of_progress;
+
   if (size < 4)
     return NULL;
   memcpy (&reason, data, 4);
+  of_progress = (reason & DC_WIRE_MARSHAL_OF_PROGRESS) != 0;
+  reason &= ~DC_WIRE_MARSHAL_OF_PROGRESS;
   type_string = g_strndup ((const char *) data + 4, size - 4);
+  /* A progress value carries no descriptors. */
   if ((reason != DC_WIRE_MARSHAL_BAD_TYPE && reason != DC_WIRE_MARSHAL_TOO_LARGE &&
-       reason != DC_WIRE_MARSHAL_NO_FDS && reason != DC_WIRE_MARSHAL_TOO_MANY_FDS) ||
+       (of_progress || (reason != DC_WIRE_MARSHAL_NO_FDS && reason != DC_WIRE_MARSHAL_TOO_MANY_FDS))) ||
       strlen (type_string) != size - 4 ||
       !g_variant_type_string_is_valid (type_string))
     return NULL;
 
   dc_wire_set_marshal_error (&error, reason, type_string);
+  if (of_progress)
+    g_prefix_error (&error, "%s", _("A progress value could not travel, so the call’s result "
+                                    "was dropped: "));
   return error;
 }
 
@@ -579,6 +596,7 @@ typedef struct
   DcWorkerProc *proc;
   GQueue        completed;   /* calls answered, to be delivered after the read */
   guint         n_replies;   /* frames that made room, this read */
+  DcProgress   *behind;      /* owned: a caller with too many progress values waiting */
 } Read;
 
 /* Kills the worker for a malformed message; stops the read. */
@@ -604,8 +622,12 @@ handle_frame (gpointer            data,
   GVariant *value = NULL;
   GError *error = NULL;
 
-  if (header->n_fds > 0 && header->type != DC_WIRE_RESULT)
+  /* A progress value may come in a memfd, never with descriptors. */
+  if (header->n_fds > 0 && header->type != DC_WIRE_RESULT &&
+      !(header->type == DC_WIRE_PROGRESS && header->n_fds == 1 && (header->flags & DC_WIRE_FLAG_MEMFD)))
     return reject (proc, _("descriptors with a message that takes none"));
+  if (header->flags & DC_WIRE_FLAG_PROGRESS)
+    return reject (proc, _("a flag only calls carry"));
   if (!dc_wire_claim_fds (proc->rx_fds, header, &payload, &fd_list, &fd_error))
     return reject (proc, fd_error->message);
 
@@ -634,6 +656,24 @@ handle_frame (gpointer            data,
     return reject (proc, _("a message of the wrong type"));
   if (header->serial != call->serial)
     return reject (proc, _("a reply out of order"));
+
+  if (header->type == DC_WIRE_PROGRESS)
+    {
+      if (call->progress == NULL)
+        return reject (proc, _("progress for a call that takes none"));
+      value = dc_wire_unmarshal (proc->settings->marshaller, payload, &error);
+      if (value == NULL)
+        {
+          g_autoptr(GError) why = error;
+
+          return reject (proc, why->message);
+        }
+      /* Delivered by the caller's context, never from inside this read.
+       * A caller that falls behind stops the reads after this one. */
+      if (!dc_progress_push (call->progress, value) && read->behind == NULL)
+        read->behind = dc_progress_ref (call->progress);
+      return TRUE;
+    }
 
   switch ((DcWireType) header->type)
     {
@@ -667,6 +707,7 @@ handle_frame (gpointer            data,
     case DC_WIRE_CALL:
     case DC_WIRE_SETUP_FAILED:
     case DC_WIRE_SANDBOX_STOPPED:
+    case DC_WIRE_PROGRESS:
     default:
       g_assert_not_reached ();
     }
@@ -765,8 +806,9 @@ proc_read (DcWorkerProc *proc,
   dc_worker_proc_ref (proc);
   proc->in_read = TRUE;
 
-  /* Bounded, so that one chatty worker cannot starve the context. */
-  for (rounds = 0; proc->channel != NULL && (drain || rounds < 64); rounds++)
+  /* Bounded, so that one chatty worker cannot starve the context, nor
+   * flood a caller that fell behind its progress values. */
+  for (rounds = 0; proc->channel != NULL && (drain || (rounds < 64 && read.behind == NULL)); rounds++)
     {
       gsize n = 0;
       GList *answered_before = read.completed.tail;
@@ -807,6 +849,13 @@ proc_read (DcWorkerProc *proc,
       break;
     }
 
+  if (read.behind != NULL)
+    {
+      if (proc->channel != NULL && !drain)
+        proc_pause_reading (proc, read.behind);
+      dc_progress_unref (read.behind);
+    }
+
   /* One dispatch for all the replies read: the next calls go out in one
    * write per worker, and before this read's callbacks, which wait until
    * the read is over: a callback may run a nested main loop, where this
@@ -838,7 +887,62 @@ readable_cb (GIOCondition condition,
 {
   DcWorkerProc *proc = data;
 
-  return proc_read (proc, FALSE) ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
+  /* Paused within: this source is gone already. */
+  if (!proc_read (proc, FALSE) || proc->read_source == NULL)
+    return G_SOURCE_REMOVE;
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+proc_watch_channel (DcWorkerProc *proc)
+{
+  proc->read_source = dc_channel_create_source (proc->channel, G_IO_IN | G_IO_HUP | G_IO_ERR,
+                                                readable_cb, proc);
+  /* Without this, GLib blocks and unblocks the source around each
+   * dispatch: two more wake-ups per reply.  proc_read() refuses re-entry
+   * itself. */
+  g_source_set_can_recurse (proc->read_source, TRUE);
+  g_source_attach (proc->read_source, proc->context);
+}
+
+static gboolean
+resume_dispatch (GSource     *source,
+                 GSourceFunc  callback,
+                 gpointer     data)
+{
+  return callback (data);
+}
+
+/* Ready only through its ready time. */
+static GSourceFuncs resume_funcs = { NULL, NULL, resume_dispatch, NULL, NULL, NULL };
+
+static gboolean
+resume_cb (gpointer data)
+{
+  DcWorkerProc *proc = data;
+
+  clear_source (&proc->resume_source);
+  if (proc->channel != NULL && proc->read_source == NULL)
+    proc_watch_channel (proc);
+  return G_SOURCE_REMOVE;
+}
+
+/* Stops reading the worker until the caller behind @progress has taken
+ * most of its values: the worker then blocks on its writes, and the
+ * parent's memory stays bounded.  Its exit is still seen (through its
+ * pidfd), and whatever it sent is read then. */
+static void
+proc_pause_reading (DcWorkerProc *proc,
+                    DcProgress   *progress)
+{
+  if (proc->resume_source != NULL)
+    return;
+  clear_source (&proc->read_source);
+  proc->resume_source = g_source_new (&resume_funcs, sizeof (GSource));
+  g_source_set_static_name (proc->resume_source, "[detached-code] resume reading");
+  g_source_set_callback (proc->resume_source, resume_cb, proc, NULL);
+  g_source_attach (proc->resume_source, proc->context);
+  dc_progress_wake_when_drained (progress, proc->resume_source);
 }
 
 /* ---- the state machine ---- */
@@ -1199,13 +1303,7 @@ dc_worker_proc_new (GPid                         pid,
   g_queue_init (&proc->out_fds);
   g_queue_init (&proc->inflight);
 
-  proc->read_source = dc_channel_create_source (channel, G_IO_IN | G_IO_HUP | G_IO_ERR,
-                                                readable_cb, proc);
-  /* Without this, GLib blocks and unblocks the source around each
-   * dispatch: two more wake-ups per reply.  proc_read() refuses re-entry
-   * itself. */
-  g_source_set_can_recurse (proc->read_source, TRUE);
-  g_source_attach (proc->read_source, context);
+  proc_watch_channel (proc);
 
   proc->watch = g_unix_fd_source_new (pidfd, G_IO_IN);
   g_source_set_callback (proc->watch, G_SOURCE_FUNC (exited_cb), proc,

@@ -458,6 +458,64 @@ leave (Serve *serve,
   return FALSE;
 }
 
+/* The call whose code runs now, for dc_worker_report_progress().  Per
+ * thread: the code runs in the thread that serves (a test serves in a
+ * thread of its own), and a thread the code starts has no call. */
+typedef struct
+{
+  Serve                *serve;
+  guint64               serial;
+  gboolean              wants_progress;  /* the CALL frame had DC_WIRE_FLAG_PROGRESS */
+  gboolean              broken;          /* a write failed: the worker leaves after the code */
+  DcWireMarshalStatus   failure;         /* not OK once a progress value could not travel */
+  char                 *failed_type;     /* owned: that value's type string */
+} CurrentCall;
+
+static __thread CurrentCall *current_call;
+
+/* Not async-signal-safe: it runs from the user's code. */
+void
+dc_worker_send_progress (GVariant *value)
+{
+  CurrentCall *call = current_call;
+  g_autoptr(GBytes) payload = NULL;
+  DcWireMarshalStatus status;
+
+  /* After a failure the call's outcome is decided: what follows is not
+   * sent, so that the caller never sees a value the code sent after one
+   * it lost. */
+  if (call == NULL || !call->wants_progress || call->broken || call->failure != DC_WIRE_MARSHAL_OK)
+    return;
+
+  payload = dc_wire_marshal_raw (call->serve->code->marshaller, value, &status);
+  if (payload == NULL)
+    {
+      call->failure = status;
+      call->failed_type = g_strdup (g_variant_get_type_string (value));
+      return;
+    }
+  /* At once: the caller wants it while the code still runs. */
+  if (!send_frame (call->serve, DC_WIRE_PROGRESS, call->serial, payload, NULL) ||
+      !replies_flush (call->serve))
+    call->broken = TRUE;
+}
+
+/* The parent composes the message: no gettext in a worker. */
+static gboolean
+send_marshal_failed (Serve      *serve,
+                     guint64     serial,
+                     guint32     reason,
+                     const char *type_string)
+{
+  g_autoptr(GByteArray) body = g_byte_array_new ();
+  g_autoptr(GBytes) body_bytes = NULL;
+
+  g_byte_array_append (body, (const guint8 *) &reason, 4);
+  g_byte_array_append (body, (const guint8 *) type_string, strlen (type_string));
+  body_bytes = g_byte_array_free_to_bytes (g_steal_pointer (&body));
+  return send_frame (serve, DC_WIRE_MARSHAL_FAILED, serial, body_bytes, NULL);
+}
+
 /* Calls the user's code.  Returns FALSE when the worker must leave: the
  * channel broke, or the code failed under exit-on-die. */
 static gboolean
@@ -475,6 +533,7 @@ handle_call (gpointer            data,
   g_autoptr(GError) error = NULL;
   g_autoptr(GBytes) reply = NULL;
   DcWireMarshalStatus status;
+  CurrentCall current = { 0, };
   gboolean ok;
 
   if (header->type != DC_WIRE_CALL ||
@@ -492,12 +551,33 @@ handle_call (gpointer            data,
   if (serve->out->len > 0 && !replies_flush (serve))
     return leave (serve, DC_WORKER_EXIT_CHANNEL);
 
+  current.serve = serve;
+  current.serial = header->serial;
+  current.wants_progress = (header->flags & DC_WIRE_FLAG_PROGRESS) != 0;
+  current_call = &current;
   if (code->fd_func != NULL)
     result = code->fd_func (args, fd_list, &out_fd_list, code->user_data, &error);
   else
     result = code->func (args, code->user_data, &error);
+  current_call = NULL;
 
-  if (result != NULL)
+  if (current.broken)
+    {
+      g_free (current.failed_type);
+      return leave (serve, DC_WORKER_EXIT_CHANNEL);
+    }
+  if (current.failure != DC_WIRE_MARSHAL_OK)
+    {
+      /* A progress value was lost: the call fails, whatever the code
+       * returned. */
+      g_autofree char *failed_type = current.failed_type;
+
+      if (result != NULL)
+        g_variant_take_ref (result);
+      ok = send_marshal_failed (serve, header->serial, current.failure | DC_WIRE_MARSHAL_OF_PROGRESS,
+                                failed_type);
+    }
+  else if (result != NULL)
     {
       guint n_out = out_fd_list != NULL ? (guint) g_unix_fd_list_get_length (out_fd_list) : 0;
 
@@ -517,18 +597,7 @@ handle_call (gpointer            data,
           return leave (serve, DC_WORKER_EXIT_CHANNEL);
         }
       else
-        {
-          /* The parent composes the message: no gettext in a worker. */
-          const char *type_string = g_variant_get_type_string (result);
-          guint32 reason = status;
-          g_autoptr(GByteArray) body = g_byte_array_new ();
-          g_autoptr(GBytes) body_bytes = NULL;
-
-          g_byte_array_append (body, (const guint8 *) &reason, 4);
-          g_byte_array_append (body, (const guint8 *) type_string, strlen (type_string));
-          body_bytes = g_byte_array_free_to_bytes (g_steal_pointer (&body));
-          ok = send_frame (serve, DC_WIRE_MARSHAL_FAILED, header->serial, body_bytes, NULL);
-        }
+        ok = send_marshal_failed (serve, header->serial, status, g_variant_get_type_string (result));
     }
   else if (error != NULL)
     {

@@ -1058,6 +1058,87 @@ test('fork-server FALSE: no template among the children', () => {
     waitChildren([], 'the workers to be reaped');
 });
 
+// ---- progress ----
+
+// Runs in the worker: reports 0 .. n-1, sleeping ms between, then returns n.
+function workerProgress(args) {
+    const [n, ms] = args.deepUnpack();
+    for (let i = 0; i < n; i++) {
+        Dc.worker_report_progress(new GLib.Variant('(u)', [i]));
+        if (ms)
+            GLib.usleep(ms * 1000);
+    }
+    return new GLib.Variant('(u)', [n]);
+}
+
+// The callbacks only record; the test asserts afterwards.
+function callProgress(pool, args, cancellable = null, onProgress = null) {
+    const record = {values: [], atCallback: -1, outcomes: []};
+    pool.call_with_progress_async(args, GLib.PRIORITY_DEFAULT, cancellable,
+        (source, value) => {
+            record.values.push(value.deepUnpack()[0]);
+            if (record.outcomes.length)
+                record.afterCallback = true;
+            if (onProgress)
+                onProgress(record);
+        },
+        (source, result) => {
+            record.atCallback = record.values.length;
+            try {
+                record.outcomes.push({value: source.call_finish(result)});
+            } catch (e) {
+                record.outcomes.push({error: e});
+            }
+        });
+    return record;
+}
+
+test('progress arrives in order, all before the callback', () => {
+    const pool = makePool(workerProgress);
+    const record = callProgress(pool, new GLib.Variant('(uu)', [300, 0]));
+    spinUntil(() => record.outcomes.length, 'a call with progress');
+    assertEqual(assertValue(record.outcomes[0]), [300]);
+    assertEqual(record.atCallback, 300);
+    assertEqual(record.values, [...Array(300).keys()]);
+    // None after.
+    callSync(pool, new GLib.Variant('(uu)', [0, 0]));
+    assertEqual(record.values.length, 300);
+    assert(!record.afterCallback, 'a progress value after the callback');
+});
+
+test('cancelling stops progress', () => {
+    const pool = makePool(workerProgress);
+    const cancellable = new Gio.Cancellable();
+    const record = callProgress(pool, new GLib.Variant('(uu)', [100, 20]), cancellable, r => {
+        if (r.values.length === 2)
+            cancellable.cancel();
+    });
+    spinUntil(() => record.outcomes.length, 'the cancelled call');
+    assertCancelled(record.outcomes[0]);
+    assertEqual(record.values, [0, 1]);
+    GLib.usleep(200000);
+    callSync(pool, new GLib.Variant('(uu)', [0, 0]));
+    assertEqual(record.values, [0, 1]);
+});
+
+test('a plain call ignores progress', () => {
+    const pool = makePool(workerProgress);
+    assertEqual(assertValue(callSync(pool, new GLib.Variant('(uu)', [50, 0]))), [50]);
+});
+
+test('a progress value the marshaller cannot carry fails the call', () => {
+    const pool = makePool(args => {
+        Dc.worker_report_progress(new GLib.Variant('(u)', [1]));
+        return args;
+    });
+    pool.marshaller = Dc.Marshaller.FLAT;
+    const record = callProgress(pool, new GLib.Variant('(s)', ['x']));
+    spinUntil(() => record.outcomes.length, 'the call');
+    assertDcError(record.outcomes[0], Dc.DetachedCodeError.MARSHAL);
+    assert(record.outcomes[0].error.message.includes('progress'), record.outcomes[0].error.message);
+    assertEqual(record.values, []);
+});
+
 // ---- TAP ----
 
 // Arguments, if any, pick the tests whose names contain one of them.

@@ -448,6 +448,125 @@ def worker_memfd_echo(args):
                                   GLib.Variant('b', bool(read_only_memfd_mappings())))
 
 
+def worker_progress(args):
+    # Reports 0 .. n-1, sleeping between when asked to, then returns n.
+    n, ms = args.unpack()
+    for i in range(n):
+        Dc.worker_report_progress(GLib.Variant('(u)', (i,)))
+        if ms:
+            time.sleep(ms / 1000)
+    return GLib.Variant('(u)', (n,))
+
+
+class ProgressRecord:
+    """What a call with progress delivered: the values, how many had come
+    when the callback ran, the outcome; the callbacks only record."""
+
+    def __init__(self):
+        self.values = []
+        self.at_callback = None
+        self.outcomes = []
+        self.after_callback = False
+        self.user_data = []
+
+
+class TestProgress(DcTestCase):
+
+    def call_progress(self, pool, args, cancellable=None, on_progress=None, *user_data):
+        record = ProgressRecord()
+
+        def progress(source, value, *data):
+            record.values.append(value.unpack()[0])
+            record.user_data.append(data)
+            record.after_callback = record.after_callback or bool(record.outcomes)
+            if on_progress is not None:
+                on_progress(record)
+
+        def done(source, result, *data):
+            record.at_callback = len(record.values)
+            record.user_data.append(data)
+            try:
+                record.outcomes.append(Outcome(value=source.call_finish(result)))
+            except GLib.Error as e:
+                record.outcomes.append(Outcome(error=e))
+
+        pool.call_with_progress_async(args, GLib.PRIORITY_DEFAULT, cancellable, progress, done,
+                                      *user_data)
+        return record
+
+    def test_order_all_before_callback_none_after(self):
+        pool = self.make_pool(worker_progress)
+        record = self.call_progress(pool, GLib.Variant('(uu)', (300, 0)))
+        self.spin_until(lambda: record.outcomes, 'a call with progress')
+        self.assertEqual(self.assertValue(record.outcomes[0]), (300,))
+        self.assertEqual(record.at_callback, 300)
+        self.assertEqual(record.values, list(range(300)))
+        self.assertValue(self.call_sync(pool, GLib.Variant('(uu)', (0, 0))))
+        self.assertEqual(len(record.values), 300)
+        self.assertFalse(record.after_callback)
+
+    def test_user_data_reaches_both_callbacks(self):
+        pool = self.make_pool(worker_progress)
+        record = self.call_progress(pool, GLib.Variant('(uu)', (2, 0)), None, None, 'a', 7)
+        self.spin_until(lambda: record.outcomes, 'a call with progress')
+        self.assertValue(record.outcomes[0])
+        self.assertEqual(record.user_data, [('a', 7)] * 3)
+
+    def test_cancel_stops_progress(self):
+        pool = self.make_pool(worker_progress)
+        cancellable = Gio.Cancellable()
+
+        def cancel_on_second(record):
+            if len(record.values) == 2:
+                cancellable.cancel()
+
+        record = self.call_progress(pool, GLib.Variant('(uu)', (100, 20)), cancellable,
+                                    cancel_on_second)
+        self.spin_until(lambda: record.outcomes, 'the cancelled call')
+        self.assertCancelled(record.outcomes[0])
+        self.assertEqual(record.values, [0, 1])
+        time.sleep(0.2)
+        self.assertValue(self.call_sync(pool, GLib.Variant('(uu)', (0, 0))))
+        self.assertEqual(record.values, [0, 1])
+
+    def test_plain_call_ignores_progress(self):
+        pool = self.make_pool(worker_progress)
+        self.assertEqual(self.assertValue(self.call_sync(pool, GLib.Variant('(uu)', (50, 0)))),
+                         (50,))
+        # In the parent it does nothing.
+        Dc.worker_report_progress(GLib.Variant('(u)', (1,)))
+
+    def test_progress_the_marshaller_cannot_carry(self):
+        def worker(args):
+            Dc.worker_report_progress(GLib.Variant('(s)', ('first',)))
+            Dc.worker_report_progress(GLib.Variant('(u)', (1,)))
+            return args
+
+        pool = self.make_pool(worker)
+        pool.props.marshaller = Dc.Marshaller.FLAT
+        record = ProgressRecord()
+        pool.call_with_progress_async(
+            GLib.Variant('(s)', ('x',)), GLib.PRIORITY_DEFAULT, None,
+            lambda source, value: record.values.append(value.unpack()[0]),
+            lambda source, result: record.outcomes.append(self.outcome_of(source, result)))
+        self.spin_until(lambda: record.outcomes, 'the call')
+        error = record.outcomes[0].error
+        self.assertIsNotNone(error)
+        self.assertTrue(error.matches(Dc.DetachedCodeError.quark(), Dc.DetachedCodeError.MARSHAL))
+        self.assertIn('progress', error.message)
+        self.assertEqual(record.values, ['first'])
+        # The worker goes on.
+        self.assertEqual(self.assertValue(self.call_sync(pool, GLib.Variant('(s)', ('y',)))),
+                         ('y',))
+
+    @staticmethod
+    def outcome_of(source, result):
+        try:
+            return Outcome(value=source.call_finish(result))
+        except GLib.Error as e:
+            return Outcome(error=e)
+
+
 class TestPython(DcTestCase):
 
     def test_synopsis_is_prime(self):

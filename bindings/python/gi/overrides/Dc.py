@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: LGPL-2.1-or-later
 #
 # PyGObject overrides for Dc: the code a pool runs reports a Python
-# exception to the caller with its type, message and traceback.
+# exception to the caller with its type, message and traceback; a call
+# with progress passes user data to its callbacks.
 
 import functools
 import traceback
@@ -70,6 +71,24 @@ class DetachedCode(Dc.DetachedCode):
     @classmethod
     def new_with_fds(cls, func, *user_data):
         return Dc.DetachedCode.new_with_fds(_wrap_code(func), *user_data)
+
+    def call_with_progress_async(self, args, io_priority, cancellable, progress_func,
+                                 callback=None, *user_data):
+        """Like call_async(), for code that reports progress with
+        Dc.worker_report_progress(): progress_func(pool, value, *user_data)
+        runs for each value, in order and all before
+        callback(pool, result, *user_data), as PyGObject passes user data to
+        the callbacks of other async calls.  Finish with call_finish()."""
+        def progress(source, value):
+            progress_func(source, value, *user_data)
+
+        ready = None
+        if callback is not None:
+            def ready(source, result):
+                callback(source, result, *user_data)
+
+        Dc.DetachedCode.call_with_progress_async(self, args, io_priority, cancellable,
+                                                 progress, ready)
 
 
 DetachedCode = override(DetachedCode)
