@@ -197,6 +197,9 @@ dc_channel_writev (DcChannel            *channel,
   /* GSocket sends with MSG_NOSIGNAL: a dead worker is EPIPE, not SIGPIPE. */
   if (fds != NULL && g_unix_fd_list_get_length (fds) > 0)
     message = g_unix_fd_message_new_with_fd_list (fds);
+  else if (n_vectors == 1)
+    /* The common case of small frames, without building a message. */
+    return g_socket_send (channel->socket, vectors[0].buffer, vectors[0].size, NULL, error);
   return g_socket_send_message (channel->socket, NULL, (GOutputVector *) vectors, (gint) n_vectors,
                                 message != NULL ? &message : NULL, message != NULL ? 1 : 0,
                                 G_SOCKET_MSG_NONE, NULL, error);
