@@ -1013,12 +1013,17 @@ handle_frame (gpointer            data,
   proc_arm_timeout (proc);
 
   /* Under exit-on-die it leaves after this reply, without reading what
-   * else was written to it. */
-  if (error != NULL && proc->exit_on_die && proc->state == DC_WORKER_PROC_RUNNING)
+   * else was written to it: those calls never ran, and go again.  So too
+   * when a write found it gone before this reply was read (LOST, and not
+   * by our hand): it went because of this failure. */
+  if (error != NULL && proc->exit_on_die && proc->lost_error == NULL &&
+      (proc->state == DC_WORKER_PROC_RUNNING || proc->state == DC_WORKER_PROC_RETIRING ||
+       proc->state == DC_WORKER_PROC_LOST))
     {
       GList *link;
 
-      proc_transition (proc, EVENT_RETIRE, NULL, NULL);
+      if (proc->state == DC_WORKER_PROC_RUNNING)
+        proc_transition (proc, EVENT_RETIRE, NULL, NULL);
       while ((link = g_queue_pop_tail_link (&proc->inflight)) != NULL)
         {
           DcCall *behind = link->data;

@@ -261,6 +261,16 @@ test_requeue (void)
   destroy_pool (code);
 }
 
+static void
+test_requeue_memfd (void)
+{
+  DcDetachedCode *code = new_large_pool ("pipeline-depth", 32, "exit-on-die", TRUE,
+                                         "memfd-threshold", 65536u, NULL);
+
+  check_requeue (code);
+  destroy_pool (code);
+}
+
 /* Far more than a socket or a pipe holds: its frame is written across
  * many wake-ups, and is half written while the worker sleeps. */
 #define HUGE (24 * MiB)
@@ -417,6 +427,7 @@ main (int   argc,
   g_test_add_data_func ("/detached-code/large/queued-pipes", &depth32_pipes, test_queued);
   g_test_add_data_func ("/detached-code/large/queued-memfd", &depth32_memfd, test_queued);
   g_test_add_func ("/detached-code/large/requeue", test_requeue);
+  g_test_add_func ("/detached-code/large/requeue-memfd", test_requeue_memfd);
   g_test_add_func ("/detached-code/large/cancel-mid-write", test_cancel_mid_write);
   g_test_add_func ("/detached-code/large/cancel-mid-write-kills", test_cancel_mid_write_kills);
   g_test_add_data_func ("/detached-code/large/killed-mid-write", &depth2, test_killed_mid_write);
