@@ -34,8 +34,11 @@ struct _DcCall
   GList          link;           /* in the queue, a worker's list or a local one */
   DcCallWhere    where;
   GTask         *task;           /* owned; NULL once completed */
-  GBytes        *payload;        /* the marshalled arguments, kept until the call
-                                  * is freed so that it can be sent again */
+  GBytes        *payload;        /* the marshalled arguments (or their head, with
+                                  * @body), kept until the call is freed so
+                                  * that it can be sent again */
+  GVariant      *body;           /* large arguments, written from their own
+                                  * bytes after @payload; or NULL */
   GUnixFDList   *fd_list;        /* descriptors to send with the arguments */
   int            memfd;          /* the payload in a sealed memfd, once made; or -1 */
   guint64        serial;
@@ -54,6 +57,11 @@ DcCall   *dc_call_new             (GTask        *task,
                                    GBytes       *payload,
                                    GUnixFDList  *fd_list,
                                    int           priority);
+/* Large arguments: @body (transfer full) follows the payload, which is
+ * only the head of the message, as dc_wire_marshal_split() made them.
+ * Before the call is submitted. */
+void      dc_call_set_body        (DcCall       *call,
+                                   GVariant     *body);
 /* Only once the call has completed. */
 void      dc_call_free            (DcCall       *call);
 

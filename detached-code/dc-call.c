@@ -48,11 +48,21 @@ dc_call_new (GTask       *task,
 }
 
 void
+dc_call_set_body (DcCall   *call,
+                  GVariant *body)
+{
+  g_assert (call->where == DC_CALL_NEW && call->body == NULL);
+  call->body = body;
+}
+
+void
 dc_call_free (DcCall *call)
 {
   g_assert (call->task == NULL);
   dc_call_clear_timeout (call);
   g_clear_pointer (&call->payload, g_bytes_unref);
+  /* A frame still being written holds its own reference. */
+  g_clear_pointer (&call->body, g_variant_unref);
   g_clear_object (&call->fd_list);
   g_clear_pointer (&call->progress, dc_progress_unref);
   if (call->memfd >= 0)

@@ -33,23 +33,21 @@ gssize     dc_channel_read         (DcChannel     *channel,
                                     void          *buffer,
                                     gsize          size,
                                     GError       **error);
-gssize     dc_channel_write        (DcChannel     *channel,
-                                    const void    *buffer,
-                                    gsize          size,
-                                    GError       **error);
-
 /* Socket stream only: descriptors received with the bytes are appended
- * to @fds (close-on-exec); sent ones go with the first byte. */
+ * to @fds (close-on-exec). */
 gssize     dc_channel_read_fds     (DcChannel     *channel,
                                     void          *buffer,
                                     gsize          size,
                                     GArray        *fds,
                                     GError       **error);
-gssize     dc_channel_write_fds    (DcChannel     *channel,
-                                    const void    *buffer,
-                                    gsize          size,
-                                    GUnixFDList   *fds,
-                                    GError       **error);
+/* Gathers @vectors (at most DC_CHANNEL_MAX_VECTORS) in one write.  @fds
+ * (socket stream only; may be NULL) go with the first byte. */
+#define DC_CHANNEL_MAX_VECTORS 64
+gssize     dc_channel_writev       (DcChannel           *channel,
+                                    const GOutputVector *vectors,
+                                    guint                n_vectors,
+                                    GUnixFDList         *fds,
+                                    GError             **error);
 gboolean   dc_channel_is_socket    (DcChannel     *channel);
 
 GSource   *dc_channel_create_source (DcChannel    *channel,

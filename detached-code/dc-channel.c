@@ -15,6 +15,7 @@
 
 #include <gio/gunixfdmessage.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "dc-channel-private.h"
 
@@ -123,21 +124,25 @@ dc_channel_read (DcChannel  *channel,
   return io_status_to_result (status, done, error, io_error);
 }
 
-gssize
-dc_channel_write (DcChannel   *channel,
-                  const void  *buffer,
-                  gsize        size,
-                  GError     **error)
+/* The pipe stream's writev(). */
+static gssize
+pipe_writev (DcChannel            *channel,
+             const GOutputVector  *vectors,
+             guint                 n_vectors,
+             GError              **error)
 {
-  GError *io_error = NULL;
-  GIOStatus status;
-  gsize done = 0;
+  struct iovec iov[DC_CHANNEL_MAX_VECTORS];
   sigset_t block, old, pending;
   gboolean was_pending;
+  ssize_t n;
+  int errsv;
+  guint i;
 
-  if (channel->socket != NULL)
-    /* GSocket sends with MSG_NOSIGNAL: a dead worker is EPIPE, not SIGPIPE. */
-    return g_socket_send (channel->socket, buffer, size, NULL, error);
+  for (i = 0; i < n_vectors; i++)
+    {
+      iov[i].iov_base = (void *) vectors[i].buffer;
+      iov[i].iov_len = vectors[i].size;
+    }
 
   /* A pipe has no MSG_NOSIGNAL, and the library must not change the host's
    * signal dispositions.  Block SIGPIPE in this thread for the write and
@@ -148,9 +153,12 @@ dc_channel_write (DcChannel   *channel,
   sigpending (&pending);
   was_pending = sigismember (&pending, SIGPIPE);
 
-  status = g_io_channel_write_chars (channel->out, buffer, size, &done, &io_error);
+  do
+    n = writev (g_io_channel_unix_get_fd (channel->out), iov, (int) n_vectors);
+  while (n < 0 && errno == EINTR);
+  errsv = errno;
 
-  if (status == G_IO_STATUS_ERROR && !was_pending)
+  if (n < 0 && errsv == EPIPE && !was_pending)
     {
       struct timespec zero = { 0, 0 };
 
@@ -160,9 +168,41 @@ dc_channel_write (DcChannel   *channel,
     }
   pthread_sigmask (SIG_SETMASK, &old, NULL);
 
-  if (status == G_IO_STATUS_NORMAL && done == 0 && size > 0)
-    status = G_IO_STATUS_AGAIN;
-  return io_status_to_result (status, done, error, io_error);
+  if (n >= 0)
+    return n;
+  if (errsv == EAGAIN || errsv == EWOULDBLOCK)
+    g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "would block");
+  else
+    g_set_error_literal (error, G_IO_ERROR, g_io_error_from_errno (errsv), g_strerror (errsv));
+  return -1;
+}
+
+gssize
+dc_channel_writev (DcChannel            *channel,
+                   const GOutputVector  *vectors,
+                   guint                 n_vectors,
+                   GUnixFDList          *fds,
+                   GError              **error)
+{
+  g_autoptr(GSocketControlMessage) message = NULL;
+
+  g_assert (n_vectors > 0 && n_vectors <= DC_CHANNEL_MAX_VECTORS);
+
+  if (channel->socket == NULL)
+    {
+      g_assert (fds == NULL);
+      return pipe_writev (channel, vectors, n_vectors, error);
+    }
+
+  /* GSocket sends with MSG_NOSIGNAL: a dead worker is EPIPE, not SIGPIPE. */
+  if (fds != NULL && g_unix_fd_list_get_length (fds) > 0)
+    message = g_unix_fd_message_new_with_fd_list (fds);
+  else if (n_vectors == 1)
+    /* The common case of small frames, without building a message. */
+    return g_socket_send (channel->socket, vectors[0].buffer, vectors[0].size, NULL, error);
+  return g_socket_send_message (channel->socket, NULL, (GOutputVector *) vectors, (gint) n_vectors,
+                                message != NULL ? &message : NULL, message != NULL ? 1 : 0,
+                                G_SOCKET_MSG_NONE, NULL, error);
 }
 
 gboolean
@@ -215,26 +255,6 @@ dc_channel_read_fds (DcChannel  *channel,
       return -1;
     }
   return n;
-}
-
-gssize
-dc_channel_write_fds (DcChannel    *channel,
-                      const void   *buffer,
-                      gsize         size,
-                      GUnixFDList  *fds,
-                      GError      **error)
-{
-  GOutputVector vector = { buffer, size };
-  g_autoptr(GSocketControlMessage) message = NULL;
-
-  g_assert (channel->socket != NULL);
-
-  if (fds == NULL || g_unix_fd_list_get_length (fds) == 0)
-    return g_socket_send (channel->socket, buffer, size, NULL, error);
-
-  message = g_unix_fd_message_new_with_fd_list (fds);
-  return g_socket_send_message (channel->socket, NULL, &vector, 1, &message, 1,
-                                G_SOCKET_MSG_NONE, NULL, error);
 }
 
 static gboolean

@@ -794,10 +794,22 @@ dc_detached_code_start (DcDetachedCode  *self,
  *   completes
  * @user_data: data for @callback
  *
- * Runs the code in a worker with @args.  The arguments are serialized
- * before this function returns, so @args may change afterwards.  The call
- * goes to an idle worker, or to a newly forked one while the pool may
- * grow; otherwise it waits in the queue.
+ * Runs the code in a worker with @args.  The call goes to an idle worker,
+ * or to a newly forked one while the pool may grow; otherwise it waits in
+ * the queue.
+ *
+ * A #GVariant is immutable, so the pool may keep a reference to @args
+ * rather than a copy, and the caller may drop its own at once.  Arguments
+ * under 64 KiB are serialized before this function returns (a waiting call
+ * then holds that copy alone).  Larger ones are never copied into a
+ * message: a waiting call holds a reference to @args, and their bytes are
+ * written to the worker straight from the value's serialized data (a value
+ * built from its children with g_variant_new() is serialized in place, once,
+ * when it is first written; a tuple of one such member, `"(ay)"` say, is
+ * written from that member).  The reference goes when the call completes,
+ * or, for a call completed while its bytes were being written, once they
+ * are written or the worker is gone.  A value too large for a message fails
+ * the call with %DC_DETACHED_CODE_ERROR_MARSHAL all the same, checked here.
  *
  * @callback runs in the thread-default main context of the calling thread,
  * never before this function returns.  Call
@@ -828,6 +840,7 @@ call_internal (DcDetachedCode     *self,
   DcContext *ctx = dc_pool_get_context (self->pool);
   DcLauncher *l = code_launcher (self);
   GBytes *payload;
+  GVariant *body = NULL;
   DcCall *call;
 
   owned_args = args != NULL ? g_variant_ref_sink (args)
@@ -874,8 +887,11 @@ call_internal (DcDetachedCode     *self,
     }
 
   /* The marshaller may not change while calls wait, so the one in force
-   * now is the one the workers use. */
-  payload = dc_wire_marshal (code_settings (self)->proc.marshaller, owned_args, &error);
+   * now is the one the workers use.  Large arguments are not copied: the
+   * call keeps a reference and its frame is written from their bytes;
+   * their size is checked now all the same. */
+  payload = dc_wire_marshal_split (code_settings (self)->proc.marshaller, owned_args, &body,
+                                   &error);
   if (payload == NULL)
     {
       g_task_return_error (task, g_steal_pointer (&error));
@@ -885,6 +901,8 @@ call_internal (DcDetachedCode     *self,
   call = dc_call_new (g_steal_pointer (&task), payload, fd_list, io_priority);
   if (progress != NULL)
     call->progress = dc_progress_ref (progress);
+  if (body != NULL)
+    dc_call_set_body (call, body);
 
   if (dc_context_enter (ctx))
     {

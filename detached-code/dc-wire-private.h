@@ -153,6 +153,28 @@ void      dc_wire_set_marshal_error      (GError             **error,
                                           DcWireMarshalStatus  status,
                                           const char          *type_string);
 
+/* Values of the variant marshaller at least this large are not copied
+ * into their message: dc_wire_marshal_split_raw() gives the message's
+ * head alone, and the value's own bytes follow it on the wire.  Below it,
+ * one copy costs less than keeping the value alive while the call waits
+ * (a small value's serialized bytes may be much smaller than the tree of
+ * a value built from its children). */
+#define DC_WIRE_BODY_MIN (64 * 1024)
+
+/* Like dc_wire_marshal_raw(), except for a value of the variant
+ * marshaller of DC_WIRE_BODY_MIN bytes or more: then the result is only
+ * the message's head, and *@body (transfer full) a value whose
+ * g_variant_get_data() is the rest of the message.  *@body is NULL
+ * otherwise.  The size limit is checked here, for the whole message. */
+GBytes   *dc_wire_marshal_split_raw      (DcMarshaller         marshaller,
+                                          GVariant            *value,
+                                          GVariant           **body,
+                                          DcWireMarshalStatus *status);
+GBytes   *dc_wire_marshal_split          (DcMarshaller         marshaller,
+                                          GVariant            *value,
+                                          GVariant           **body,
+                                          GError             **error);
+
 /* Set DC_DETACHED_CODE_ERROR_MARSHAL (marshal) or _PROTOCOL (unmarshal). */
 GBytes   *dc_wire_marshal                (DcMarshaller        marshaller,
                                           GVariant           *value,
@@ -270,22 +292,30 @@ gboolean  dc_wire_claim_fds              (GArray             *rx_fds,
 /* Closes every descriptor in @fds and empties it. */
 void      dc_wire_close_fds              (GArray             *fds);
 
-/* The bytes that start a frame: its header, and for a payload that
- * travels in a memfd, the 8-byte size that stands for it. */
+/* A frame in up to three pieces: its header (and for a payload that
+ * travels in a memfd, the 8-byte size that stands for it), the payload
+ * or its head, and the bytes of a large value that follow the head.  The
+ * pieces point into the payload and the value: keep both alive until
+ * they are written. */
 typedef struct
 {
   guint8        bytes[DC_WIRE_HEADER_SIZE + 8];
   gsize         len;
-  const guint8 *body;       /* what follows: the payload, or NULL */
+  const guint8 *body;       /* the payload, or NULL */
   gsize         body_len;
+  const guint8 *tail;       /* the value's bytes after it, or NULL */
+  gsize         tail_len;
 } DcWireFrameHead;
 
-/* @in_memfd: the payload goes as the frame's first descriptor; @n_fds
- * more descriptors follow it. */
+/* @body: as dc_wire_marshal_split() gave it, or NULL.  @in_memfd: the
+ * payload (and @body) go as the frame's first descriptor; @n_fds more
+ * descriptors follow it.  Not async-signal-safe: @body may be serialized
+ * here. */
 void      dc_wire_frame_head_init        (DcWireFrameHead    *head,
                                           DcWireType          type,
                                           guint64             serial,
                                           GBytes             *payload,
+                                          GVariant           *body,
                                           gboolean            in_memfd,
                                           guint               n_fds);
 
@@ -301,6 +331,12 @@ void      dc_wire_forget_buffers_after_fork (void);
 
 /* Large payloads: a sealed memfd the receiver maps read-only. */
 int       dc_wire_memfd_from_bytes       (GBytes             *payload,
+                                          GError            **error);
+/* The same for a message in two pieces, @head then @tail. */
+int       dc_wire_memfd_from_parts       (const guint8       *head,
+                                          gsize               head_len,
+                                          const guint8       *tail,
+                                          gsize               tail_len,
                                           GError            **error);
 /* Takes ownership of @fd.  Checks the seals (no write, no shrink, no
  * grow) and the size, and returns the mapping as bytes. */

@@ -35,6 +35,14 @@
  * in bytes: a worker can make the parent allocate up to the frame limit,
  * which must not stay allocated after the message is freed.  Payloads end
  * up in GBytes that any thread may free, hence the lock.
+ *
+ * Only received frames use these buffers: a large value is never
+ * marshalled into one (dc_wire_marshal_split_raw() writes it from its own
+ * bytes), so however many large calls wait, none holds a buffer.  A reader
+ * assembles one frame at a time, and its buffer comes back when the
+ * caller drops the result: in the steady state each worker's channel has
+ * one out at a time, and a few slots cover a pool on a small machine
+ * without keeping more than the byte bound from the system.
  */
 
 #define BUFFER_CACHE_MIN   (64 * 1024)
@@ -421,19 +429,39 @@ variant_data_offset (gsize type_len)
   return (4 + type_len + 1 + 7) & ~(gsize) 7;
 }
 
-static GBytes *
-variant_marshal (GVariant            *value,
-                 DcWireMarshalStatus *status)
+/* The head of a variant message (type length, type string, padding) in
+ * @buf, which has room for variant_data_offset() bytes.  FALSE when the
+ * whole message would exceed the limit. */
+static gboolean
+variant_head_encode (GVariant *value,
+                     guint8   *buf,
+                     gsize    *offset_out)
 {
   const char *type_string = g_variant_get_type_string (value);
   gsize type_len = strlen (type_string);
   gsize offset = variant_data_offset (type_len);
-  gsize size = g_variant_get_size (value);
   guint32 type_len32 = (guint32) type_len;
-  gsize capacity;
+
+  *offset_out = offset;
+  if (g_variant_get_size (value) > DC_WIRE_MAX_PAYLOAD - offset)
+    return FALSE;
+  if (buf == NULL)
+    return TRUE;
+  memcpy (buf, &type_len32, 4);
+  memcpy (buf + 4, type_string, type_len);
+  memset (buf + 4 + type_len, 0, offset - 4 - type_len);
+  return TRUE;
+}
+
+static GBytes *
+variant_marshal (GVariant            *value,
+                 DcWireMarshalStatus *status)
+{
+  gsize size = g_variant_get_size (value);
+  gsize offset, capacity;
   guint8 *data;
 
-  if (size > DC_WIRE_MAX_PAYLOAD - offset)
+  if (!variant_head_encode (value, NULL, &offset))
     {
       *status = DC_WIRE_MARSHAL_TOO_LARGE;
       return NULL;
@@ -441,11 +469,31 @@ variant_marshal (GVariant            *value,
 
   *status = DC_WIRE_MARSHAL_OK;
   data = buffer_alloc (offset + size, FALSE, &capacity);
-  memcpy (data, &type_len32, 4);
-  memcpy (data + 4, type_string, type_len);
-  memset (data + 4 + type_len, 0, offset - 4 - type_len);
+  variant_head_encode (value, data, &offset);
   g_variant_store (value, data + offset);
   return buffer_to_bytes (data, offset + size, capacity);
+}
+
+/* The bytes of a value as g_variant_get_data() would give them, without
+ * serializing a value built from its children into a fresh copy where
+ * that can be helped: a tuple of one member of variable size serializes
+ * as that member's bytes alone (the GVariant format puts the first member
+ * at offset 0 and gives the last one no framing offset), so its child,
+ * typically an "ay" made from the caller's bytes, stands for it. */
+static GVariant *
+variant_body (GVariant *value)
+{
+  if (g_variant_is_of_type (value, G_VARIANT_TYPE_TUPLE) &&
+      g_variant_n_children (value) == 1)
+    {
+      GVariant *child = g_variant_get_child_value (value, 0);
+
+      /* Equal sizes: no padding either, so equal bytes. */
+      if (g_variant_get_size (child) == g_variant_get_size (value))
+        return child;
+      g_variant_unref (child);
+    }
+  return g_variant_ref (value);
 }
 
 static GVariant *
@@ -562,6 +610,46 @@ dc_wire_set_marshal_error (GError              **error,
     default:
       g_assert_not_reached ();
     }
+}
+
+GBytes *
+dc_wire_marshal_split_raw (DcMarshaller         marshaller,
+                           GVariant            *value,
+                           GVariant           **body,
+                           DcWireMarshalStatus *status)
+{
+  gsize offset;
+  guint8 *data;
+
+  *body = NULL;
+  if (marshaller != DC_MARSHALLER_VARIANT || g_variant_get_size (value) < DC_WIRE_BODY_MIN)
+    return dc_wire_marshal_raw (marshaller, value, status);
+
+  if (!variant_head_encode (value, NULL, &offset))
+    {
+      *status = DC_WIRE_MARSHAL_TOO_LARGE;
+      return NULL;
+    }
+
+  *status = DC_WIRE_MARSHAL_OK;
+  data = g_malloc (offset);
+  variant_head_encode (value, data, &offset);
+  *body = variant_body (value);
+  return g_bytes_new_take (data, offset);
+}
+
+GBytes *
+dc_wire_marshal_split (DcMarshaller   marshaller,
+                       GVariant      *value,
+                       GVariant     **body,
+                       GError       **error)
+{
+  DcWireMarshalStatus status;
+  GBytes *bytes = dc_wire_marshal_split_raw (marshaller, value, body, &status);
+
+  if (bytes == NULL)
+    dc_wire_set_marshal_error (error, status, g_variant_get_type_string (value));
+  return bytes;
 }
 
 GBytes *
@@ -982,28 +1070,39 @@ dc_wire_frame_head_init (DcWireFrameHead *head,
                          DcWireType       type,
                          guint64          serial,
                          GBytes          *payload,
+                         GVariant        *body,
                          gboolean         in_memfd,
                          guint            n_fds)
 {
   gsize size = 0;
   const guint8 *data = payload != NULL ? g_bytes_get_data (payload, &size) : NULL;
+  gsize tail_len = body != NULL ? g_variant_get_size (body) : 0;
+
+  /* The split marshaller checked the sum against the limit. */
+  g_assert (tail_len <= DC_WIRE_MAX_PAYLOAD - size);
 
   if (in_memfd)
     {
-      guint64 size64 = size;
+      guint64 size64 = size + tail_len;
 
       dc_wire_header_encode_full (head->bytes, type, DC_WIRE_FLAG_MEMFD, n_fds + 1, serial, 8);
       memcpy (head->bytes + DC_WIRE_HEADER_SIZE, &size64, 8);
       head->len = DC_WIRE_HEADER_SIZE + 8;
       head->body = NULL;
       head->body_len = 0;
+      head->tail = NULL;
+      head->tail_len = 0;
       return;
     }
 
-  dc_wire_header_encode_full (head->bytes, type, 0, n_fds, serial, size);
+  dc_wire_header_encode_full (head->bytes, type, 0, n_fds, serial, size + tail_len);
   head->len = DC_WIRE_HEADER_SIZE;
   head->body = size > 0 ? data : NULL;
   head->body_len = size;
+  /* A value built from its children is serialized here, once, and kept
+   * in it: at write time, not while the call waited. */
+  head->tail = tail_len > 0 ? g_variant_get_data (body) : NULL;
+  head->tail_len = tail_len;
 }
 
 void
@@ -1030,7 +1129,19 @@ dc_wire_memfd_from_bytes (GBytes  *payload,
 {
   gsize size;
   const guint8 *data = g_bytes_get_data (payload, &size);
-  void *map;
+
+  return dc_wire_memfd_from_parts (data, size, NULL, 0, error);
+}
+
+int
+dc_wire_memfd_from_parts (const guint8  *head,
+                          gsize          head_len,
+                          const guint8  *tail,
+                          gsize          tail_len,
+                          GError       **error)
+{
+  gsize size = head_len + tail_len;
+  guint8 *map;
   int fd, errsv;
 
   fd = memfd_create ("dc-payload", MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -1038,11 +1149,17 @@ dc_wire_memfd_from_bytes (GBytes  *payload,
     goto fail;
   if (ftruncate (fd, (off_t) size) < 0)
     goto fail;
-  map = mmap (NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (map == MAP_FAILED)
-    goto fail;
-  memcpy (map, data, size);
-  munmap (map, size);
+  if (size > 0)
+    {
+      map = mmap (NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      if (map == MAP_FAILED)
+        goto fail;
+      if (head_len > 0)
+        memcpy (map, head, head_len);
+      if (tail_len > 0)
+        memcpy (map + head_len, tail, tail_len);
+      munmap (map, size);
+    }
 
   /* Sealed: the receiver maps what it checked, and nobody can shrink it
    * under the mapping (SIGBUS) or change it after the check. */

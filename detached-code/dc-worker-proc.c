@@ -37,12 +37,19 @@ typedef enum
   EVENT_REAPED,        /* its exit status is known */
 } Event;
 
-/* Descriptors that go with the frame starting at @offset in outbuf. */
+/* What goes out at @offset in outbuf, before the byte there: the
+ * descriptors of the frame that starts there, or the bytes of a large
+ * value, written from the value itself (which the mark keeps alive, even
+ * after its call completed, until they are written or dropped). */
 typedef struct
 {
-  gsize        offset;
-  GUnixFDList *fds;
-} OutFds;
+  gsize         offset;
+  GUnixFDList  *fds;       /* with the next byte written; NULL once sent */
+  GVariant     *value;     /* owns @data; or NULL */
+  const guint8 *data;
+  gsize         len;
+  gsize         pos;       /* of @data, written */
+} OutMark;
 
 struct _DcWorkerProc
 {
@@ -66,9 +73,9 @@ struct _DcWorkerProc
   GSource                     *write_source;
   DcWireReader                 reader;
   GArray                      *rx_fds;     /* received, not yet claimed by a frame */
-  GByteArray                  *outbuf;     /* frames not yet written */
+  GByteArray                  *outbuf;     /* frames not yet written, but for ... */
   gsize                        out_pos;
-  GQueue                       out_fds;    /* OutFds, by offset */
+  GQueue                       out_marks;  /* ... OutMark, by offset, in write order */
 
   GQueue                       inflight;   /* DcCall, in the order written */
   guint                        n_sent;
@@ -104,10 +111,11 @@ dc_worker_proc_ref (DcWorkerProc *proc)
 }
 
 static void
-out_fds_free (OutFds *out)
+out_mark_free (OutMark *mark)
 {
-  g_object_unref (out->fds);
-  g_free (out);
+  g_clear_object (&mark->fds);
+  g_clear_pointer (&mark->value, g_variant_unref);
+  g_free (mark);
 }
 
 void
@@ -123,7 +131,7 @@ dc_worker_proc_unref (DcWorkerProc *proc)
   dc_wire_reader_clear (&proc->reader);
   g_clear_pointer (&proc->watch, g_source_unref);
   g_clear_pointer (&proc->outbuf, g_byte_array_unref);
-  g_queue_clear_full (&proc->out_fds, (GDestroyNotify) out_fds_free);
+  g_queue_clear_full (&proc->out_marks, (GDestroyNotify) out_mark_free);
   dc_wire_close_fds (proc->rx_fds);
   g_clear_pointer (&proc->rx_fds, g_array_unref);
   g_clear_error (&proc->lost_error);
@@ -160,7 +168,7 @@ dc_worker_proc_get_n_sent (DcWorkerProc *proc)
 gboolean
 dc_worker_proc_has_output (DcWorkerProc *proc)
 {
-  return proc->outbuf->len > 0;
+  return proc->outbuf->len > 0 || proc->out_marks.length > 0;
 }
 
 gboolean
@@ -356,7 +364,7 @@ proc_drop_output (DcWorkerProc *proc)
 {
   g_byte_array_set_size (proc->outbuf, 0);
   proc->out_pos = 0;
-  g_queue_clear_full (&proc->out_fds, (GDestroyNotify) out_fds_free);
+  g_queue_clear_full (&proc->out_marks, (GDestroyNotify) out_mark_free);
   clear_source (&proc->write_source);
 }
 
@@ -372,40 +380,96 @@ proc_close_channel (DcWorkerProc *proc)
 
 static gboolean writable_cb (GIOCondition condition, gpointer data);
 
+/* The next write, from out_pos on: the bytes of outbuf and of the marks
+ * in turn, as far as the next frame with descriptors (they go with their
+ * frame's first byte, so no write reaches past it). */
+static guint
+proc_gather (DcWorkerProc  *proc,
+             GOutputVector *vectors,
+             GUnixFDList  **fds)
+{
+  GList *link = proc->out_marks.head;
+  gsize pos = proc->out_pos;
+  guint n = 0;
+
+  *fds = NULL;
+  while (n < DC_CHANNEL_MAX_VECTORS)
+    {
+      OutMark *mark = link != NULL ? link->data : NULL;
+      gsize end = mark != NULL ? mark->offset : proc->outbuf->len;
+
+      if (pos < end)
+        {
+          vectors[n].buffer = proc->outbuf->data + pos;
+          vectors[n++].size = end - pos;
+          pos = end;
+          continue;
+        }
+      if (mark == NULL)
+        break;
+      if (mark->fds != NULL)
+        {
+          if (n > 0)
+            break;
+          *fds = mark->fds;
+        }
+      if (mark->pos < mark->len)
+        {
+          vectors[n].buffer = mark->data + mark->pos;
+          vectors[n++].size = mark->len - mark->pos;
+        }
+      link = link->next;
+    }
+  return n;
+}
+
+/* @n bytes of what proc_gather() gave were written. */
+static void
+proc_consume (DcWorkerProc *proc,
+              gsize         n)
+{
+  while (n > 0)
+    {
+      OutMark *mark = g_queue_peek_head (&proc->out_marks);
+      gsize end = mark != NULL ? mark->offset : proc->outbuf->len;
+      gsize k;
+
+      if (proc->out_pos < end)
+        {
+          k = MIN (n, end - proc->out_pos);
+          proc->out_pos += k;
+          n -= k;
+          continue;
+        }
+
+      g_assert (mark != NULL);
+      /* A byte after the mark went, and its descriptors with the first. */
+      g_clear_object (&mark->fds);
+      k = MIN (n, mark->len - mark->pos);
+      mark->pos += k;
+      n -= k;
+      if (mark->pos == mark->len)
+        out_mark_free (g_queue_pop_head (&proc->out_marks));
+    }
+}
+
 void
 dc_worker_proc_flush (DcWorkerProc *proc)
 {
-  while (proc->channel != NULL && proc->out_pos < proc->outbuf->len)
+  while (proc->channel != NULL &&
+         (proc->out_pos < proc->outbuf->len || proc->out_marks.length > 0))
     {
       g_autoptr(GError) error = NULL;
-      OutFds *next = g_queue_peek_head (&proc->out_fds);
-      gsize end = proc->outbuf->len;
+      GOutputVector vectors[DC_CHANNEL_MAX_VECTORS];
+      GUnixFDList *fds;
+      guint n_vectors = proc_gather (proc, vectors, &fds);
       gssize n;
 
-      /* A frame's descriptors go with its first byte, in one sendmsg()
-       * that reaches no further than the next frame with descriptors. */
-      if (next != NULL && next->offset == proc->out_pos)
-        {
-          OutFds *after = g_queue_peek_nth (&proc->out_fds, 1);
-
-          if (after != NULL)
-            end = after->offset;
-          n = dc_channel_write_fds (proc->channel, proc->outbuf->data + proc->out_pos,
-                                    end - proc->out_pos, next->fds, &error);
-          if (n > 0)
-            out_fds_free (g_queue_pop_head (&proc->out_fds));
-        }
-      else
-        {
-          if (next != NULL)
-            end = next->offset;
-          n = dc_channel_write (proc->channel, proc->outbuf->data + proc->out_pos,
-                                end - proc->out_pos, &error);
-        }
-
+      g_assert (n_vectors > 0);
+      n = dc_channel_writev (proc->channel, vectors, n_vectors, fds, &error);
       if (n > 0)
         {
-          proc->out_pos += (gsize) n;
+          proc_consume (proc, (gsize) n);
           continue;
         }
 
@@ -441,55 +505,75 @@ writable_cb (GIOCondition condition,
   return G_SOURCE_CONTINUE;
 }
 
-/* A call whose frame carries descriptors: its own, and the payload as a
- * sealed memfd when it is large.  Socket stream only. */
+static void
+proc_push_mark (DcWorkerProc *proc,
+                OutMark      *mark)
+{
+  mark->offset = proc->outbuf->len;
+  g_queue_push_tail (&proc->out_marks, mark);
+}
+
+/* The call's frame goes after what waits: its header and the payload (or
+ * its head) copied into outbuf, large arguments by reference.  With
+ * descriptors, or as a sealed memfd when it is large (socket stream
+ * only), they go with the frame's first byte. */
 static void
 proc_append_call (DcWorkerProc *proc,
                   DcCall       *call)
 {
-  gsize size = g_bytes_get_size (call->payload);
+  gsize size = g_bytes_get_size (call->payload) +
+               (call->body != NULL ? g_variant_get_size (call->body) : 0);
   guint threshold = proc->settings->memfd_threshold;
-  gboolean socket = dc_channel_is_socket (proc->channel);
+  guint n_fds = call->fd_list != NULL ? (guint) g_unix_fd_list_get_length (call->fd_list) : 0;
   DcWireFrameHead head;
-  OutFds *out;
 
   /* Made once, and kept for a resend. */
-  if (socket && call->memfd < 0 && threshold > 0 && size >= threshold)
-    call->memfd = dc_wire_memfd_from_bytes (call->payload, NULL);
-
-  if (call->fd_list == NULL && call->memfd < 0)
+  if (dc_channel_is_socket (proc->channel) && call->memfd < 0 && threshold > 0 &&
+      size >= threshold)
     {
-      dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, FALSE, 0);
-      if (call->progress != NULL)
-        dc_wire_frame_head_add_flags (&head, DC_WIRE_FLAG_PROGRESS);
-      g_byte_array_append (proc->outbuf, head.bytes, head.len);
-      if (head.body_len > 0)
-        g_byte_array_append (proc->outbuf, head.body, head.body_len);
-      return;
+      gsize head_len;
+      const guint8 *head_data = g_bytes_get_data (call->payload, &head_len);
+
+      call->memfd = dc_wire_memfd_from_parts (head_data, head_len,
+                                              call->body != NULL ? g_variant_get_data (call->body) : NULL,
+                                              call->body != NULL ? g_variant_get_size (call->body) : 0,
+                                              NULL);
     }
 
-  out = g_new0 (OutFds, 1);
-  out->offset = proc->outbuf->len;
-  out->fds = g_unix_fd_list_new ();
-  if (call->memfd >= 0)
-    g_unix_fd_list_append (out->fds, call->memfd, NULL);
-  if (call->fd_list != NULL)
+  if (call->memfd >= 0 || n_fds > 0)
     {
-      gint i, n;
-      const gint *fds = g_unix_fd_list_peek_fds (call->fd_list, &n);
+      OutMark *mark = g_new0 (OutMark, 1);
 
-      for (i = 0; i < n; i++)
-        g_unix_fd_list_append (out->fds, fds[i], NULL);
+      mark->fds = g_unix_fd_list_new ();
+      if (call->memfd >= 0)
+        g_unix_fd_list_append (mark->fds, call->memfd, NULL);
+      if (n_fds > 0)
+        {
+          gint i, n;
+          const gint *fds = g_unix_fd_list_peek_fds (call->fd_list, &n);
+
+          for (i = 0; i < n; i++)
+            g_unix_fd_list_append (mark->fds, fds[i], NULL);
+        }
+      proc_push_mark (proc, mark);
     }
 
-  dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, call->memfd >= 0,
-                           call->fd_list != NULL ? (guint) g_unix_fd_list_get_length (call->fd_list) : 0);
+  dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, call->body,
+                           call->memfd >= 0, n_fds);
   if (call->progress != NULL)
     dc_wire_frame_head_add_flags (&head, DC_WIRE_FLAG_PROGRESS);
   g_byte_array_append (proc->outbuf, head.bytes, head.len);
   if (head.body_len > 0)
     g_byte_array_append (proc->outbuf, head.body, head.body_len);
-  g_queue_push_tail (&proc->out_fds, out);
+  if (head.tail_len > 0)
+    {
+      OutMark *mark = g_new0 (OutMark, 1);
+
+      mark->value = g_variant_ref (call->body);
+      mark->data = head.tail;
+      mark->len = head.tail_len;
+      proc_push_mark (proc, mark);
+    }
 }
 
 void
@@ -724,12 +808,17 @@ handle_frame (gpointer            data,
   proc_arm_timeout (proc);
 
   /* Under exit-on-die it leaves after this reply, without reading what
-   * else was written to it. */
-  if (error != NULL && proc->exit_on_die && proc->state == DC_WORKER_PROC_RUNNING)
+   * else was written to it: those calls never ran, and go again.  So too
+   * when a write found it gone before this reply was read (LOST, and not
+   * by our hand): it went because of this failure. */
+  if (error != NULL && proc->exit_on_die && proc->lost_error == NULL &&
+      (proc->state == DC_WORKER_PROC_RUNNING || proc->state == DC_WORKER_PROC_RETIRING ||
+       proc->state == DC_WORKER_PROC_LOST))
     {
       GList *link;
 
-      proc_transition (proc, EVENT_RETIRE, NULL, NULL);
+      if (proc->state == DC_WORKER_PROC_RUNNING)
+        proc_transition (proc, EVENT_RETIRE, NULL, NULL);
       while ((link = g_queue_pop_tail_link (&proc->inflight)) != NULL)
         {
           DcCall *behind = link->data;
@@ -1300,7 +1389,7 @@ dc_worker_proc_new (GPid                         pid,
   dc_wire_reader_init (&proc->reader);
   proc->rx_fds = g_array_new (FALSE, FALSE, sizeof (int));
   proc->outbuf = g_byte_array_new ();
-  g_queue_init (&proc->out_fds);
+  g_queue_init (&proc->out_marks);
   g_queue_init (&proc->inflight);
 
   proc_watch_channel (proc);

@@ -11,12 +11,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <gio/gunixfdlist.h>
@@ -305,25 +307,53 @@ typedef struct
   int                 exit_status;
 } Serve;
 
+/* Writes every byte of @iov (which it consumes), whatever the partial
+ * writes. */
+static gboolean
+writev_all (int           fd,
+            struct iovec *iov,
+            int           n_iov)
+{
+  while (n_iov > 0)
+    {
+      ssize_t n;
+
+      if (iov->iov_len == 0)
+        {
+          iov++;
+          n_iov--;
+          continue;
+        }
+      n = writev (fd, iov, MIN (n_iov, IOV_MAX));
+      if (n < 0 && errno == EINTR)
+        continue;
+      if (n <= 0)
+        return FALSE;
+      while (n > 0)
+        {
+          gsize k = MIN ((gsize) n, iov->iov_len);
+
+          iov->iov_base = (guint8 *) iov->iov_base + k;
+          iov->iov_len -= k;
+          n -= (ssize_t) k;
+          if (iov->iov_len == 0)
+            {
+              iov++;
+              n_iov--;
+            }
+        }
+    }
+  return TRUE;
+}
+
 static gboolean
 write_all (int         fd,
            const void *data,
            gsize       len)
 {
-  const guint8 *p = data;
+  struct iovec iov = { (void *) data, len };
 
-  while (len > 0)
-    {
-      ssize_t n = write (fd, p, len);
-
-      if (n < 0 && errno == EINTR)
-        continue;
-      if (n <= 0)
-        return FALSE;
-      p += n;
-      len -= (gsize) n;
-    }
-  return TRUE;
+  return writev_all (fd, &iov, 1);
 }
 
 /* The first byte goes with the descriptors, the rest as write_all(). */
@@ -394,17 +424,23 @@ replies_flush (Serve *serve)
   return ok;
 }
 
+/* @body: the bytes of a large result after @payload (its head), as
+ * dc_wire_marshal_split_raw() made them, written straight from the
+ * value. */
 static gboolean
 send_frame (Serve        *serve,
             DcWireType    type,
             guint64       serial,
             GBytes       *payload,
+            GVariant     *body,
             GUnixFDList  *fd_list)
 {
   const int *list_fds = NULL;
   gint n_list = 0;
   gsize size = payload ? g_bytes_get_size (payload) : 0;
+  gsize body_size = body != NULL ? g_variant_get_size (body) : 0;
   DcWireFrameHead head;
+  struct iovec iov[3];
   int fds[DC_WIRE_MAX_FDS];
   guint n_fds = 0;
   int memfd = -1;
@@ -415,9 +451,12 @@ send_frame (Serve        *serve,
 
   /* Large: the payload goes in a sealed memfd the parent maps. */
   if (serve->code->is_socket && serve->code->memfd_threshold > 0 &&
-      size >= serve->code->memfd_threshold)
+      size + body_size >= serve->code->memfd_threshold)
     {
-      memfd = dc_wire_memfd_from_bytes (payload, NULL);
+      memfd = dc_wire_memfd_from_parts (payload != NULL ? g_bytes_get_data (payload, NULL) : NULL,
+                                        size,
+                                        body != NULL ? g_variant_get_data (body) : NULL,
+                                        body_size, NULL);
       if (memfd >= 0)
         fds[n_fds++] = memfd;
     }
@@ -426,24 +465,32 @@ send_frame (Serve        *serve,
       memcpy (fds + n_fds, list_fds, sizeof (int) * (gsize) n_list);
       n_fds += (guint) n_list;
     }
-  dc_wire_frame_head_init (&head, type, serial, payload, memfd >= 0, (guint) n_list);
+  dc_wire_frame_head_init (&head, type, serial, payload, body, memfd >= 0, (guint) n_list);
 
-  if (n_fds == 0 && head.body_len <= 64 * 1024)
+  if (n_fds == 0 && head.body_len + head.tail_len <= 64 * 1024)
     {
       g_byte_array_append (serve->out, head.bytes, head.len);
       if (head.body_len > 0)
         g_byte_array_append (serve->out, head.body, head.body_len);
+      if (head.tail_len > 0)
+        g_byte_array_append (serve->out, head.tail, head.tail_len);
       return TRUE;
     }
 
-  /* Descriptors, or a large payload: its own write, after what waits. */
+  /* Descriptors, or a large payload: its own write, after what waits,
+   * gathered from where the pieces are. */
+  iov[0].iov_base = head.bytes;
+  iov[0].iov_len = head.len;
+  iov[1].iov_base = (void *) head.body;
+  iov[1].iov_len = head.body_len;
+  iov[2].iov_base = (void *) head.tail;
+  iov[2].iov_len = head.tail_len;
   ok = replies_flush (serve);
   if (ok && n_fds > 0)
-    ok = send_with_fds (serve->write_fd, head.bytes, head.len, fds, n_fds);
+    ok = send_with_fds (serve->write_fd, head.bytes, head.len, fds, n_fds) &&
+         writev_all (serve->write_fd, iov + 1, 2);
   else if (ok)
-    ok = write_all (serve->write_fd, head.bytes, head.len);
-  if (ok && head.body_len > 0)
-    ok = write_all (serve->write_fd, head.body, head.body_len);
+    ok = writev_all (serve->write_fd, iov, 3);
 
   if (memfd >= 0)
     close (memfd);
@@ -495,7 +542,7 @@ dc_worker_send_progress (GVariant *value)
       return;
     }
   /* At once: the caller wants it while the code still runs. */
-  if (!send_frame (call->serve, DC_WIRE_PROGRESS, call->serial, payload, NULL) ||
+  if (!send_frame (call->serve, DC_WIRE_PROGRESS, call->serial, payload, NULL, NULL) ||
       !replies_flush (call->serve))
     call->broken = TRUE;
 }
@@ -513,7 +560,7 @@ send_marshal_failed (Serve      *serve,
   g_byte_array_append (body, (const guint8 *) &reason, 4);
   g_byte_array_append (body, (const guint8 *) type_string, strlen (type_string));
   body_bytes = g_byte_array_free_to_bytes (g_steal_pointer (&body));
-  return send_frame (serve, DC_WIRE_MARSHAL_FAILED, serial, body_bytes, NULL);
+  return send_frame (serve, DC_WIRE_MARSHAL_FAILED, serial, body_bytes, NULL, NULL);
 }
 
 /* Calls the user's code.  Returns FALSE when the worker must leave: the
@@ -532,6 +579,7 @@ handle_call (gpointer            data,
   g_autoptr(GVariant) result = NULL;
   g_autoptr(GError) error = NULL;
   g_autoptr(GBytes) reply = NULL;
+  g_autoptr(GVariant) reply_body = NULL;
   DcWireMarshalStatus status;
   CurrentCall current = { 0, };
   gboolean ok;
@@ -589,10 +637,10 @@ handle_call (gpointer            data,
       else if (n_out > DC_WIRE_MAX_FDS - 1)
         status = DC_WIRE_MARSHAL_TOO_MANY_FDS;
       else
-        reply = dc_wire_marshal_raw (code->marshaller, result, &status);
+        reply = dc_wire_marshal_split_raw (code->marshaller, result, &reply_body, &status);
       if (reply != NULL)
         {
-          if (send_frame (serve, DC_WIRE_RESULT, header->serial, reply, out_fd_list))
+          if (send_frame (serve, DC_WIRE_RESULT, header->serial, reply, reply_body, out_fd_list))
             return TRUE;
           return leave (serve, DC_WORKER_EXIT_CHANNEL);
         }
@@ -602,10 +650,10 @@ handle_call (gpointer            data,
   else if (error != NULL)
     {
       reply = dc_wire_encode_error (error);
-      ok = send_frame (serve, DC_WIRE_ERROR, header->serial, reply, NULL);
+      ok = send_frame (serve, DC_WIRE_ERROR, header->serial, reply, NULL, NULL);
     }
   else
-    ok = send_frame (serve, DC_WIRE_NULL_RESULT, header->serial, NULL, NULL);
+    ok = send_frame (serve, DC_WIRE_NULL_RESULT, header->serial, NULL, NULL, NULL);
 
   /* Every path here is a failed call: under exit-on-die the worker
    * leaves next, and its reply must be out before. */

@@ -817,6 +817,71 @@ test_template_request (void)
   g_assert_false (dc_template_decode_request (copy, size, fds, 3, storage, &setup, &code));
 }
 
+/* A large value's message in pieces, head then the value's own bytes,
+ * is byte for byte the message made in one piece; below the threshold it
+ * is made in one piece, and the flat marshaller always is. */
+static void
+test_variant_split (void)
+{
+  gsize sizes[] = { 100, DC_WIRE_BODY_MIN - 16, DC_WIRE_BODY_MIN, 3 << 20 };
+  guint i, shape;
+
+  for (i = 0; i < G_N_ELEMENTS (sizes); i++)
+    for (shape = 0; shape < 3; shape++)
+      {
+        g_autofree guint8 *data = g_malloc (sizes[i]);
+        g_autoptr(GVariant) value = NULL;
+        g_autoptr(GVariant) body = NULL;
+        g_autoptr(GBytes) whole = NULL;
+        g_autoptr(GBytes) head = NULL;
+        g_autoptr(GByteArray) joined = g_byte_array_new ();
+        GVariant *bytes;
+        gsize j;
+
+        for (j = 0; j < sizes[i]; j++)
+          data[j] = (guint8) (j * 13 + i);
+        bytes = g_variant_new_fixed_array (G_VARIANT_TYPE_BYTE, data, sizes[i], 1);
+        /* Built from its children; with a second member; serialized. */
+        if (shape == 0)
+          value = g_variant_ref_sink (g_variant_new ("(@ay)", bytes));
+        else if (shape == 1)
+          value = g_variant_ref_sink (g_variant_new ("(u@ay)", 7, bytes));
+        else
+          {
+            g_autoptr(GVariant) tree = g_variant_ref_sink (g_variant_new ("(@ay)", bytes));
+
+            value = g_variant_ref_sink (g_variant_new_from_data (G_VARIANT_TYPE ("(ay)"),
+                                                                 g_variant_get_data (tree),
+                                                                 g_variant_get_size (tree), TRUE,
+                                                                 (GDestroyNotify) g_variant_unref,
+                                                                 g_variant_ref (tree)));
+          }
+
+        whole = dc_wire_marshal (DC_MARSHALLER_VARIANT, value, NULL);
+        head = dc_wire_marshal_split (DC_MARSHALLER_VARIANT, value, &body, NULL);
+        g_assert_nonnull (head);
+        g_assert_true ((body != NULL) == (g_variant_get_size (value) >= DC_WIRE_BODY_MIN));
+        g_byte_array_append (joined, g_bytes_get_data (head, NULL), g_bytes_get_size (head));
+        if (body != NULL)
+          g_byte_array_append (joined, g_variant_get_data (body), g_variant_get_size (body));
+        g_assert_cmpmem (joined->data, joined->len,
+                         g_bytes_get_data (whole, NULL), g_bytes_get_size (whole));
+      }
+}
+
+static void
+test_flat_never_split (void)
+{
+  g_autofree char *big = g_strnfill (DC_WIRE_BODY_MIN * 2, 'x');
+  g_autoptr(GVariant) value = g_variant_ref_sink (g_variant_new ("(s)", big));
+  g_autoptr(GVariant) body = NULL;
+  g_autoptr(GBytes) whole = dc_wire_marshal (DC_MARSHALLER_FLAT, value, NULL);
+  g_autoptr(GBytes) split = dc_wire_marshal_split (DC_MARSHALLER_FLAT, value, &body, NULL);
+
+  g_assert_null (body);
+  g_assert_true (g_bytes_equal (whole, split));
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -830,6 +895,8 @@ main (int   argc,
   g_test_add_func ("/detached-code/wire/reader/direct-buffer", test_reader_direct_buffer);
   g_test_add_func ("/detached-code/wire/variant/round-trip", test_variant_roundtrip);
   g_test_add_func ("/detached-code/wire/variant/large-is-shared", test_variant_large_is_shared);
+  g_test_add_func ("/detached-code/wire/variant/split", test_variant_split);
+  g_test_add_func ("/detached-code/wire/flat/never-split", test_flat_never_split);
   g_test_add_func ("/detached-code/wire/variant/garbage", test_variant_garbage);
   g_test_add_func ("/detached-code/wire/variant/indefinite", test_variant_indefinite);
   g_test_add_func ("/detached-code/wire/variant/fixed-size", test_variant_fixed_size);
