@@ -525,6 +525,16 @@ idle_timeout_cb (gpointer data)
 
 static gboolean call_timeout_cb (gpointer data);
 
+/* A map's chunk may take call-timeout for each of its items. */
+static guint
+call_limit (DcWorkerProc *proc,
+            DcCall       *call)
+{
+  guint64 limit = (guint64) proc->settings->call_timeout * MAX (call->n_items, 1);
+
+  return (guint) MIN (limit, (guint64) G_MAXUINT);
+}
+
 /* The limit counts from when the call runs: from its write to an idle
  * worker, or, pipelined, from the reply of the call before it.  Time in
  * the queue, or behind another call, does not count. */
@@ -536,7 +546,7 @@ proc_arm_timeout (DcWorkerProc *proc)
   if (proc->settings == NULL || proc->settings->call_timeout == 0 || head == NULL ||
       head->timeout_source != NULL || proc->state == DC_WORKER_PROC_LOST)
     return;
-  head->timeout_source = g_timeout_source_new (proc->settings->call_timeout);
+  head->timeout_source = g_timeout_source_new (call_limit (proc, head));
   g_source_set_callback (head->timeout_source, call_timeout_cb, head, NULL);
   g_source_attach (head->timeout_source, proc->context);
 }
@@ -555,7 +565,7 @@ call_timeout_cb (gpointer data)
   if (call->where != DC_CALL_SENT || proc == NULL || proc->settings == NULL)
     return G_SOURCE_REMOVE;
 
-  limit = proc->settings->call_timeout;
+  limit = call_limit (proc, call);
   running = dc_worker_proc_is_running (proc, call);
   pid = proc->pid;
   task = dc_call_steal_task (call);
@@ -689,6 +699,7 @@ proc_append_call (DcWorkerProc *proc,
   gsize size = g_bytes_get_size (call->payload);
   guint threshold = proc->settings->memfd_threshold;
   gboolean socket = dc_channel_is_socket (proc->channel);
+  DcWireType type = call->n_items > 0 ? DC_WIRE_CHUNK : DC_WIRE_CALL;
   DcWireFrameHead head;
   OutFds *out;
 
@@ -698,7 +709,7 @@ proc_append_call (DcWorkerProc *proc,
 
   if (call->fd_list == NULL && call->memfd < 0)
     {
-      dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, FALSE, 0);
+      dc_wire_frame_head_init (&head, type, call->serial, call->payload, FALSE, 0);
       g_byte_array_append (proc->outbuf, head.bytes, head.len);
       if (head.body_len > 0)
         g_byte_array_append (proc->outbuf, head.body, head.body_len);
@@ -719,7 +730,7 @@ proc_append_call (DcWorkerProc *proc,
         g_unix_fd_list_append (out->fds, fds[i], NULL);
     }
 
-  dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, call->memfd >= 0,
+  dc_wire_frame_head_init (&head, type, call->serial, call->payload, call->memfd >= 0,
                            call->fd_list != NULL ? (guint) g_unix_fd_list_get_length (call->fd_list) : 0);
   g_byte_array_append (proc->outbuf, head.bytes, head.len);
   if (head.body_len > 0)
@@ -834,6 +845,140 @@ reject (DcWorkerProc *proc,
   return FALSE;
 }
 
+/* The value or error a call's reply carries.  Returns why it is
+ * malformed, or NULL. */
+static const char *
+decode_reply (DcWorkerProc  *proc,
+              guint          type,
+              GBytes        *payload,
+              GVariant     **value,
+              GError       **error)
+{
+  switch ((DcWireType) type)
+    {
+    case DC_WIRE_RESULT:
+      *value = dc_wire_unmarshal_raw (proc->settings->marshaller, payload);
+      if (*value == NULL)
+        return proc->settings->marshaller == DC_MARSHALLER_FLAT ? _("Malformed flat message")
+                                                                : _("Malformed variant message");
+      return NULL;
+
+    case DC_WIRE_ERROR:
+      *error = dc_wire_decode_error (payload, NULL);
+      return *error == NULL ? _("a malformed error report") : NULL;
+
+    case DC_WIRE_NULL_RESULT:
+      *error = g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_FAILED,
+                                    _("The code returned no value and set no error"));
+      return NULL;
+
+    case DC_WIRE_MARSHAL_FAILED:
+      *error = marshal_failed_error (payload);
+      return *error == NULL ? _("a malformed marshalling report") : NULL;
+
+    case DC_WIRE_CALL:
+    case DC_WIRE_SETUP_FAILED:
+    case DC_WIRE_SANDBOX_STOPPED:
+    case DC_WIRE_CHUNK:
+    case DC_WIRE_CHUNK_RESULT:
+    default:
+      g_assert_not_reached ();
+    }
+}
+
+/* Whether each element of the "av" @array is a variant GLib would read
+ * back as sent: a type string that is whole, definite (and one the flat
+ * marshaller carries, under it) after the last NUL, and a fixed-size value
+ * of its type's size.  Results of one type come in runs: a type string
+ * like the one before is not checked again. */
+static gboolean
+results_framed (DcWorkerProc      *proc,
+                const DcWireArray *array)
+{
+  char seen[64] = "";
+  gsize seen_len = 0, seen_fixed = 0, i;
+
+  for (i = 0; i < array->n_elements; i++)
+    {
+      gsize start, end, nul, type_len, fixed, alignment;
+      const char *type_string;
+      const char *scanned;
+
+      dc_wire_array_element (array, i, &start, &end);
+      for (nul = end; nul > start && array->data[nul - 1] != '\0'; nul--)
+        ;
+      if (nul == start)
+        return FALSE;
+      nul--;
+      type_string = (const char *) array->data + nul + 1;
+      type_len = end - nul - 1;
+
+      if (type_len != seen_len || memcmp (type_string, seen, type_len) != 0)
+        {
+          if (!g_variant_type_string_scan (type_string, type_string + type_len, &scanned) ||
+              scanned != type_string + type_len ||
+              !g_variant_type_is_definite ((const GVariantType *) type_string) ||
+              (proc->settings->marshaller == DC_MARSHALLER_FLAT &&
+               !dc_wire_flat_type_ok ((const GVariantType *) type_string)))
+            return FALSE;
+          dc_wire_type_layout ((const GVariantType *) type_string, &fixed, &alignment);
+          seen_fixed = fixed;
+          seen_len = 0;
+          if (type_len < sizeof seen)
+            {
+              memcpy (seen, type_string, type_len);
+              seen_len = type_len;
+            }
+        }
+      if (seen_fixed != 0 && nul - start != seen_fixed)
+        return FALSE;
+    }
+  return TRUE;
+}
+
+/* What a chunk's reply carries: the "av" of its results, or the error of
+ * its first failing item, whose place is noted for the map.  Returns why
+ * it is malformed, or NULL. */
+static const char *
+decode_chunk_reply (DcWorkerProc  *proc,
+                    DcCall        *call,
+                    GBytes        *payload,
+                    GVariant     **value,
+                    GError       **error)
+{
+  gsize size;
+  const guint8 *data = g_bytes_get_data (payload, &size);
+  g_autoptr(GBytes) body = NULL;
+  DcWireChunkHead head;
+  DcWireArray results;
+  const char *why;
+
+  if (size < DC_WIRE_CHUNK_HEAD_SIZE)
+    return _("a malformed chunk reply");
+  memcpy (&head, data, sizeof head);
+  body = g_bytes_new_from_bytes (payload, DC_WIRE_CHUNK_HEAD_SIZE, size - DC_WIRE_CHUNK_HEAD_SIZE);
+
+  if (head.failure == 0)
+    {
+      if (head.index != 0 ||
+          !dc_wire_array_init (&results, G_VARIANT_TYPE_VARIANT, data + DC_WIRE_CHUNK_HEAD_SIZE,
+                               size - DC_WIRE_CHUNK_HEAD_SIZE) ||
+          results.n_elements != call->n_items || !results_framed (proc, &results))
+        return _("a chunk reply without one result per item");
+      /* Framed as checked; what each value holds is read as untrusted. */
+      *value = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE ("av"), body, FALSE));
+      return NULL;
+    }
+
+  if ((head.failure != DC_WIRE_ERROR && head.failure != DC_WIRE_NULL_RESULT &&
+       head.failure != DC_WIRE_MARSHAL_FAILED) || head.index >= call->n_items)
+    return _("a malformed chunk reply");
+  why = decode_reply (proc, head.failure, body, value, error);
+  if (why == NULL)
+    dc_call_chunk_failed (call, head.index);
+  return why;
+}
+
 static gboolean
 handle_frame (gpointer            data,
               const DcWireHeader *header,
@@ -874,45 +1019,26 @@ handle_frame (gpointer            data,
   call = g_queue_peek_head (&proc->inflight);
   if (call == NULL)
     return reject (proc, _("a reply without a call"));
-  if (header->type == DC_WIRE_CALL)
+  /* A chunk is answered by a chunk reply, a call by a call's. */
+  if (header->type == DC_WIRE_CALL || header->type == DC_WIRE_CHUNK ||
+      (header->type == DC_WIRE_CHUNK_RESULT) != (call->n_items > 0))
     return reject (proc, _("a message of the wrong type"));
   if (header->serial != call->serial)
     return reject (proc, _("a reply out of order"));
 
-  switch ((DcWireType) header->type)
+  if (header->type == DC_WIRE_CHUNK_RESULT)
     {
-    case DC_WIRE_RESULT:
-      value = dc_wire_unmarshal (proc->settings->marshaller, payload, &error);
-      if (value == NULL)
-        {
-          g_autoptr(GError) why = error;
+      const char *why = decode_chunk_reply (proc, call, payload, &value, &error);
 
-          return reject (proc, why->message);
-        }
-      break;
+      if (why != NULL)
+        return reject (proc, why);
+    }
+  else
+    {
+      const char *why = decode_reply (proc, header->type, payload, &value, &error);
 
-    case DC_WIRE_ERROR:
-      error = dc_wire_decode_error (payload, NULL);
-      if (error == NULL)
-        return reject (proc, _("a malformed error report"));
-      break;
-
-    case DC_WIRE_NULL_RESULT:
-      error = g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_FAILED,
-                                   _("The code returned no value and set no error"));
-      break;
-
-    case DC_WIRE_MARSHAL_FAILED:
-      error = marshal_failed_error (payload);
-      if (error == NULL)
-        return reject (proc, _("a malformed marshalling report"));
-      break;
-
-    case DC_WIRE_CALL:
-    case DC_WIRE_SETUP_FAILED:
-    case DC_WIRE_SANDBOX_STOPPED:
-    default:
-      g_assert_not_reached ();
+      if (why != NULL)
+        return reject (proc, why);
     }
 
   g_queue_unlink (&proc->inflight, &call->link);
