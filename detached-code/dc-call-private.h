@@ -30,6 +30,9 @@ typedef struct
   /* Per chunk, written on the pool's context before its task returns:
    * the index in the chunk of the item that failed, or G_MAXUINT. */
   guint   *failed_at;
+  /* Set when a chunk's results are not all in normal form: the results
+   * are then read as untrusted. */
+  gint     untrusted;   /* atomic */
 } DcCallGroup;
 
 DcCallGroup *dc_call_group_new   (guint        n_chunks);

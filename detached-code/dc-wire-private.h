@@ -332,6 +332,12 @@ typedef struct
 void      dc_wire_type_layout            (const GVariantType *element_type,
                                           gsize              *fixed_size,
                                           gsize              *alignment);
+/* Whether every string of bytes of @type's size (for a fixed size; for an
+ * array of such, of a multiple of it) is a value in normal form: no
+ * boolean, no padding, no variable-size part to frame. */
+gboolean  dc_wire_type_any_bytes_normal  (const GVariantType *type);
+/* A chunk's items: trusted, since the parent sends them in normal form. */
+GVariant *dc_wire_unmarshal_chunk        (GBytes             *payload);
 /* A view of all the elements of the serialized array at @data.  FALSE if
  * its framing is not in normal form (ends out of order or out of bounds,
  * a size that is not a multiple of the element's): such bytes may come from

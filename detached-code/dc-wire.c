@@ -463,8 +463,11 @@ variant_marshal (GVariant            *value,
   return buffer_to_bytes (data, offset + size, capacity);
 }
 
+/* @trusted: the bytes come from the parent, which sends only values in
+ * normal form. */
 static GVariant *
-variant_unmarshal (GBytes *payload)
+variant_unmarshal (GBytes   *payload,
+                   gboolean  trusted)
 {
   gsize size, offset;
   const guint8 *data = g_bytes_get_data (payload, &size);
@@ -514,7 +517,7 @@ variant_unmarshal (GBytes *payload)
   }
 
   return g_variant_ref_sink (g_variant_new_from_data (G_VARIANT_TYPE (type_string),
-                                                      data + offset, size - offset, FALSE,
+                                                      data + offset, size - offset, trusted,
                                                       (GDestroyNotify) g_bytes_unref,
                                                       g_bytes_ref (payload)));
 }
@@ -544,8 +547,14 @@ dc_wire_unmarshal_raw (DcMarshaller  marshaller,
       return flat_unmarshal (payload);
     case DC_MARSHALLER_VARIANT:
     default:
-      return variant_unmarshal (payload);
+      return variant_unmarshal (payload, FALSE);
     }
+}
+
+GVariant *
+dc_wire_unmarshal_chunk (GBytes *payload)
+{
+  return variant_unmarshal (payload, TRUE);
 }
 
 void
@@ -678,6 +687,37 @@ dc_wire_type_layout (const GVariantType *type,
     *fixed_size = 1;
   else
     *fixed_size = (size + align - 1) & ~(align - 1);
+}
+
+gboolean
+dc_wire_type_any_bytes_normal (const GVariantType *type)
+{
+  const char *s = g_variant_type_peek_string (type);
+  const GVariantType *member;
+  gsize size = 0, fixed, alignment, member_size, member_align;
+
+  if (strchr ("ynqiuxtdh", s[0]) != NULL)
+    return TRUE;
+  if (s[0] == 'a')
+    {
+      /* Any multiple of the element's size: checked by the caller. */
+      dc_wire_type_layout (g_variant_type_element (type), &fixed, &alignment);
+      return fixed > 0 && dc_wire_type_any_bytes_normal (g_variant_type_element (type));
+    }
+  if (!g_variant_type_is_tuple (type) && !g_variant_type_is_dict_entry (type))
+    return FALSE;
+
+  /* A tuple of such members with no padding anywhere (padding must be
+   * zero); the unit tuple's byte must be too. */
+  for (member = g_variant_type_first (type); member != NULL; member = g_variant_type_next (member))
+    {
+      dc_wire_type_layout (member, &member_size, &member_align);
+      if (member_size == 0 || size % member_align != 0 || !dc_wire_type_any_bytes_normal (member))
+        return FALSE;
+      size += member_size;
+    }
+  dc_wire_type_layout (type, &fixed, &alignment);
+  return size > 0 && size == fixed;
 }
 
 /* How wide the end table of an array of @size bytes is. */

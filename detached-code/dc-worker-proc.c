@@ -886,18 +886,32 @@ decode_reply (DcWorkerProc  *proc,
     }
 }
 
+/* How a result's value is checked, by its type. */
+typedef enum
+{
+  VALUE_ANY_BYTES,     /* any bytes of its fixed size are in normal form */
+  VALUE_ANY_ELEMENTS,  /* an array of such: any multiple of their size */
+  VALUE_ASK_GLIB,      /* g_variant_is_normal_form() on it */
+} ValueCheck;
+
 /* Whether each element of the "av" @array is a variant GLib would read
- * back as sent: a type string that is whole, definite (and one the flat
- * marshaller carries, under it) after the last NUL, and a fixed-size value
- * of its type's size.  Results of one type come in runs: a type string
- * like the one before is not checked again. */
+ * back as sent: zero padding before it; after the last NUL, a type string
+ * that is whole and definite (and one the flat marshaller carries, under
+ * it); a fixed-size value of its type's size.  *@normal tells whether
+ * every value is in normal form, so that the results may be loaded as
+ * trusted (GLib 2.74 reaches the children of an untrusted array in time
+ * quadratic in their number).  Results of one type come in runs: a type
+ * like the one before is not looked at again. */
 static gboolean
 results_framed (DcWorkerProc      *proc,
-                const DcWireArray *array)
+                const DcWireArray *array,
+                gboolean          *normal)
 {
   char seen[64] = "";
-  gsize seen_len = 0, seen_fixed = 0, i;
+  gsize seen_len = 0, seen_fixed = 0, prev_end = 0, i;
+  ValueCheck check = VALUE_ASK_GLIB;
 
+  *normal = TRUE;
   for (i = 0; i < array->n_elements; i++)
     {
       gsize start, end, nul, type_len, fixed, alignment;
@@ -905,6 +919,10 @@ results_framed (DcWorkerProc      *proc,
       const char *scanned;
 
       dc_wire_array_element (array, i, &start, &end);
+      for (; prev_end < start; prev_end++)
+        if (array->data[prev_end] != 0)
+          return FALSE;
+      prev_end = end;
       for (nul = end; nul > start && array->data[nul - 1] != '\0'; nul--)
         ;
       if (nul == start)
@@ -915,14 +933,21 @@ results_framed (DcWorkerProc      *proc,
 
       if (type_len != seen_len || memcmp (type_string, seen, type_len) != 0)
         {
+          const GVariantType *type = (const GVariantType *) type_string;
+
           if (!g_variant_type_string_scan (type_string, type_string + type_len, &scanned) ||
-              scanned != type_string + type_len ||
-              !g_variant_type_is_definite ((const GVariantType *) type_string) ||
-              (proc->settings->marshaller == DC_MARSHALLER_FLAT &&
-               !dc_wire_flat_type_ok ((const GVariantType *) type_string)))
+              scanned != type_string + type_len || !g_variant_type_is_definite (type) ||
+              (proc->settings->marshaller == DC_MARSHALLER_FLAT && !dc_wire_flat_type_ok (type)))
             return FALSE;
-          dc_wire_type_layout ((const GVariantType *) type_string, &fixed, &alignment);
+          dc_wire_type_layout (type, &fixed, &alignment);
           seen_fixed = fixed;
+          check = VALUE_ASK_GLIB;
+          if (dc_wire_type_any_bytes_normal (type))
+            {
+              check = fixed > 0 ? VALUE_ANY_BYTES : VALUE_ANY_ELEMENTS;
+              if (fixed == 0)
+                dc_wire_type_layout (g_variant_type_element (type), &seen_fixed, &alignment);
+            }
           seen_len = 0;
           if (type_len < sizeof seen)
             {
@@ -930,8 +955,24 @@ results_framed (DcWorkerProc      *proc,
               seen_len = type_len;
             }
         }
-      if (seen_fixed != 0 && nul - start != seen_fixed)
+
+      if (check == VALUE_ANY_BYTES && nul - start != seen_fixed)
         return FALSE;
+      if (check == VALUE_ANY_ELEMENTS && (nul - start) % seen_fixed != 0)
+        *normal = FALSE;
+      else if (check == VALUE_ASK_GLIB && *normal)
+        {
+          g_autofree char *type_copy = g_strndup (type_string, type_len);
+          g_autoptr(GVariant) value = g_variant_ref_sink (
+              g_variant_new_from_data (G_VARIANT_TYPE (type_copy), array->data + start, nul - start,
+                                       FALSE, NULL, NULL));
+
+          /* A fixed size that is not its type's is a lie; other values
+           * may come from the code as they are. */
+          if (seen_fixed != 0 && nul - start != seen_fixed)
+            return FALSE;
+          *normal = g_variant_is_normal_form (value);
+        }
     }
   return TRUE;
 }
@@ -951,6 +992,7 @@ decode_chunk_reply (DcWorkerProc  *proc,
   g_autoptr(GBytes) body = NULL;
   DcWireChunkHead head;
   DcWireArray results;
+  gboolean normal;
   const char *why;
 
   if (size < DC_WIRE_CHUNK_HEAD_SIZE)
@@ -963,10 +1005,13 @@ decode_chunk_reply (DcWorkerProc  *proc,
       if (head.index != 0 ||
           !dc_wire_array_init (&results, G_VARIANT_TYPE_VARIANT, data + DC_WIRE_CHUNK_HEAD_SIZE,
                                size - DC_WIRE_CHUNK_HEAD_SIZE) ||
-          results.n_elements != call->n_items || !results_framed (proc, &results))
+          results.n_elements != call->n_items || !results_framed (proc, &results, &normal))
         return _("a chunk reply without one result per item");
-      /* Framed as checked; what each value holds is read as untrusted. */
-      *value = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE ("av"), body, FALSE));
+      /* Its framing is as checked, and its values in normal form, or read
+       * as untrusted. */
+      if (!normal)
+        g_atomic_int_set (&call->group->untrusted, TRUE);
+      *value = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE ("av"), body, normal));
       return NULL;
     }
 

@@ -509,7 +509,7 @@ handle_chunk (Serve              *serve,
               const DcWireHeader *header,
               GBytes             *payload)
 {
-  g_autoptr(GVariant) items = dc_wire_unmarshal_raw (DC_MARSHALLER_VARIANT, payload);
+  g_autoptr(GVariant) items = dc_wire_unmarshal_chunk (payload);
   g_autoptr(GBytes) failure = NULL;
   g_autoptr(GBytes) reply = NULL;
   DcWireChunkHead head = { 0, 0 };
