@@ -459,7 +459,8 @@ dc_detached_code_class_init (DcDetachedCodeClass *klass)
    * another call, from that call's reply (time waiting does not count);
    * 0 is no limit.  Read as each call starts.  A call past
    * its limit fails with %DC_DETACHED_CODE_ERROR_TIMED_OUT and its worker
-   * is killed.
+   * is killed.  A chunk of a map ([method@DetachedCode.map_async]) may run
+   * this long for each of its items.
    *
    * Since: 1.0
    */
