@@ -14,7 +14,7 @@
 
 G_BEGIN_DECLS
 
-/* Runs the pool's code on each element of @items (an array, sunk) in
+/* Runs the pool's code on each element of @items (transfer full) in
  * chunks of @chunk_size (0: the pool's choice), and completes @task
  * (transfer full) with the "av" of the results, or the first failure.
  * The chunks' tasks take @task's source object, cancellable, priority and

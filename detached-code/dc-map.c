@@ -76,6 +76,7 @@ map_join (DcMap *map)
 {
   g_autofree DcWireArray *views = g_new (DcWireArray, map->n_chunks);
   g_autoptr(GByteArray) out = NULL;
+  g_autoptr(GBytes) bytes = NULL;
   gsize reserve = 0;
   guint i;
 
@@ -95,10 +96,10 @@ map_join (DcMap *map)
   dc_wire_array_append_views (out, views, map->n_chunks);
   map_drop_results (map);
 
+  bytes = g_byte_array_free_to_bytes (g_steal_pointer (&out));
   /* Trusted when every value was found in normal form: GLib 2.74 reaches
    * each child of an untrusted array in time that grows with its index. */
-  return g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE ("av"),
-                                                       g_byte_array_free_to_bytes (g_steal_pointer (&out)),
+  return g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE ("av"), bytes,
                                                        !g_atomic_int_get (&map->group->untrusted)));
 }
 
@@ -290,7 +291,7 @@ dc_map_run (DcPool   *pool,
             GVariant *items_in,
             guint     chunk_size)
 {
-  g_autoptr(GVariant) items = g_variant_ref_sink (items_in);
+  g_autoptr(GVariant) items = items_in;
   g_autoptr(GVariant) normal = NULL;
   g_autoptr(GError) error = NULL;
   DcPoolSettings *settings = dc_pool_get_settings (pool);

@@ -843,6 +843,8 @@ dc_wire_pad (GByteArray *out,
   gsize len = out->len;
   gsize padded = base + align_up (len - base, alignment);
 
+  if (padded == len)
+    return;
   g_byte_array_set_size (out, padded);
   memset (out->data + len, 0, padded - len);
 }
