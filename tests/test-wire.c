@@ -864,7 +864,11 @@ check_rejoin (const char *text,
       middle.first = 1;
       middle.n = n - 2;
       for (i = 1; i < n - 1; i++)
-        g_variant_builder_add_value (builder, g_variant_get_child_value (array, i));
+        {
+          g_autoptr(GVariant) child = g_variant_get_child_value (array, i);
+
+          g_variant_builder_add_value (builder, child);
+        }
       expected = g_variant_ref_sink (g_variant_builder_end (builder));
       g_byte_array_set_size (out, 0);
       dc_wire_array_append_views (out, &middle, 1);
