@@ -956,7 +956,10 @@ results_framed (DcWorkerProc      *proc,
             }
         }
 
-      if (check == VALUE_ANY_BYTES && nul - start != seen_fixed)
+      /* A fixed size that is not its type's is a lie (GLib would copy
+       * the whole value to read it as the default one); other values may
+       * come from the code as they are. */
+      if (check != VALUE_ANY_ELEMENTS && seen_fixed != 0 && nul - start != seen_fixed)
         return FALSE;
       if (check == VALUE_ANY_ELEMENTS && (nul - start) % seen_fixed != 0)
         *normal = FALSE;
@@ -967,10 +970,6 @@ results_framed (DcWorkerProc      *proc,
               g_variant_new_from_data (G_VARIANT_TYPE (type_copy), array->data + start, nul - start,
                                        FALSE, NULL, NULL));
 
-          /* A fixed size that is not its type's is a lie; other values
-           * may come from the code as they are. */
-          if (seen_fixed != 0 && nul - start != seen_fixed)
-            return FALSE;
           *normal = g_variant_is_normal_form (value);
         }
     }
