@@ -28,8 +28,10 @@
  *   ("null", n)         → no value, no error
  *   ("exit", n)         → the worker exits with status n
  *   ("string", n)       → ("n"), a result of variable size
- *   ("lie-count", s), ("lie-index", s): a malformed reply to the chunk
- *                         of serial s, then a long sleep */
+ *   ("lie-count", s), ("lie-index", s), ("lie-size", s): a malformed
+ *                         reply to the chunk of serial s (too few results,
+ *                         a failing item past the end, results of the
+ *                         wrong size), then a long sleep */
 static GVariant *
 map_code (GVariant  *args,
           gpointer   user_data,
@@ -72,9 +74,10 @@ map_code (GVariant  *args,
 
       return g_variant_new ("(s)", text);
     }
-  if (g_str_equal (command, "lie-count") || g_str_equal (command, "lie-index"))
+  if (g_str_equal (command, "lie-count") || g_str_equal (command, "lie-index") ||
+      g_str_equal (command, "lie-size"))
     {
-      guint8 frame[DC_WIRE_HEADER_SIZE + DC_WIRE_CHUNK_HEAD_SIZE + 8];
+      guint8 frame[DC_WIRE_HEADER_SIZE + DC_WIRE_CHUNK_HEAD_SIZE + 32];
       /* A success with one result for a chunk of several; a failure at
        * an item past the chunk's end. */
       DcWireChunkHead head = { 0, 0 };
@@ -87,6 +90,20 @@ map_code (GVariant  *args,
 
           memcpy (frame + DC_WIRE_HEADER_SIZE + DC_WIRE_CHUNK_HEAD_SIZE, one_unit, sizeof one_unit);
           size += sizeof one_unit;
+        }
+      else if (g_str_equal (command, "lie-size"))
+        {
+          /* Three "(i)" results of 3 bytes each, framed as GLib would. */
+          static const guint8 short_ints[] = {
+            1, 2, 3, 0, '(', 'i', ')', 0,
+            1, 2, 3, 0, '(', 'i', ')', 0,
+            1, 2, 3, 0, '(', 'i', ')',
+            7, 15, 23,
+          };
+
+          memcpy (frame + DC_WIRE_HEADER_SIZE + DC_WIRE_CHUNK_HEAD_SIZE, short_ints,
+                  sizeof short_ints);
+          size += sizeof short_ints;
         }
       else
         {
@@ -663,6 +680,12 @@ test_map_lie_index (void)
   check_lie ("lie-index");
 }
 
+static void
+test_map_lie_size (void)
+{
+  check_lie ("lie-size");
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -686,6 +709,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/map/thread", test_map_thread);
   g_test_add_func ("/detached-code/map/lie-count", test_map_lie_count);
   g_test_add_func ("/detached-code/map/lie-index", test_map_lie_index);
+  g_test_add_func ("/detached-code/map/lie-size", test_map_lie_size);
 
   return g_test_run ();
 }
