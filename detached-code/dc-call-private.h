@@ -21,6 +21,26 @@ G_BEGIN_DECLS
 typedef struct _DcCall DcCall;
 typedef struct _DcWorkerProc DcWorkerProc;
 
+/* The chunks of one map: a failure of one drops those after it that have
+ * not been sent yet.  Shared by the map and its chunks' calls; the chunk
+ * calls may outlive the map (a reply still due), hence the count. */
+typedef struct
+{
+  gint     ref_count;   /* atomic */
+  gint     drop_from;   /* atomic: chunks from this index on are not sent */
+  guint    n_chunks;
+  /* Per chunk, written on the pool's context before its task returns:
+   * the index in the chunk of the item that failed, or G_MAXUINT. */
+  guint   *failed_at;
+  /* Set when a chunk's results are not all in normal form: the results
+   * are then read as untrusted. */
+  gint     untrusted;   /* atomic */
+} DcCallGroup;
+
+DcCallGroup *dc_call_group_new   (guint        n_chunks);
+DcCallGroup *dc_call_group_ref   (DcCallGroup *group);
+void         dc_call_group_unref (DcCallGroup *group);
+
 typedef enum
 {
   DC_CALL_NEW,       /* made, not yet submitted (maybe on its way from another thread) */
@@ -50,6 +70,14 @@ struct _DcCall
   GVariant      *result;         /* a completion waiting to be delivered ... */
   GError        *result_error;   /* ... once the read that produced it is over */
   DcProgress    *progress;       /* owned; the caller takes progress values */
+  /* A map's chunk: its items (its time limit is call-timeout times this,
+   * and its reply must carry as many results), its group and its place
+   * there.  0 and NULL for a call. */
+  guint          n_items;
+  DcCallGroup   *group;
+  guint          group_index;
+  /* Calls submitted with this one, as one: all are queued or none. */
+  GQueue        *batch;
 };
 
 /* Takes @task, @payload (both transfer full) and a reference to @fd_list. */
@@ -62,12 +90,23 @@ DcCall   *dc_call_new             (GTask        *task,
  * Before the call is submitted. */
 void      dc_call_set_body        (DcCall       *call,
                                    GVariant     *body);
+/* Makes @call chunk @index of @group (a reference is taken), of @n_items
+ * items. */
+void      dc_call_set_chunk       (DcCall       *call,
+                                   DcCallGroup  *group,
+                                   guint         index,
+                                   guint         n_items);
+/* A chunk failed (at item @item of it, or G_MAXUINT for the chunk as a
+ * whole): the chunks after it are not sent. */
+void      dc_call_chunk_failed    (DcCall       *call,
+                                   guint         item);
 /* Only once the call has completed. */
 void      dc_call_free            (DcCall       *call);
 
 /* Whether the caller still waits for it. */
 gboolean  dc_call_is_pending      (DcCall       *call);
-/* Whether its cancellable was cancelled (any thread may have done it). */
+/* Whether its cancellable was cancelled (any thread may have done it), or
+ * an earlier chunk of its map failed. */
 gboolean  dc_call_is_cancelled    (DcCall       *call);
 
 void      dc_call_clear_timeout   (DcCall       *call);

@@ -47,6 +47,65 @@ dc_call_new (GTask       *task,
   return call;
 }
 
+DcCallGroup *
+dc_call_group_new (guint n_chunks)
+{
+  DcCallGroup *group = g_new0 (DcCallGroup, 1);
+  guint i;
+
+  group->ref_count = 1;
+  group->drop_from = G_MAXINT;
+  group->n_chunks = n_chunks;
+  group->failed_at = g_new (guint, n_chunks);
+  for (i = 0; i < n_chunks; i++)
+    group->failed_at[i] = G_MAXUINT;
+  return group;
+}
+
+DcCallGroup *
+dc_call_group_ref (DcCallGroup *group)
+{
+  g_atomic_int_inc (&group->ref_count);
+  return group;
+}
+
+void
+dc_call_group_unref (DcCallGroup *group)
+{
+  if (!g_atomic_int_dec_and_test (&group->ref_count))
+    return;
+  g_free (group->failed_at);
+  g_free (group);
+}
+
+void
+dc_call_set_chunk (DcCall      *call,
+                   DcCallGroup *group,
+                   guint        index,
+                   guint        n_items)
+{
+  g_assert (index < group->n_chunks && n_items > 0);
+  call->group = dc_call_group_ref (group);
+  call->group_index = index;
+  call->n_items = n_items;
+}
+
+void
+dc_call_chunk_failed (DcCall *call,
+                      guint   item)
+{
+  gint index = (gint) MIN (call->group_index + 1, (guint) G_MAXINT);
+  gint old;
+
+  if (call->group == NULL)
+    return;
+  if (item != G_MAXUINT)
+    call->group->failed_at[call->group_index] = item;
+  do
+    old = g_atomic_int_get (&call->group->drop_from);
+  while (index < old && !g_atomic_int_compare_and_exchange (&call->group->drop_from, old, index));
+}
+
 void
 dc_call_set_body (DcCall   *call,
                   GVariant *body)
@@ -59,6 +118,8 @@ void
 dc_call_free (DcCall *call)
 {
   g_assert (call->task == NULL);
+  g_assert (call->batch == NULL);
+  g_clear_pointer (&call->group, dc_call_group_unref);
   dc_call_clear_timeout (call);
   g_clear_pointer (&call->payload, g_bytes_unref);
   /* A frame still being written holds its own reference. */
@@ -80,6 +141,8 @@ dc_call_is_pending (DcCall *call)
 gboolean
 dc_call_is_cancelled (DcCall *call)
 {
+  if (call->group != NULL && call->group_index >= (guint) g_atomic_int_get (&call->group->drop_from))
+    return TRUE;
   return call->cancellable != NULL && g_cancellable_is_cancelled (call->cancellable);
 }
 
@@ -149,6 +212,8 @@ dc_call_complete (DcCall   *call,
 
   g_assert ((value == NULL) != (error == NULL));
 
+  if (error != NULL)
+    dc_call_chunk_failed (call, G_MAXUINT);
   dc_call_free (call);
   if (task == NULL)
     {

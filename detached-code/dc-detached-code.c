@@ -18,6 +18,7 @@
 #include "dc-detached-code.h"
 #include "dc-enum-types.h"
 #include "dc-detached-code-private.h"
+#include "dc-map-private.h"
 #include "dc-progress-private.h"
 #include "dc-wire-private.h"
 #include "dc-worker-private.h"
@@ -460,7 +461,8 @@ dc_detached_code_class_init (DcDetachedCodeClass *klass)
    * another call, from that call's reply (time waiting does not count);
    * 0 is no limit.  Read as each call starts.  A call past
    * its limit fails with %DC_DETACHED_CODE_ERROR_TIMED_OUT and its worker
-   * is killed.
+   * is killed.  A chunk of a map ([method@DetachedCode.map_async]) may run
+   * this long for each of its items.
    *
    * Since: 1.0
    */
@@ -782,6 +784,30 @@ dc_detached_code_start (DcDetachedCode  *self,
   return ok;
 }
 
+/* Whether this pool can take calls (or maps) here; if not, @task fails
+ * with why. */
+static gboolean
+pool_takes_calls (DcDetachedCode *self,
+                  GTask          *task)
+{
+  DcContext *ctx = dc_pool_get_context (self->pool);
+  GError *error = NULL;
+
+  if (!dc_context_in_owner_process (ctx))
+    {
+      g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SHUTDOWN,
+                               _("This pool belongs to process %d"), (int) ctx->owner_pid);
+      return FALSE;
+    }
+  if (!dc_launcher_has_code (code_launcher (self)))
+    {
+      set_no_func_error (&error);
+      g_task_return_error (task, error);
+      return FALSE;
+    }
+  return TRUE;
+}
+
 /**
  * dc_detached_code_call_async:
  * @self: a pool
@@ -837,7 +863,6 @@ call_internal (DcDetachedCode     *self,
   g_autoptr(GTask) task = NULL;
   g_autoptr(GVariant) owned_args = NULL;
   g_autoptr(GError) error = NULL;
-  DcContext *ctx = dc_pool_get_context (self->pool);
   DcLauncher *l = code_launcher (self);
   GBytes *payload;
   GVariant *body = NULL;
@@ -855,18 +880,8 @@ call_internal (DcDetachedCode     *self,
   g_task_set_source_tag (task, source_tag);
   g_task_set_priority (task, io_priority);
 
-  if (!dc_context_in_owner_process (ctx))
-    {
-      g_task_return_new_error (task, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_SHUTDOWN,
-                               _("This pool belongs to process %d"), (int) ctx->owner_pid);
-      return;
-    }
-  if (!dc_launcher_has_code (l))
-    {
-      set_no_func_error (&error);
-      g_task_return_error (task, g_steal_pointer (&error));
-      return;
-    }
+  if (!pool_takes_calls (self, task))
+    return;
 
   if (fd_list != NULL && g_unix_fd_list_get_length (fd_list) > 0)
     {
@@ -903,16 +918,7 @@ call_internal (DcDetachedCode     *self,
     call->progress = dc_progress_ref (progress);
   if (body != NULL)
     dc_call_set_body (call, body);
-
-  if (dc_context_enter (ctx))
-    {
-      dc_pool_submit (self->pool, call);
-      dc_pool_dispatch (self->pool);
-      dc_context_leave (ctx);
-    }
-  else
-    /* Another thread runs the pool's context: workers fork only there. */
-    dc_pool_post (self->pool, call);
+  dc_pool_call (self->pool, call);
 }
 
 void
@@ -1219,6 +1225,120 @@ dc_detached_code_call_finish (DcDetachedCode  *self,
   g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == dc_detached_code_call_async ||
                         g_task_get_source_tag (G_TASK (result)) == dc_detached_code_call_with_progress_async,
                         NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  return g_task_propagate_pointer (G_TASK (result), error);
+}
+
+/**
+ * dc_detached_code_map_async:
+ * @self: a pool
+ * @items: an array: each element is the arguments of one run of the code.
+ *   A floating reference is sunk.
+ * @chunk_size: how many items travel to a worker in one message; 0 lets
+ *   the pool choose (about four chunks per worker, as Python's
+ *   `multiprocessing.Pool.map` does)
+ * @io_priority: the chunks' place in the queue
+ * @cancellable: (nullable): a #GCancellable
+ * @callback: (scope async) (closure user_data): called when the map
+ *   completes
+ * @user_data: data for @callback
+ *
+ * Runs the code once for each element of @items, in chunks of @chunk_size
+ * items.  Each chunk is one message each way and goes to the workers as a
+ * call does: queued by @io_priority, spread over the workers, bounded by
+ * [property@DetachedCode:max-queued] (a map whose chunks would make the
+ * queue longer fails with %DC_DETACHED_CODE_ERROR_BUSY).  A worker runs the
+ * items of a chunk in order.  Each item is passed to the code as a call's
+ * arguments would be, without a copy of its bytes.
+ *
+ * [method@DetachedCode.map_finish] returns the results as an `av`, one
+ * per item, in item order.  An empty array completes with an empty `av`.
+ *
+ * Failures:
+ *
+ * - the map fails with the failure of the lowest-index item that failed
+ *   (an error its code set, with its domain, code and message; or
+ *   %DC_DETACHED_CODE_ERROR_FAILED, or %DC_DETACHED_CODE_ERROR_MARSHAL
+ *   for a result the marshaller cannot carry), as Python's `Pool.map`
+ *   raises the first exception.  A worker stops a chunk at its first
+ *   failing item; the map waits for the chunks before it, and drops the
+ *   chunks after it (queued ones are never sent; the results of those
+ *   already running are ignored);
+ * - a worker that dies during a chunk fails the map with
+ *   %DC_DETACHED_CODE_ERROR_WORKER_DIED, as if the chunk's first item had
+ *   failed;
+ * - [property@DetachedCode:call-timeout] applies to each chunk as a
+ *   whole, multiplied by its number of items: a chunk of 100 items may
+ *   run for 100 times the limit;
+ * - cancelling @cancellable completes the map at once with
+ *   %G_IO_ERROR_CANCELLED: queued chunks are never sent, and running
+ *   ones are treated as cancelled calls (see
+ *   [property@DetachedCode:kill-on-cancel]).
+ *
+ * Bad input fails the map alone: @items that is not an array fails with
+ * %G_IO_ERROR_INVALID_ARGUMENT; items the
+ * [property@DetachedCode:marshaller] cannot carry, items holding handles
+ * (`h`), and any map on a pool made with [ctor@DetachedCode.new_with_fds]
+ * (a chunk carries no descriptors) fail with
+ * %DC_DETACHED_CODE_ERROR_MARSHAL.
+ *
+ * @callback runs in the thread-default main context of the calling thread,
+ * never before this function returns.  This function may be called from
+ * any thread, as [method@DetachedCode.call_async].
+ *
+ * Since: 1.0
+ */
+void
+dc_detached_code_map_async (DcDetachedCode     *self,
+                            GVariant           *items,
+                            guint               chunk_size,
+                            int                 io_priority,
+                            GCancellable       *cancellable,
+                            GAsyncReadyCallback callback,
+                            gpointer            user_data)
+{
+  g_autoptr(GVariant) owned = NULL;
+  GTask *task;
+
+  g_return_if_fail (DC_IS_DETACHED_CODE (self));
+  g_return_if_fail (items != NULL);
+  g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
+
+  owned = g_variant_ref_sink (items);
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, dc_detached_code_map_async);
+  g_task_set_priority (task, io_priority);
+
+  if (!pool_takes_calls (self, task))
+    {
+      g_object_unref (task);
+      return;
+    }
+  dc_map_run (self->pool, task, g_steal_pointer (&owned), chunk_size);
+}
+
+/**
+ * dc_detached_code_map_finish:
+ * @self: a pool
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Finishes a map started with [method@DetachedCode.map_async].
+ *
+ * Returns: (transfer full): an `av` holding the result of each item, in
+ *   item order, or %NULL with @error set
+ *
+ * Since: 1.0
+ */
+GVariant *
+dc_detached_code_map_finish (DcDetachedCode  *self,
+                             GAsyncResult    *result,
+                             GError         **error)
+{
+  g_return_val_if_fail (DC_IS_DETACHED_CODE (self), NULL);
+  g_return_val_if_fail (g_task_is_valid (result, self), NULL);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == dc_detached_code_map_async, NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
   return g_task_propagate_pointer (G_TASK (result), error);

@@ -310,6 +310,18 @@ GVariant       *dc_detached_code_call_finish       (DcDetachedCode     *self,
                                                     GAsyncResult       *result,
                                                     GError            **error);
 DC_AVAILABLE_IN_ALL
+void            dc_detached_code_map_async         (DcDetachedCode     *self,
+                                                    GVariant           *items,
+                                                    guint               chunk_size,
+                                                    int                 io_priority,
+                                                    GCancellable       *cancellable,
+                                                    GAsyncReadyCallback callback,
+                                                    gpointer            user_data);
+DC_AVAILABLE_IN_ALL
+GVariant       *dc_detached_code_map_finish        (DcDetachedCode     *self,
+                                                    GAsyncResult       *result,
+                                                    GError            **error);
+DC_AVAILABLE_IN_ALL
 void            dc_detached_code_shutdown          (DcDetachedCode     *self);
 
 DC_AVAILABLE_IN_ALL

@@ -67,6 +67,10 @@ gboolean         dc_pool_start            (DcPool        *pool,
 /* On the context. */
 void             dc_pool_submit           (DcPool        *pool,
                                            DcCall        *call);
+/* Any thread: submits and dispatches on the context when this thread may
+ * enter it, else posts. */
+void             dc_pool_call             (DcPool        *pool,
+                                           DcCall        *call);
 /* From a thread that cannot enter the context. */
 void             dc_pool_post             (DcPool        *pool,
                                            DcCall        *call);

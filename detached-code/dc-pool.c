@@ -421,71 +421,127 @@ dc_pool_dispatch (DcPool *pool)
 
 /* ---- calls ---- */
 
-/* Whether one more call may wait under max-queued.  At the bound, waiting
- * calls first go to any worker that has room: calls from other threads
- * are submitted as a batch before they are dispatched, and must not be
- * refused for want of a dispatch. */
-static gboolean
-queue_has_room (DcPool *pool)
+/* Calls the workers could take now without queueing: a free place in a
+ * running worker's pipeline, or in a worker the pool may still fork. */
+static guint
+free_places (DcPool *pool)
 {
-  guint bound = pool->settings.max_queued;
+  guint depth = pool->settings.pipeline_depth, places = 0;
+  GList *l;
 
-  if (bound == 0 || dc_call_queue_length (&pool->queue) < bound)
-    return TRUE;
-  dc_pool_dispatch (pool);
-  return dc_call_queue_length (&pool->queue) < bound;
+  for (l = pool->workers; l != NULL; l = l->next)
+    if (dc_worker_proc_get_state (l->data) == DC_WORKER_PROC_RUNNING &&
+        dc_worker_proc_get_n_calls (l->data) < depth)
+      places += depth - dc_worker_proc_get_n_calls (l->data);
+  if (has_room (pool))
+    places += (effective_max (pool) - pool->n_alive) * depth;
+  return places;
 }
 
-/* Queues @call, or takes it out of the pool's hands: a call cancelled
- * already, or one the queue has no room for.  Then its task is returned,
- * with why in *@why, for the caller to complete when it is done with the
- * pool. */
-static GTask *
+/* Whether @n more calls may wait under max-queued.  At the bound, waiting
+ * calls first go to any worker that has room: calls from other threads
+ * are submitted as a batch before they are dispatched, and must not be
+ * refused for want of a dispatch.  A map's chunks come as one: those that
+ * free workers would take at once do not count. */
+static gboolean
+queue_has_room (DcPool *pool,
+                guint   n)
+{
+  guint bound = pool->settings.max_queued;
+  guint length = dc_call_queue_length (&pool->queue);
+
+  if (bound == 0 || (length <= bound && n <= bound - length))
+    return TRUE;
+  dc_pool_dispatch (pool);
+  length = dc_call_queue_length (&pool->queue);
+  if (length <= bound && n <= bound - length)
+    return TRUE;
+  /* Waiting calls take any free place first. */
+  return length == 0 && n - bound <= free_places (pool);
+}
+
+/* Moves the calls of @call's batch to the end of @calls, each detached. */
+static void
+take_batch (DcCall *call,
+            GQueue *calls)
+{
+  GList *link;
+
+  if (call->batch == NULL)
+    return;
+  while ((link = g_queue_pop_head_link (call->batch)) != NULL)
+    {
+      dc_call_detach (link->data);
+      g_queue_push_tail_link (calls, link);
+    }
+  g_clear_pointer (&call->batch, g_queue_free);
+}
+
+/* Queues @call, with its batch, or takes them out of the pool's hands: a
+ * call cancelled already, or calls the queue has no room for.  Then each
+ * refused task is pushed on @refused, followed by why, for the caller to
+ * complete when it is done with the pool. */
+static void
 pool_take (DcPool  *pool,
            DcCall  *call,
-           GError **why)
+           GQueue  *refused)
 {
   GCancellable *cancellable = g_task_get_cancellable (call->task);
-  GTask *task;
+  GQueue calls = G_QUEUE_INIT;
+  GError *why = NULL;
+  GList *link;
 
   pool->started = TRUE;
-  call->serial = pool->next_serial++;
+  g_queue_push_tail_link (&calls, &call->link);
+  take_batch (call, &calls);
 
   if (cancellable != NULL && g_cancellable_is_cancelled (cancellable))
-    {
-      task = dc_call_steal_task (call);
-      dc_call_free (call);
-      *why = dc_call_cancelled_error ();
-      return task;
-    }
+    why = dc_call_cancelled_error ();
+  else if (!queue_has_room (pool, calls.length))
+    why = g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_BUSY,
+                       _("The pool is busy: the queue of waiting calls is full (max-queued is %u)"),
+                       pool->settings.max_queued);
 
-  if (!queue_has_room (pool))
+  while ((link = g_queue_pop_head_link (&calls)) != NULL)
     {
-      task = dc_call_steal_task (call);
-      dc_call_free (call);
-      *why = g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_BUSY,
-                          _("The pool is busy: the queue of waiting calls is full (max-queued is %u)"),
-                          pool->settings.max_queued);
-      return task;
-    }
+      DcCall *each = link->data;
 
-  dc_call_watch_cancellable (call, &pool->cancels);
-  dc_call_queue_push (&pool->queue, call);
-  return NULL;
+      each->serial = pool->next_serial++;
+      if (why == NULL)
+        {
+          dc_call_watch_cancellable (each, &pool->cancels);
+          dc_call_queue_push (&pool->queue, each);
+          continue;
+        }
+      g_queue_push_tail (refused, dc_call_steal_task (each));
+      g_queue_push_tail (refused, calls.length > 0 ? g_error_copy (why) : why);
+      dc_call_free (each);
+    }
+}
+
+/* Completes the tasks pool_take() refused. */
+static void
+return_refused (GQueue *refused)
+{
+  while (!g_queue_is_empty (refused))
+    {
+      g_autoptr(GTask) task = g_queue_pop_head (refused);
+
+      g_task_return_error (task, g_queue_pop_head (refused));
+    }
 }
 
 void
 dc_pool_submit (DcPool *pool,
                 DcCall *call)
 {
-  GError *why = NULL;
-  g_autoptr(GTask) refused = pool_take (pool, call, &why);
+  GQueue refused = G_QUEUE_INIT;   /* GTask, then its GError */
 
-  /* The task was made in this same dispatch of its context, so GTask
-   * delivers the error from an idle: never inside the caller's
+  /* The tasks were made in this same dispatch of their context, so GTask
+   * delivers the errors from an idle: never inside the caller's
    * call_async(). */
-  if (refused != NULL)
-    g_task_return_error (refused, why);
+  pool_take (pool, call, &refused);
+  return_refused (&refused);
 }
 
 void
@@ -493,6 +549,21 @@ dc_pool_post (DcPool *pool,
               DcCall *call)
 {
   dc_mailbox_post (&pool->incoming, &call->link);
+}
+
+void
+dc_pool_call (DcPool *pool,
+              DcCall *call)
+{
+  if (dc_context_enter (&pool->ctx))
+    {
+      dc_pool_submit (pool, call);
+      dc_pool_dispatch (pool);
+      dc_context_leave (&pool->ctx);
+    }
+  else
+    /* Another thread runs the pool's context: workers fork only there. */
+    dc_pool_post (pool, call);
 }
 
 /* Calls made in other threads.  Their tasks are older than this dispatch,
@@ -508,24 +579,9 @@ deliver_incoming (GQueue   *calls,
   GList *link;
 
   while ((link = g_queue_pop_head_link (calls)) != NULL)
-    {
-      GError *why = NULL;
-      GTask *task = pool_take (pool, link->data, &why);
-
-      if (task != NULL)
-        {
-          g_queue_push_tail (&refused, task);
-          g_queue_push_tail (&refused, why);
-        }
-    }
+    pool_take (pool, link->data, &refused);
   dc_pool_dispatch (pool);
-
-  while (!g_queue_is_empty (&refused))
-    {
-      g_autoptr(GTask) task = g_queue_pop_head (&refused);
-
-      g_task_return_error (task, g_queue_pop_head (&refused));
-    }
+  return_refused (&refused);
   dc_pool_unref (pool);
 }
 
@@ -722,6 +778,7 @@ dc_pool_shutdown (DcPool *pool)
 
       dc_call_detach (call);
       g_queue_push_tail_link (&calls, &call->link);
+      take_batch (call, &calls);
     }
 
   workers = hold_workers (pool);

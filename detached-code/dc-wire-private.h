@@ -49,7 +49,13 @@ typedef enum
   /* Progress: only for a call whose frame had DC_WIRE_FLAG_PROGRESS, with
    * its serial, while it runs; no descriptor but a memfd payload. */
   DC_WIRE_PROGRESS,          /* payload: the marshalled progress value */
-  DC_WIRE_LAST_TYPE = DC_WIRE_PROGRESS,
+  /* Maps: one frame per chunk of items, each way. */
+  DC_WIRE_CHUNK,             /* parent -> worker; payload: the chunk's items, an "aT"
+                              * array laid out as the variant marshaller does */
+  DC_WIRE_CHUNK_RESULT,      /* worker -> parent; payload: DC_WIRE_CHUNK_HEAD_SIZE bytes
+                              * (see DcWireChunkHead), then the "av" of the results or
+                              * the failing item's reply */
+  DC_WIRE_LAST_TYPE = DC_WIRE_CHUNK_RESULT,
 } DcWireType;
 
 typedef enum
@@ -62,6 +68,21 @@ typedef enum
   DC_WIRE_FLAG_PROGRESS = 1 << 1,
   DC_WIRE_KNOWN_FLAGS = DC_WIRE_FLAG_MEMFD | DC_WIRE_FLAG_PROGRESS,
 } DcWireFlags;
+
+/* The start of a DC_WIRE_CHUNK_RESULT payload.  @failure is 0 when every
+ * item succeeded: the "av" of their results follows.  Otherwise it is the
+ * type of the reply the first failing item would have had as a call
+ * (DC_WIRE_ERROR, _NULL_RESULT or _MARSHAL_FAILED), @index is that item's
+ * place in the chunk, and that reply's payload follows.  8 bytes, so that
+ * what follows stays 8-aligned. */
+typedef struct
+{
+  guint32 failure;
+  guint32 index;
+} DcWireChunkHead;
+
+#define DC_WIRE_CHUNK_HEAD_SIZE 8
+G_STATIC_ASSERT (sizeof (DcWireChunkHead) == DC_WIRE_CHUNK_HEAD_SIZE);
 
 /* At most what one sendmsg() may carry (SCM_MAX_FD). */
 #define DC_WIRE_MAX_FDS 253
@@ -174,6 +195,13 @@ GBytes   *dc_wire_marshal_split          (DcMarshaller         marshaller,
                                           GVariant            *value,
                                           GVariant           **body,
                                           GError             **error);
+/* Whether the flat marshaller carries values of @type. */
+gboolean  dc_wire_flat_type_ok           (const GVariantType  *type);
+
+/* The payload of a DC_WIRE_MARSHAL_FAILED reply: the reason, then the
+ * type string of the value that could not travel. */
+GBytes   *dc_wire_encode_marshal_failed  (DcWireMarshalStatus  status,
+                                          const char          *type_string);
 
 /* Set DC_DETACHED_CODE_ERROR_MARSHAL (marshal) or _PROTOCOL (unmarshal). */
 GBytes   *dc_wire_marshal                (DcMarshaller        marshaller,
@@ -322,6 +350,71 @@ void      dc_wire_frame_head_init        (DcWireFrameHead    *head,
 /* Adds DcWireFlags to the header in @head. */
 void      dc_wire_frame_head_add_flags   (DcWireFrameHead    *head,
                                           guint               flags);
+/* ---- serialized arrays ----
+ *
+ * A map's items travel, and its results come back, as serialized GVariant
+ * arrays cut and joined without a GVariant per element: an array's bytes
+ * are its elements (each at its type's alignment) and, for elements of
+ * variable size, a table of where each ends, whose width depends on the
+ * whole array's size.  A view is a range of the elements of one array. */
+typedef struct
+{
+  const guint8 *data;        /* the whole array */
+  gsize         size;
+  gsize         fixed_size;  /* of an element; 0 for a variable size */
+  gsize         alignment;   /* of an element: 1, 2, 4 or 8 */
+  gsize         offset_size; /* of the end table; 0 for fixed-size elements */
+  gsize         n_elements;  /* in the whole array */
+  gsize         first;       /* the view */
+  gsize         n;
+} DcWireArray;
+
+/* The layout of @element_type: its fixed size (0 for a variable size) and
+ * its alignment. */
+void      dc_wire_type_layout            (const GVariantType *element_type,
+                                          gsize              *fixed_size,
+                                          gsize              *alignment);
+/* Whether every string of bytes of @type's size (for a fixed size; for an
+ * array of such, of a multiple of it) is a value in normal form: no
+ * boolean, no padding, no variable-size part to frame. */
+gboolean  dc_wire_type_any_bytes_normal  (const GVariantType *type);
+/* A chunk's items: trusted, since the parent sends them in normal form. */
+GVariant *dc_wire_unmarshal_chunk        (GBytes             *payload);
+/* A view of all the elements of the serialized array at @data.  FALSE if
+ * its framing is not in normal form (ends out of order or out of bounds,
+ * a size that is not a multiple of the element's): such bytes may come from
+ * a worker, or be a caller's untrusted variant. */
+gboolean  dc_wire_array_init             (DcWireArray        *array,
+                                          const GVariantType *element_type,
+                                          const guint8       *data,
+                                          gsize               size);
+/* Where element @i (of the whole array) lies. */
+void      dc_wire_array_element          (const DcWireArray  *array,
+                                          gsize               i,
+                                          gsize              *start,
+                                          gsize              *end);
+/* Appends to @out, whose length must be a multiple of 8, the serialized
+ * array of the elements of @views, in order.  They must share one element
+ * type.  Per element, only an end is rewritten: no allocation. */
+void      dc_wire_array_append_views     (GByteArray         *out,
+                                          const DcWireArray  *views,
+                                          guint               n_views);
+/* Zero padding at the end of @out up to @alignment, counted from @base. */
+void      dc_wire_pad                    (GByteArray         *out,
+                                          gsize               base,
+                                          gsize               alignment);
+/* Ends an array of variable-size elements whose bodies were appended to
+ * @out from @body_start on: appends the table of @ends (relative to
+ * @body_start). */
+void      dc_wire_array_append_ends      (GByteArray         *out,
+                                          gsize               body_start,
+                                          const gsize        *ends,
+                                          gsize               n);
+/* The start of a variant-marshalled payload for a value of @type_string:
+ * what dc_wire_unmarshal_raw() expects before the serialized data.
+ * Leaves @out's length a multiple of 8. */
+void      dc_wire_append_variant_head    (GByteArray         *out,
+                                          const char         *type_string);
 
 /* Bytes held in recycled payload buffers (for tests). */
 gsize     dc_wire_buffer_cache_size      (void);

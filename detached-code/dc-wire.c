@@ -282,8 +282,8 @@ dc_wire_append_frame (GByteArray *out,
 
 enum { FLAT_NOTHING, FLAT_JUST, FLAT_STRING };
 
-static gboolean
-flat_type_ok (const GVariantType *type)
+gboolean
+dc_wire_flat_type_ok (const GVariantType *type)
 {
   const GVariantType *item;
 
@@ -308,7 +308,7 @@ flat_marshal (GVariant            *value,
   gsize n_items, i;
   guint32 n32;
 
-  if (!flat_type_ok (g_variant_get_type (value)))
+  if (!dc_wire_flat_type_ok (g_variant_get_type (value)))
     {
       *status = DC_WIRE_MARSHAL_BAD_TYPE;
       return NULL;
@@ -429,9 +429,35 @@ variant_data_offset (gsize type_len)
   return (4 + type_len + 1 + 7) & ~(gsize) 7;
 }
 
-/* The head of a variant message (type length, type string, padding) in
- * @buf, which has room for variant_data_offset() bytes.  FALSE when the
- * whole message would exceed the limit. */
+/* Writes the head of a variant message for @type_string (type length,
+ * type string, padding) at @buf, variant_data_offset() bytes. */
+static void
+variant_head_write (guint8     *buf,
+                    const char *type_string,
+                    gsize       type_len)
+{
+  guint32 type_len32 = (guint32) type_len;
+
+  memcpy (buf, &type_len32, 4);
+  memcpy (buf + 4, type_string, type_len);
+  memset (buf + 4 + type_len, 0, variant_data_offset (type_len) - 4 - type_len);
+}
+
+void
+dc_wire_append_variant_head (GByteArray *out,
+                             const char *type_string)
+{
+  gsize type_len = strlen (type_string);
+  gsize start = out->len;
+
+  g_assert (start % 8 == 0);
+  g_byte_array_set_size (out, start + variant_data_offset (type_len));
+  variant_head_write (out->data + start, type_string, type_len);
+}
+
+/* The head of a variant message in @buf, which has room for
+ * variant_data_offset() bytes.  FALSE when the whole message would exceed
+ * the limit. */
 static gboolean
 variant_head_encode (GVariant *value,
                      guint8   *buf,
@@ -440,16 +466,12 @@ variant_head_encode (GVariant *value,
   const char *type_string = g_variant_get_type_string (value);
   gsize type_len = strlen (type_string);
   gsize offset = variant_data_offset (type_len);
-  guint32 type_len32 = (guint32) type_len;
 
   *offset_out = offset;
   if (g_variant_get_size (value) > DC_WIRE_MAX_PAYLOAD - offset)
     return FALSE;
-  if (buf == NULL)
-    return TRUE;
-  memcpy (buf, &type_len32, 4);
-  memcpy (buf + 4, type_string, type_len);
-  memset (buf + 4 + type_len, 0, offset - 4 - type_len);
+  if (buf != NULL)
+    variant_head_write (buf, type_string, type_len);
   return TRUE;
 }
 
@@ -496,8 +518,11 @@ variant_body (GVariant *value)
   return g_variant_ref (value);
 }
 
+/* @trusted: the bytes come from the parent, which sends only values in
+ * normal form. */
 static GVariant *
-variant_unmarshal (GBytes *payload)
+variant_unmarshal (GBytes   *payload,
+                   gboolean  trusted)
 {
   gsize size, offset;
   const guint8 *data = g_bytes_get_data (payload, &size);
@@ -547,7 +572,7 @@ variant_unmarshal (GBytes *payload)
   }
 
   return g_variant_ref_sink (g_variant_new_from_data (G_VARIANT_TYPE (type_string),
-                                                      data + offset, size - offset, FALSE,
+                                                      data + offset, size - offset, trusted,
                                                       (GDestroyNotify) g_bytes_unref,
                                                       g_bytes_ref (payload)));
 }
@@ -577,8 +602,14 @@ dc_wire_unmarshal_raw (DcMarshaller  marshaller,
       return flat_unmarshal (payload);
     case DC_MARSHALLER_VARIANT:
     default:
-      return variant_unmarshal (payload);
+      return variant_unmarshal (payload, FALSE);
     }
+}
+
+GVariant *
+dc_wire_unmarshal_chunk (GBytes *payload)
+{
+  return variant_unmarshal (payload, TRUE);
 }
 
 void
@@ -677,6 +708,331 @@ dc_wire_unmarshal (DcMarshaller   marshaller,
                          marshaller == DC_MARSHALLER_FLAT ? _("Malformed flat message")
                                                           : _("Malformed variant message"));
   return value;
+}
+
+GBytes *
+dc_wire_encode_marshal_failed (DcWireMarshalStatus  status,
+                               const char          *type_string)
+{
+  gsize len = strlen (type_string);
+  guint32 reason = status;
+  guint8 *body = g_malloc (4 + len);
+
+  memcpy (body, &reason, 4);
+  memcpy (body + 4, type_string, len);
+  return g_bytes_new_take (body, 4 + len);
+}
+
+/* ---- serialized arrays ---- */
+
+void
+dc_wire_type_layout (const GVariantType *type,
+                     gsize              *fixed_size,
+                     gsize              *alignment)
+{
+  const char *s = g_variant_type_peek_string (type);
+  const GVariantType *member;
+  gsize align = 1, size = 0, member_size, member_align;
+  gboolean fixed = TRUE;
+
+  switch (s[0])
+    {
+    case 'b': case 'y':
+      *fixed_size = 1, *alignment = 1;
+      return;
+    case 'n': case 'q':
+      *fixed_size = 2, *alignment = 2;
+      return;
+    case 'i': case 'u': case 'h':
+      *fixed_size = 4, *alignment = 4;
+      return;
+    case 'x': case 't': case 'd':
+      *fixed_size = 8, *alignment = 8;
+      return;
+    case 's': case 'o': case 'g':
+      *fixed_size = 0, *alignment = 1;
+      return;
+    case 'v':
+      *fixed_size = 0, *alignment = 8;
+      return;
+    case 'a': case 'm':
+      dc_wire_type_layout (g_variant_type_element (type), &member_size, alignment);
+      *fixed_size = 0;
+      return;
+    default:
+      break;
+    }
+
+  /* A tuple or a dictionary entry: members at their alignment, the whole
+   * padded to the largest; the unit tuple takes one byte. */
+  g_assert (g_variant_type_is_tuple (type) || g_variant_type_is_dict_entry (type));
+  for (member = g_variant_type_first (type); member != NULL; member = g_variant_type_next (member))
+    {
+      dc_wire_type_layout (member, &member_size, &member_align);
+      align = MAX (align, member_align);
+      size = (size + member_align - 1) & ~(member_align - 1);
+      size += member_size;
+      if (member_size == 0)
+        fixed = FALSE;
+    }
+  *alignment = align;
+  if (!fixed)
+    *fixed_size = 0;
+  else if (size == 0)
+    *fixed_size = 1;
+  else
+    *fixed_size = (size + align - 1) & ~(align - 1);
+}
+
+gboolean
+dc_wire_type_any_bytes_normal (const GVariantType *type)
+{
+  const char *s = g_variant_type_peek_string (type);
+  const GVariantType *member;
+  gsize size = 0, fixed, alignment, member_size, member_align;
+
+  if (strchr ("ynqiuxtdh", s[0]) != NULL)
+    return TRUE;
+  if (s[0] == 'a')
+    {
+      /* Any multiple of the element's size: checked by the caller. */
+      dc_wire_type_layout (g_variant_type_element (type), &fixed, &alignment);
+      return fixed > 0 && dc_wire_type_any_bytes_normal (g_variant_type_element (type));
+    }
+  if (!g_variant_type_is_tuple (type) && !g_variant_type_is_dict_entry (type))
+    return FALSE;
+
+  /* A tuple of such members with no padding anywhere (padding must be
+   * zero); the unit tuple's byte must be too. */
+  for (member = g_variant_type_first (type); member != NULL; member = g_variant_type_next (member))
+    {
+      dc_wire_type_layout (member, &member_size, &member_align);
+      if (member_size == 0 || size % member_align != 0 || !dc_wire_type_any_bytes_normal (member))
+        return FALSE;
+      size += member_size;
+    }
+  dc_wire_type_layout (type, &fixed, &alignment);
+  return size > 0 && size == fixed;
+}
+
+/* How wide the end table of an array of @size bytes is. */
+static gsize
+offset_size_for (gsize size)
+{
+  if (size > G_MAXUINT32)
+    return 8;
+  if (size > G_MAXUINT16)
+    return 4;
+  if (size > G_MAXUINT8)
+    return 2;
+  return size > 0 ? 1 : 0;
+}
+
+static gsize
+read_offset (const guint8 *p,
+             gsize         width)
+{
+  guint64 value = 0;
+
+  /* Little-endian, as GVariant lays it out on every machine we run on;
+   * both ends are the same program on the same machine. */
+  memcpy (&value, p, width);
+  return (gsize) GUINT64_FROM_LE (value);
+}
+
+static void
+write_offset (guint8 *p,
+              gsize   width,
+              gsize   value)
+{
+  guint64 le = GUINT64_TO_LE ((guint64) value);
+
+  memcpy (p, &le, width);
+}
+
+static gsize
+align_up (gsize pos,
+          gsize alignment)
+{
+  return (pos + alignment - 1) & ~(alignment - 1);
+}
+
+gboolean
+dc_wire_array_init (DcWireArray        *array,
+                    const GVariantType *element_type,
+                    const guint8       *data,
+                    gsize               size)
+{
+  gsize last_end, i, prev_end = 0;
+
+  memset (array, 0, sizeof *array);
+  array->data = data;
+  array->size = size;
+  dc_wire_type_layout (element_type, &array->fixed_size, &array->alignment);
+
+  if (array->fixed_size > 0)
+    {
+      if (size % array->fixed_size != 0)
+        return FALSE;
+      array->n_elements = array->n = size / array->fixed_size;
+      return TRUE;
+    }
+  if (size == 0)
+    return TRUE;
+
+  array->offset_size = offset_size_for (size);
+  last_end = read_offset (data + size - array->offset_size, array->offset_size);
+  if (last_end > size || (size - last_end) % array->offset_size != 0)
+    return FALSE;
+  array->n_elements = array->n = (size - last_end) / array->offset_size;
+  if (array->n == 0)
+    return FALSE;
+
+  /* Each element starts at its alignment after the one before and ends
+   * within the bodies: one pass, no allocation. */
+  for (i = 0; i < array->n; i++)
+    {
+      gsize end = read_offset (data + last_end + i * array->offset_size, array->offset_size);
+
+      if (end < align_up (prev_end, array->alignment) || end > last_end)
+        return FALSE;
+      prev_end = end;
+    }
+  /* A body's padding must be what GVariant writes: a start past the end
+   * of the bodies (the padding of an empty last element) is not. */
+  return prev_end == last_end;
+}
+
+static gsize
+element_end (const DcWireArray *array,
+             gsize              i)
+{
+  gsize last_end;
+
+  if (array->fixed_size > 0)
+    return (i + 1) * array->fixed_size;
+  last_end = array->size - array->n_elements * array->offset_size;
+  return read_offset (array->data + last_end + i * array->offset_size, array->offset_size);
+}
+
+void
+dc_wire_array_element (const DcWireArray *array,
+                       gsize              i,
+                       gsize             *start,
+                       gsize             *end)
+{
+  g_assert (i < array->n_elements);
+
+  if (array->fixed_size > 0)
+    *start = i * array->fixed_size;
+  else
+    *start = i == 0 ? 0 : align_up (element_end (array, i - 1), array->alignment);
+  *end = element_end (array, i);
+}
+
+void
+dc_wire_pad (GByteArray *out,
+        gsize       base,
+        gsize       alignment)
+{
+  gsize len = out->len;
+  gsize padded = base + align_up (len - base, alignment);
+
+  if (padded == len)
+    return;
+  g_byte_array_set_size (out, padded);
+  memset (out->data + len, 0, padded - len);
+}
+
+/* The width of the end table of @n elements whose bodies take @body
+ * bytes: it depends on the size it makes, table included. */
+static gsize
+table_width (gsize body,
+             gsize n)
+{
+  if (body + n <= G_MAXUINT8)
+    return 1;
+  if (body + 2 * n <= G_MAXUINT16)
+    return 2;
+  if (body + 4 * n <= G_MAXUINT32)
+    return 4;
+  return 8;
+}
+
+void
+dc_wire_array_append_ends (GByteArray  *out,
+                           gsize        body_start,
+                           const gsize *ends,
+                           gsize        n)
+{
+  gsize width = table_width (out->len - body_start, n), i;
+  guint8 *p;
+
+  if (n == 0)
+    return;
+  g_byte_array_set_size (out, out->len + n * width);
+  p = out->data + out->len - n * width;
+  for (i = 0; i < n; i++, p += width)
+    write_offset (p, width, ends[i]);
+}
+
+void
+dc_wire_array_append_views (GByteArray        *out,
+                            const DcWireArray *views,
+                            guint              n_views)
+{
+  gsize body_start = out->len, total = 0, v, i, k, width;
+  guint8 *table;
+
+  g_assert (body_start % 8 == 0);
+
+  if (n_views > 0 && views[0].fixed_size > 0)
+    {
+      for (v = 0; v < n_views; v++)
+        g_byte_array_append (out, views[v].data + views[v].first * views[v].fixed_size,
+                             views[v].n * views[v].fixed_size);
+      return;
+    }
+
+  /* The bodies, each view's in one copy at a position of its alignment;
+   * then the table, each end moved by where its view landed. */
+  for (v = 0; v < n_views; v++)
+    {
+      const DcWireArray *view = &views[v];
+      gsize start, end, last_start, last_end;
+
+      if (view->n == 0)
+        continue;
+      dc_wire_array_element (view, view->first, &start, &end);
+      dc_wire_array_element (view, view->first + view->n - 1, &last_start, &last_end);
+      dc_wire_pad (out, body_start, view->alignment);
+      g_byte_array_append (out, view->data + start, last_end - start);
+      total += view->n;
+    }
+  if (total == 0)
+    return;
+
+  width = table_width (out->len - body_start, total);
+  g_byte_array_set_size (out, out->len + total * width);
+  table = out->data + out->len - total * width;
+
+  k = 0;   /* where the current view's bodies end, relative to the array */
+  for (v = 0; v < n_views; v++)
+    {
+      const DcWireArray *view = &views[v];
+      gsize start, end, landed;
+
+      if (view->n == 0)
+        continue;
+      dc_wire_array_element (view, view->first, &start, &end);
+      landed = align_up (k, view->alignment);
+      for (i = view->first; i < view->first + view->n; i++, table += width)
+        {
+          end = element_end (view, i);
+          write_offset (table, width, end - start + landed);
+        }
+      k = end - start + landed;
+    }
 }
 
 /* ---- errors ---- */

@@ -293,6 +293,16 @@ idle_timeout_cb (gpointer data)
 
 static gboolean call_timeout_cb (gpointer data);
 
+/* A map's chunk may take call-timeout for each of its items. */
+static guint
+call_limit (DcWorkerProc *proc,
+            DcCall       *call)
+{
+  guint64 limit = (guint64) proc->settings->call_timeout * MAX (call->n_items, 1);
+
+  return (guint) MIN (limit, (guint64) G_MAXUINT);
+}
+
 /* The limit counts from when the call runs: from its write to an idle
  * worker, or, pipelined, from the reply of the call before it.  Time in
  * the queue, or behind another call, does not count. */
@@ -304,7 +314,7 @@ proc_arm_timeout (DcWorkerProc *proc)
   if (proc->settings == NULL || proc->settings->call_timeout == 0 || head == NULL ||
       head->timeout_source != NULL || proc->state == DC_WORKER_PROC_LOST)
     return;
-  head->timeout_source = g_timeout_source_new (proc->settings->call_timeout);
+  head->timeout_source = g_timeout_source_new (call_limit (proc, head));
   g_source_set_callback (head->timeout_source, call_timeout_cb, head, NULL);
   g_source_attach (head->timeout_source, proc->context);
 }
@@ -323,7 +333,7 @@ call_timeout_cb (gpointer data)
   if (call->where != DC_CALL_SENT || proc == NULL || proc->settings == NULL)
     return G_SOURCE_REMOVE;
 
-  limit = proc->settings->call_timeout;
+  limit = call_limit (proc, call);
   running = dc_worker_proc_is_running (proc, call);
   pid = proc->pid;
   task = dc_call_steal_task (call);
@@ -525,11 +535,13 @@ proc_append_call (DcWorkerProc *proc,
                (call->body != NULL ? g_variant_get_size (call->body) : 0);
   guint threshold = proc->settings->memfd_threshold;
   guint n_fds = call->fd_list != NULL ? (guint) g_unix_fd_list_get_length (call->fd_list) : 0;
+  DcWireType type = call->n_items > 0 ? DC_WIRE_CHUNK : DC_WIRE_CALL;
   DcWireFrameHead head;
 
-  /* Made once, and kept for a resend. */
-  if (dc_channel_is_socket (proc->channel) && call->memfd < 0 && threshold > 0 &&
-      size >= threshold)
+  /* Made once, and kept for a resend.  A map's chunk always travels on
+   * the stream: the worker takes no descriptor with one. */
+  if (dc_channel_is_socket (proc->channel) && type == DC_WIRE_CALL && call->memfd < 0 &&
+      threshold > 0 && size >= threshold)
     {
       gsize head_len;
       const guint8 *head_data = g_bytes_get_data (call->payload, &head_len);
@@ -558,7 +570,7 @@ proc_append_call (DcWorkerProc *proc,
       proc_push_mark (proc, mark);
     }
 
-  dc_wire_frame_head_init (&head, DC_WIRE_CALL, call->serial, call->payload, call->body,
+  dc_wire_frame_head_init (&head, type, call->serial, call->payload, call->body,
                            call->memfd >= 0, n_fds);
   if (call->progress != NULL)
     dc_wire_frame_head_add_flags (&head, DC_WIRE_FLAG_PROGRESS);
@@ -692,6 +704,185 @@ reject (DcWorkerProc *proc,
   return FALSE;
 }
 
+/* The value or error a call's reply carries.  Returns why it is
+ * malformed, or NULL. */
+static const char *
+decode_reply (DcWorkerProc  *proc,
+              guint          type,
+              GBytes        *payload,
+              GVariant     **value,
+              GError       **error)
+{
+  switch ((DcWireType) type)
+    {
+    case DC_WIRE_RESULT:
+      *value = dc_wire_unmarshal_raw (proc->settings->marshaller, payload);
+      if (*value == NULL)
+        return proc->settings->marshaller == DC_MARSHALLER_FLAT ? _("Malformed flat message")
+                                                                : _("Malformed variant message");
+      return NULL;
+
+    case DC_WIRE_ERROR:
+      *error = dc_wire_decode_error (payload, NULL);
+      return *error == NULL ? _("a malformed error report") : NULL;
+
+    case DC_WIRE_NULL_RESULT:
+      *error = g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_FAILED,
+                                    _("The code returned no value and set no error"));
+      return NULL;
+
+    case DC_WIRE_MARSHAL_FAILED:
+      *error = marshal_failed_error (payload);
+      return *error == NULL ? _("a malformed marshalling report") : NULL;
+
+    case DC_WIRE_CALL:
+    case DC_WIRE_SETUP_FAILED:
+    case DC_WIRE_SANDBOX_STOPPED:
+    case DC_WIRE_CHUNK:
+    case DC_WIRE_CHUNK_RESULT:
+    case DC_WIRE_PROGRESS:
+    default:
+      g_assert_not_reached ();
+    }
+}
+
+/* How a result's value is checked, by its type. */
+typedef enum
+{
+  VALUE_ANY_BYTES,     /* any bytes of its fixed size are in normal form */
+  VALUE_ANY_ELEMENTS,  /* an array of such: any multiple of their size */
+  VALUE_ASK_GLIB,      /* g_variant_is_normal_form() on it */
+} ValueCheck;
+
+/* Whether each element of the "av" @array is a variant GLib would read
+ * back as sent: zero padding before it; after the last NUL, a type string
+ * that is whole and definite (and one the flat marshaller carries, under
+ * it); a fixed-size value of its type's size.  *@normal tells whether
+ * every value is in normal form, so that the results may be loaded as
+ * trusted (GLib 2.74 reaches the children of an untrusted array in time
+ * quadratic in their number).  Results of one type come in runs: a type
+ * like the one before is not looked at again. */
+static gboolean
+results_framed (DcWorkerProc      *proc,
+                const DcWireArray *array,
+                gboolean          *normal)
+{
+  char seen[64] = "";
+  gsize seen_len = 0, seen_fixed = 0, prev_end = 0, i;
+  ValueCheck check = VALUE_ASK_GLIB;
+
+  *normal = TRUE;
+  for (i = 0; i < array->n_elements; i++)
+    {
+      gsize start, end, nul, type_len, fixed, alignment;
+      const char *type_string;
+      const char *scanned;
+
+      dc_wire_array_element (array, i, &start, &end);
+      for (; prev_end < start; prev_end++)
+        if (array->data[prev_end] != 0)
+          return FALSE;
+      prev_end = end;
+      for (nul = end; nul > start && array->data[nul - 1] != '\0'; nul--)
+        ;
+      if (nul == start)
+        return FALSE;
+      nul--;
+      type_string = (const char *) array->data + nul + 1;
+      type_len = end - nul - 1;
+
+      if (type_len != seen_len || memcmp (type_string, seen, type_len) != 0)
+        {
+          const GVariantType *type = (const GVariantType *) type_string;
+
+          if (!g_variant_type_string_scan (type_string, type_string + type_len, &scanned) ||
+              scanned != type_string + type_len || !g_variant_type_is_definite (type) ||
+              (proc->settings->marshaller == DC_MARSHALLER_FLAT && !dc_wire_flat_type_ok (type)))
+            return FALSE;
+          dc_wire_type_layout (type, &fixed, &alignment);
+          seen_fixed = fixed;
+          check = VALUE_ASK_GLIB;
+          if (dc_wire_type_any_bytes_normal (type))
+            {
+              check = fixed > 0 ? VALUE_ANY_BYTES : VALUE_ANY_ELEMENTS;
+              if (fixed == 0)
+                dc_wire_type_layout (g_variant_type_element (type), &seen_fixed, &alignment);
+            }
+          seen_len = 0;
+          if (type_len < sizeof seen)
+            {
+              memcpy (seen, type_string, type_len);
+              seen_len = type_len;
+            }
+        }
+
+      /* A fixed size that is not its type's is a lie (GLib would copy
+       * the whole value to read it as the default one); other values may
+       * come from the code as they are. */
+      if (check != VALUE_ANY_ELEMENTS && seen_fixed != 0 && nul - start != seen_fixed)
+        return FALSE;
+      if (check == VALUE_ANY_ELEMENTS && (nul - start) % seen_fixed != 0)
+        *normal = FALSE;
+      else if (check == VALUE_ASK_GLIB && *normal)
+        {
+          g_autofree char *type_copy = g_strndup (type_string, type_len);
+          g_autoptr(GVariant) value = g_variant_ref_sink (
+              g_variant_new_from_data (G_VARIANT_TYPE (type_copy), array->data + start, nul - start,
+                                       FALSE, NULL, NULL));
+
+          *normal = g_variant_is_normal_form (value);
+        }
+    }
+  return TRUE;
+}
+
+/* What a chunk's reply carries: the "av" of its results, or the error of
+ * its first failing item, whose place is noted for the map.  Returns why
+ * it is malformed, or NULL. */
+static const char *
+decode_chunk_reply (DcWorkerProc  *proc,
+                    DcCall        *call,
+                    GBytes        *payload,
+                    GVariant     **value,
+                    GError       **error)
+{
+  gsize size;
+  const guint8 *data = g_bytes_get_data (payload, &size);
+  g_autoptr(GBytes) body = NULL;
+  DcWireChunkHead head;
+  DcWireArray results;
+  gboolean normal;
+  const char *why;
+
+  if (size < DC_WIRE_CHUNK_HEAD_SIZE)
+    return _("a malformed chunk reply");
+  memcpy (&head, data, sizeof head);
+  body = g_bytes_new_from_bytes (payload, DC_WIRE_CHUNK_HEAD_SIZE, size - DC_WIRE_CHUNK_HEAD_SIZE);
+
+  if (head.failure == 0)
+    {
+      if (head.index != 0 ||
+          !dc_wire_array_init (&results, G_VARIANT_TYPE_VARIANT, data + DC_WIRE_CHUNK_HEAD_SIZE,
+                               size - DC_WIRE_CHUNK_HEAD_SIZE) ||
+          results.n_elements != call->n_items || !results_framed (proc, &results, &normal))
+        return _("a chunk reply without one result per item");
+      /* Its framing is as checked, and its values in normal form, or read
+       * as untrusted. */
+      if (!normal)
+        g_atomic_int_set (&call->group->untrusted, TRUE);
+      *value = g_variant_ref_sink (g_variant_new_from_bytes (G_VARIANT_TYPE ("av"), body, normal));
+      return NULL;
+    }
+
+  if ((head.failure != DC_WIRE_ERROR && head.failure != DC_WIRE_NULL_RESULT &&
+       head.failure != DC_WIRE_MARSHAL_FAILED) || head.index >= call->n_items)
+    return _("a malformed chunk reply");
+  why = decode_reply (proc, head.failure, body, value, error);
+  if (why == NULL)
+    dc_call_chunk_failed (call, head.index);
+  return why;
+}
+
 static gboolean
 handle_frame (gpointer            data,
               const DcWireHeader *header,
@@ -736,7 +927,9 @@ handle_frame (gpointer            data,
   call = g_queue_peek_head (&proc->inflight);
   if (call == NULL)
     return reject (proc, _("a reply without a call"));
-  if (header->type == DC_WIRE_CALL)
+  /* A chunk is answered by a chunk reply, a call by a call's. */
+  if (header->type == DC_WIRE_CALL || header->type == DC_WIRE_CHUNK ||
+      (header->type == DC_WIRE_CHUNK_RESULT) != (call->n_items > 0))
     return reject (proc, _("a message of the wrong type"));
   if (header->serial != call->serial)
     return reject (proc, _("a reply out of order"));
@@ -759,41 +952,19 @@ handle_frame (gpointer            data,
       return TRUE;
     }
 
-  switch ((DcWireType) header->type)
+  if (header->type == DC_WIRE_CHUNK_RESULT)
     {
-    case DC_WIRE_RESULT:
-      value = dc_wire_unmarshal (proc->settings->marshaller, payload, &error);
-      if (value == NULL)
-        {
-          g_autoptr(GError) why = error;
+      const char *why = decode_chunk_reply (proc, call, payload, &value, &error);
 
-          return reject (proc, why->message);
-        }
-      break;
+      if (why != NULL)
+        return reject (proc, why);
+    }
+  else
+    {
+      const char *why = decode_reply (proc, header->type, payload, &value, &error);
 
-    case DC_WIRE_ERROR:
-      error = dc_wire_decode_error (payload, NULL);
-      if (error == NULL)
-        return reject (proc, _("a malformed error report"));
-      break;
-
-    case DC_WIRE_NULL_RESULT:
-      error = g_error_new_literal (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_FAILED,
-                                   _("The code returned no value and set no error"));
-      break;
-
-    case DC_WIRE_MARSHAL_FAILED:
-      error = marshal_failed_error (payload);
-      if (error == NULL)
-        return reject (proc, _("a malformed marshalling report"));
-      break;
-
-    case DC_WIRE_CALL:
-    case DC_WIRE_SETUP_FAILED:
-    case DC_WIRE_SANDBOX_STOPPED:
-    case DC_WIRE_PROGRESS:
-    default:
-      g_assert_not_reached ();
+      if (why != NULL)
+        return reject (proc, why);
     }
 
   g_queue_unlink (&proc->inflight, &call->link);

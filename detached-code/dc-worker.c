@@ -305,6 +305,10 @@ typedef struct
   GArray             *rx_fds;          /* received, not yet claimed by a frame */
   GByteArray         *out;
   int                 exit_status;
+  /* A chunk's reply as it is built, and where each result ends: kept
+   * from chunk to chunk. */
+  GByteArray         *chunk_out;
+  GArray             *chunk_ends;
 } Serve;
 
 /* Writes every byte of @iov (which it consumes), whatever the partial
@@ -554,13 +558,126 @@ send_marshal_failed (Serve      *serve,
                      guint32     reason,
                      const char *type_string)
 {
-  g_autoptr(GByteArray) body = g_byte_array_new ();
-  g_autoptr(GBytes) body_bytes = NULL;
+  g_autoptr(GBytes) body = dc_wire_encode_marshal_failed (reason, type_string);
 
-  g_byte_array_append (body, (const guint8 *) &reason, 4);
-  g_byte_array_append (body, (const guint8 *) type_string, strlen (type_string));
-  body_bytes = g_byte_array_free_to_bytes (g_steal_pointer (&body));
-  return send_frame (serve, DC_WIRE_MARSHAL_FAILED, serial, body_bytes, NULL, NULL);
+  return send_frame (serve, DC_WIRE_MARSHAL_FAILED, serial, body, NULL, NULL);
+}
+
+/* Runs the code on one item of a chunk and appends its result, as a
+ * variant, to the chunk's reply.  On a failure, returns the type of the
+ * reply the item would have had as a call, and its payload in *@failure. */
+static DcWireType
+run_item (Serve     *serve,
+          GVariant  *items,
+          gsize      i,
+          GBytes   **failure)
+{
+  const DcWorkerCode *code = serve->code;
+  GByteArray *out = serve->chunk_out;
+  g_autoptr(GVariant) args = g_variant_get_child_value (items, i);
+  g_autoptr(GVariant) result = NULL;
+  g_autoptr(GError) error = NULL;
+  const char *type_string;
+  gsize type_len, size, start, end;
+
+  result = code->func (args, code->user_data, &error);
+  if (result == NULL && error != NULL)
+    {
+      *failure = dc_wire_encode_error (error);
+      return DC_WIRE_ERROR;
+    }
+  if (result == NULL)
+    return DC_WIRE_NULL_RESULT;
+  g_variant_take_ref (result);
+
+  type_string = g_variant_get_type_string (result);
+  if (code->marshaller == DC_MARSHALLER_FLAT && !dc_wire_flat_type_ok (g_variant_get_type (result)))
+    {
+      *failure = dc_wire_encode_marshal_failed (DC_WIRE_MARSHAL_BAD_TYPE, type_string);
+      return DC_WIRE_MARSHAL_FAILED;
+    }
+
+  /* A variant in an array: at a multiple of 8, its value, a NUL, its
+   * type; written in place, with no copy of the result. */
+  type_len = strlen (type_string);
+  size = g_variant_get_size (result);
+  dc_wire_pad (out, DC_WIRE_CHUNK_HEAD_SIZE, 8);
+  start = out->len;
+  /* The ends' table takes up to 8 bytes per item. */
+  if (size + type_len + 8 * (serve->chunk_ends->len + 2) > DC_WIRE_MAX_PAYLOAD - start)
+    {
+      *failure = dc_wire_encode_marshal_failed (DC_WIRE_MARSHAL_TOO_LARGE, type_string);
+      return DC_WIRE_MARSHAL_FAILED;
+    }
+  g_byte_array_set_size (out, start + size + 1 + type_len);
+  g_variant_store (result, out->data + start);
+  out->data[start + size] = '\0';
+  memcpy (out->data + start + size + 1, type_string, type_len);
+  end = out->len - DC_WIRE_CHUNK_HEAD_SIZE;
+  g_array_append_val (serve->chunk_ends, end);
+  return 0;
+}
+
+/* Runs the code once per item of a chunk, in order, and stops at the first
+ * that fails: the reply carries every result, or that item's place and
+ * failure.  Returns FALSE when the worker must leave, as handle_call(). */
+static gboolean
+handle_chunk (Serve              *serve,
+              const DcWireHeader *header,
+              GBytes             *payload)
+{
+  g_autoptr(GVariant) items = dc_wire_unmarshal_chunk (payload);
+  g_autoptr(GBytes) failure = NULL;
+  g_autoptr(GBytes) reply = NULL;
+  DcWireChunkHead head = { 0, 0 };
+  GByteArray *out = serve->chunk_out;
+  gsize n, i;
+  gboolean ok;
+
+  /* The parent sends no chunk to code that takes descriptors. */
+  if (items == NULL || !g_variant_is_of_type (items, G_VARIANT_TYPE_ARRAY) ||
+      serve->code->func == NULL)
+    return leave (serve, DC_WORKER_EXIT_BAD_REQUEST);
+  n = g_variant_n_children (items);
+
+  if (serve->out->len > 0 && !replies_flush (serve))
+    return leave (serve, DC_WORKER_EXIT_CHANNEL);
+
+  g_byte_array_set_size (out, DC_WIRE_CHUNK_HEAD_SIZE);
+  g_array_set_size (serve->chunk_ends, 0);
+  for (i = 0; i < n && head.failure == 0; i++)
+    {
+      head.failure = run_item (serve, items, i, &failure);
+      head.index = head.failure != 0 ? (guint32) i : 0;
+    }
+
+  if (head.failure != 0)
+    {
+      g_byte_array_set_size (out, DC_WIRE_CHUNK_HEAD_SIZE);
+      if (failure != NULL)
+        g_byte_array_append (out, g_bytes_get_data (failure, NULL), g_bytes_get_size (failure));
+    }
+  else
+    dc_wire_array_append_ends (out, DC_WIRE_CHUNK_HEAD_SIZE,
+                               &g_array_index (serve->chunk_ends, gsize, 0), n);
+  memcpy (out->data, &head, sizeof head);
+
+  /* Written before this returns: the reply needs no copy of its own. */
+  reply = g_bytes_new_static (out->data, out->len);
+  ok = send_frame (serve, DC_WIRE_CHUNK_RESULT, header->serial, reply, NULL, NULL) &&
+       (head.failure == 0 || !serve->code->exit_on_die || replies_flush (serve));
+  /* The buffer is kept for the next chunk (filling a fresh one costs a
+   * page fault per page), unless it is huge. */
+  if (out->len > 16 * 1024 * 1024)
+    {
+      g_byte_array_unref (serve->chunk_out);
+      serve->chunk_out = g_byte_array_new ();
+    }
+  if (!ok)
+    return leave (serve, DC_WORKER_EXIT_CHANNEL);
+  if (head.failure != 0 && serve->code->exit_on_die)
+    return leave (serve, DC_WORKER_EXIT_OK);
+  return TRUE;
 }
 
 /* Calls the user's code.  Returns FALSE when the worker must leave: the
@@ -584,9 +701,11 @@ handle_call (gpointer            data,
   CurrentCall current = { 0, };
   gboolean ok;
 
-  if (header->type != DC_WIRE_CALL ||
+  if ((header->type != DC_WIRE_CALL && header->type != DC_WIRE_CHUNK) ||
       !dc_wire_claim_fds (serve->rx_fds, header, &payload, &fd_list, NULL))
     return leave (serve, DC_WORKER_EXIT_BAD_REQUEST);
+  if (header->type == DC_WIRE_CHUNK)
+    return handle_chunk (serve, header, payload);
 
   args = dc_wire_unmarshal_raw (code->marshaller, payload);
   if (args == NULL)
@@ -691,6 +810,8 @@ dc_worker_serve (int                 read_fd,
   serve.rx_fds = g_array_new (FALSE, FALSE, sizeof (int));
   serve.out = g_byte_array_new ();
   serve.exit_status = DC_WORKER_EXIT_OK;
+  serve.chunk_out = g_byte_array_new ();
+  serve.chunk_ends = g_array_new (FALSE, FALSE, sizeof (gsize));
 
   for (;;)
     {
@@ -724,6 +845,8 @@ dc_worker_serve (int                 read_fd,
   dc_wire_close_fds (serve.rx_fds);
   g_array_unref (serve.rx_fds);
   g_byte_array_unref (serve.out);
+  g_byte_array_unref (serve.chunk_out);
+  g_array_unref (serve.chunk_ends);
   dc_wire_reader_clear (&serve.reader);
   if (mapped)
     munmap (buf, SERVE_READ_SIZE);

@@ -882,6 +882,131 @@ test_flat_never_split (void)
   g_assert_true (g_bytes_equal (whole, split));
 }
 
+/* ---- serialized arrays ---- */
+
+/* @text parsed, in normal form, held. */
+static GVariant *
+parsed (const char *text)
+{
+  return g_variant_ref_sink (g_variant_new_parsed (text));
+}
+
+/* Cuts @array into views of @cut elements and joins them again: the bytes
+ * must be GLib's own serialization of the same elements. */
+static void
+check_rejoin (const char *text,
+              gsize       cut)
+{
+  g_autoptr(GVariant) array = parsed (text);
+  const GVariantType *element = g_variant_type_element (g_variant_get_type (array));
+  g_autoptr(GByteArray) out = g_byte_array_new ();
+  g_autofree DcWireArray *views = NULL;
+  DcWireArray all;
+  gsize n, i, n_views;
+
+  g_assert_true (dc_wire_array_init (&all, element, g_variant_get_data (array),
+                                     g_variant_get_size (array)));
+  n = g_variant_n_children (array);
+  g_assert_cmpuint (all.n_elements, ==, n);
+  n_views = (n + cut - 1) / cut;
+  views = g_new (DcWireArray, MAX (n_views, 1));
+  for (i = 0; i < n_views; i++)
+    {
+      views[i] = all;
+      views[i].first = i * cut;
+      views[i].n = MIN (cut, n - i * cut);
+    }
+  dc_wire_array_append_views (out, views, (guint) n_views);
+  g_assert_cmpmem (out->data, out->len, g_variant_get_data (array), g_variant_get_size (array));
+
+  /* And one view alone: GLib's array of those elements. */
+  if (n > 2)
+    {
+      g_autoptr(GVariantBuilder) builder = g_variant_builder_new (g_variant_get_type (array));
+      g_autoptr(GVariant) expected = NULL;
+      DcWireArray middle = all;
+
+      middle.first = 1;
+      middle.n = n - 2;
+      for (i = 1; i < n - 1; i++)
+        {
+          g_autoptr(GVariant) child = g_variant_get_child_value (array, i);
+
+          g_variant_builder_add_value (builder, child);
+        }
+      expected = g_variant_ref_sink (g_variant_builder_end (builder));
+      g_byte_array_set_size (out, 0);
+      dc_wire_array_append_views (out, &middle, 1);
+      g_assert_cmpmem (out->data, out->len, g_variant_get_data (expected),
+                       g_variant_get_size (expected));
+    }
+}
+
+static void
+test_array_rejoin (void)
+{
+  g_autoptr(GString) big = g_string_new ("[");
+  guint i;
+
+  check_rejoin ("[(1, 2), (3, 4), (5, 6), (7, 8)]", 3);
+  check_rejoin ("[<1>, <'two'>, <(3, 'three')>, <byte 4>]", 1);
+  check_rejoin ("[('a', int64 1), ('bb', 2), ('', 3), ('dddd', 4), ('e', 5)]", 2);
+  check_rejoin ("[@ay [], [byte 1], [2, 3], [4, 5, 6]]", 3);
+  /* Past 255 and 65535 bytes, the table widens. */
+  for (i = 0; i < 20000; i++)
+    g_string_append_printf (big, "%s('%u', %u)", i ? ", " : "", i, i);
+  g_string_append (big, "]");
+  check_rejoin (big->str, 333);
+  check_rejoin (big->str, 7);
+}
+
+static void
+test_array_layout (void)
+{
+  static const struct { const char *type; gsize fixed, alignment; gboolean any_bytes; } cases[] = {
+    { "y", 1, 1, TRUE }, { "b", 1, 1, FALSE }, { "i", 4, 4, TRUE }, { "d", 8, 8, TRUE },
+    { "s", 0, 1, FALSE }, { "v", 0, 8, FALSE }, { "ai", 0, 4, TRUE }, { "as", 0, 1, FALSE },
+    { "(i)", 4, 4, TRUE }, { "(yi)", 8, 4, FALSE }, { "(iy)", 8, 4, FALSE }, { "(ii)", 8, 4, TRUE },
+    { "()", 1, 1, FALSE }, { "(xs)", 0, 8, FALSE }, { "{yy}", 2, 1, TRUE }, { "mi", 0, 4, FALSE },
+  };
+  guint i;
+
+  for (i = 0; i < G_N_ELEMENTS (cases); i++)
+    {
+      g_autoptr(GVariant) keeper = g_variant_ref_sink (
+          g_variant_new_from_data (G_VARIANT_TYPE (cases[i].type), NULL, 0, FALSE, NULL, NULL));
+      gsize fixed, alignment;
+
+      dc_wire_type_layout (G_VARIANT_TYPE (cases[i].type), &fixed, &alignment);
+      g_assert_cmpuint (fixed, ==, cases[i].fixed);
+      /* GLib's own idea of the fixed size. */
+      g_assert_cmpuint (fixed, ==, g_variant_get_size (keeper));
+      g_assert_cmpuint (alignment, ==, cases[i].alignment);
+      g_assert_cmpint (dc_wire_type_any_bytes_normal (G_VARIANT_TYPE (cases[i].type)), ==,
+                       cases[i].any_bytes);
+    }
+}
+
+/* Framing that is not GLib's normal form is refused, never read past. */
+static void
+test_array_malformed (void)
+{
+  /* ["a", "bc"]: bodies "a\0bc\0", ends 2 and 5. */
+  static const guint8 good[] = { 'a', 0, 'b', 'c', 0, 2, 5 };
+  static const guint8 backwards[] = { 'a', 0, 'b', 'c', 0, 5, 2 };
+  static const guint8 past_end[] = { 'a', 0, 'b', 'c', 0, 2, 200 };
+  static const guint8 table_past[] = { 'a', 0, 'b', 'c', 0, 9 };
+  static const guint8 fixed_odd[] = { 1, 0, 0, 0, 2, 0, 0 };
+  DcWireArray array;
+
+  g_assert_true (dc_wire_array_init (&array, G_VARIANT_TYPE_STRING, good, sizeof good));
+  g_assert_cmpuint (array.n_elements, ==, 2);
+  g_assert_false (dc_wire_array_init (&array, G_VARIANT_TYPE_STRING, backwards, sizeof backwards));
+  g_assert_false (dc_wire_array_init (&array, G_VARIANT_TYPE_STRING, past_end, sizeof past_end));
+  g_assert_false (dc_wire_array_init (&array, G_VARIANT_TYPE_STRING, table_past, sizeof table_past));
+  g_assert_false (dc_wire_array_init (&array, G_VARIANT_TYPE_INT32, fixed_odd, sizeof fixed_odd));
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -910,6 +1035,9 @@ main (int   argc,
   g_test_add_func ("/detached-code/wire/error/round-trip", test_error_roundtrip);
   g_test_add_func ("/detached-code/wire/error/malformed", test_error_malformed);
   g_test_add_func ("/detached-code/wire/error/domains-bounded", test_error_domains_bounded);
+  g_test_add_func ("/detached-code/wire/array/rejoin", test_array_rejoin);
+  g_test_add_func ("/detached-code/wire/array/layout", test_array_layout);
+  g_test_add_func ("/detached-code/wire/array/malformed", test_array_malformed);
 
   return g_test_run ();
 }

@@ -325,6 +325,50 @@ function workerFdShapes(args, fdList) {
     return [new GLib.Variant('(sb)', [what, fdList === null]), null];
 }
 
+// ("double", n) -> (2n); ("fail", n) throws; ("sleep", ms) -> (pid).
+function workerMap(args) {
+    const [command, n] = args.deepUnpack();
+    if (command === 'double')
+        return new GLib.Variant('(i)', [2 * n]);
+    if (command === 'fail')
+        throw new GLib.Error(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND, `item ${n}`);
+    if (command === 'sleep') {
+        GLib.usleep(n * 1000);
+        return new GLib.Variant('(i)', [ownPid()]);
+    }
+    throw new Error(`unknown command ${command}`);
+}
+
+function mapItems(commands) {
+    return new GLib.Variant('a(si)', commands);
+}
+
+function mapSync(pool, items, chunkSize = 0, cancellable = null) {
+    const sink = [];
+    pool.map_async(items, chunkSize, GLib.PRIORITY_DEFAULT, cancellable, (source, result) => {
+        try {
+            sink.push({value: source.map_finish(result)});
+        } catch (e) {
+            sink.push({error: e});
+        }
+    });
+    assertEqual(sink.length, 0, 'the callback ran inside map_async()');
+    spinUntil(() => sink.length === 1, 'a map to complete');
+    return sink[0];
+}
+
+// Runs the main loop until @promise settles: {value} or {error}.
+function settle(promise, what) {
+    let outcome = null;
+    promise.then(value => {
+        outcome = {value};
+    }, error => {
+        outcome = {error};
+    });
+    spinUntil(() => outcome !== null, what);
+    return outcome;
+}
+
 // ---- tests ----
 
 const tests = [];
@@ -1137,6 +1181,81 @@ test('a progress value the marshaller cannot carry fails the call', () => {
     assertDcError(record.outcomes[0], Dc.DetachedCodeError.MARSHAL);
     assert(record.outcomes[0].error.message.includes('progress'), record.outcomes[0].error.message);
     assertEqual(record.values, []);
+});
+
+test('map: results in item order', () => {
+    const pool = makePool(workerMap);
+    pool.min_workers = 2;
+    pool.max_workers = 2;
+    for (const chunkSize of [0, 1, 7, 1000]) {
+        const items = [...Array(300).keys()].map(i => ['double', i]);
+        const outcome = mapSync(pool, mapItems(items), chunkSize);
+        assert(!outcome.error, describe(outcome));
+        assertEqual(outcome.value.get_type_string(), 'av');
+        assertEqual(outcome.value.deepUnpack().map(v => v.deepUnpack()[0]),
+            items.map(([, i]) => 2 * i), `chunk size ${chunkSize}`);
+    }
+    assertEqual(mapSync(pool, mapItems([])).value.deepUnpack(), []);
+});
+
+test('map: the lowest failing item wins', () => {
+    const pool = makePool(workerMap);
+    pool.min_workers = 2;
+    pool.max_workers = 2;
+    const items = [...Array(40).keys()].map(i => ['double', i]);
+    items[7] = ['sleep', 300];
+    items[8] = ['fail', 8];
+    items[13] = ['fail', 13];
+    const outcome = mapSync(pool, mapItems(items), 10);
+    assert(outcome.error && outcome.error.matches(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND),
+        describe(outcome));
+    assertEqual(outcome.error.message, 'item 8');
+});
+
+test('map: cancel, and bad input', () => {
+    const pool = makePool(workerMap);
+    assert(pool.start());
+    const cancellable = new Gio.Cancellable();
+    GLib.timeout_add(GLib.PRIORITY_DEFAULT, 50, () => {
+        cancellable.cancel();
+        return GLib.SOURCE_REMOVE;
+    });
+    assertCancelled(mapSync(pool, mapItems(Array(20).fill(['sleep', 200])), 1, cancellable));
+    assertEqual(pool.n_queued, 0);
+
+    const outcome = mapSync(pool, new GLib.Variant('(i)', [1]));
+    assert(outcome.error && outcome.error.matches(Gio.IOErrorEnum, Gio.IOErrorEnum.INVALID_ARGUMENT),
+        describe(outcome));
+});
+
+test('Gio._promisify: await call_async and map_async', () => {
+    Gio._promisify(Dc.DetachedCode.prototype, 'call_async', 'call_finish');
+    Gio._promisify(Dc.DetachedCode.prototype, 'map_async', 'map_finish');
+    const pool = makePool(workerMap);
+    const outcome = settle((async () => {
+        const one = await pool.call_async(new GLib.Variant('(si)', ['double', 21]),
+            GLib.PRIORITY_DEFAULT, null);
+        const all = await pool.map_async(mapItems([['double', 1], ['double', 2]]), 0,
+            GLib.PRIORITY_DEFAULT, null);
+        let failure = null;
+        try {
+            await pool.map_async(mapItems([['double', 1], ['fail', 2]]), 0,
+                GLib.PRIORITY_DEFAULT, null);
+        } catch (e) {
+            failure = e;
+        }
+        return [one.deepUnpack(), all.deepUnpack().map(v => v.deepUnpack()), failure];
+    })(), 'the awaited call and maps');
+    assert(!outcome.error, `${outcome.error}`);
+    const [one, all, failure] = outcome.value;
+    assertEqual(one, [42]);
+    assertEqual(all, [[2], [4]]);
+    assert(failure && failure.matches(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND), `${failure}`);
+    assertEqual(failure.message, 'item 2');
+    // With a callback, the promisified methods still take it.
+    const sink = call(pool, new GLib.Variant('(si)', ['double', 5]));
+    spinUntil(() => sink.length === 1, 'a call with a callback');
+    assertEqual(assertValue(sink[0]), [10]);
 });
 
 // ---- TAP ----

@@ -565,9 +565,104 @@ class TestProgress(DcTestCase):
             return Outcome(value=source.call_finish(result))
         except GLib.Error as e:
             return Outcome(error=e)
+def worker_map(args):
+    """("double", n) -> (2n); ("fail", n) raises; ("sleep", ms) -> (pid)."""
+    command, n = args.unpack()
+    if command == 'double':
+        return GLib.Variant('(i)', (2 * n,))
+    if command == 'fail':
+        raise GLib.Error.new_literal(Gio.io_error_quark(), 'item %d' % n,
+                                     Gio.IOErrorEnum.NOT_FOUND)
+    if command == 'raise':
+        raise ValueError('item %d' % n)
+    if command == 'sleep':
+        time.sleep(n / 1000)
+        return GLib.Variant('(i)', (os.getpid(),))
+    if command == 'exit':
+        os._exit(n)
+    raise ValueError(command)
+
+
+def map_items(commands):
+    return GLib.Variant('a(si)', commands)
 
 
 class TestPython(DcTestCase):
+
+    def map(self, pool, items, chunk_size=0, cancellable=None):
+        """Runs a map to its end; returns its Outcome."""
+        sink = []
+
+        def done(source, result):
+            try:
+                sink.append(Outcome(value=source.map_finish(result)))
+            except GLib.Error as e:
+                sink.append(Outcome(error=e))
+
+        pool.map_async(items, chunk_size, GLib.PRIORITY_DEFAULT, cancellable, done)
+        self.assertEqual(sink, [], 'the callback ran inside map_async()')
+        self.spin_until(lambda: sink, 'a map to complete')
+        self.assertEqual(len(sink), 1)
+        return sink[0]
+
+    def test_map_order(self):
+        pool = self.make_pool(worker_map)
+        pool.props.min_workers = pool.props.max_workers = 2
+        for chunk_size in (0, 1, 7, 1000):
+            outcome = self.map(pool, map_items([('double', i) for i in range(300)]), chunk_size)
+            self.assertValue(outcome)
+            self.assertEqual(outcome.value.get_type_string(), 'av')
+            self.assertEqual(outcome.value.unpack(), [(2 * i,) for i in range(300)],
+                             'chunk size %d' % chunk_size)
+
+    def test_map_empty(self):
+        pool = self.make_pool(worker_map)
+        outcome = self.map(pool, map_items([]))
+        self.assertEqual(outcome.value.unpack(), [])
+
+    def test_map_lowest_failure(self):
+        pool = self.make_pool(worker_map)
+        pool.props.min_workers = pool.props.max_workers = 2
+        # Chunk 0 fails late at item 8, chunk 1 at once at item 13.
+        items = [('double', i) for i in range(40)]
+        items[7] = ('sleep', 300)
+        items[8] = ('fail', 8)
+        items[13] = ('fail', 13)
+        outcome = self.map(pool, map_items(items), 10)
+        self.assertTrue(outcome.error.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NOT_FOUND),
+                        outcome)
+        self.assertEqual(outcome.error.message, 'item 8')
+
+        # A plain exception keeps its text, through the override.
+        outcome = self.map(pool, map_items([('double', 1), ('raise', 2)]))
+        self.assertDcError(outcome, Dc.DetachedCodeError.FAILED)
+        self.assertTrue(outcome.error.message.startswith('ValueError: item 2'), outcome)
+
+    def test_map_worker_dies(self):
+        pool = self.make_pool(worker_map)
+        outcome = self.map(pool, map_items([('double', 1), ('exit', 3), ('double', 2)]), 1)
+        self.assertDcError(outcome, Dc.DetachedCodeError.WORKER_DIED)
+        self.assertValue(self.map(pool, map_items([('double', 1)])))
+
+    def test_map_cancel(self):
+        pool = self.make_pool(worker_map)
+        self.assertTrue(pool.start())
+        cancellable = Gio.Cancellable()
+        GLib.timeout_add(50, lambda: cancellable.cancel() and False)
+        outcome = self.map(pool, map_items([('sleep', 200)] * 20), 1, cancellable)
+        self.assertCancelled(outcome)
+        self.assertEqual(pool.props.n_queued, 0)
+
+    def test_map_bad_input(self):
+        pool = self.make_pool(worker_map)
+        outcome = self.map(pool, GLib.Variant('(i)', (1,)))
+        self.assertTrue(outcome.error.matches(Gio.io_error_quark(),
+                                              Gio.IOErrorEnum.INVALID_ARGUMENT), outcome)
+        pool.props.max_queued = 1
+        self.assertTrue(pool.start())
+        outcome = self.map(pool, map_items([('double', i) for i in range(10)]), 1)
+        self.assertDcError(outcome, Dc.DetachedCodeError.BUSY)
+        self.assertValue(self.map(pool, map_items([('double', 1)])))
 
     def test_synopsis_is_prime(self):
         # (closure user_data): extra arguments to new() reach the function.
