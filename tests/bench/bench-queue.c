@@ -96,7 +96,6 @@ int
 main (int   argc,
       char *argv[])
 {
-  g_autoptr(GError) error = NULL;
   DcDetachedCode *pool;
   volatile gint *flags;
   Count count = { 0, };
