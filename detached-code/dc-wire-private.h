@@ -369,6 +369,12 @@ typedef struct
   gsize         n;
 } DcWireArray;
 
+/* Whether each element of @array, a chunk reply's "av", is a variant the
+ * parent may read back safely (the rules are at the definition); FALSE
+ * for a reply a worker forged.  *@normal: every value is in normal form. */
+gboolean  dc_wire_chunk_results_check    (const DcWireArray  *array,
+                                          DcMarshaller        marshaller,
+                                          gboolean           *normal);
 /* The layout of @element_type: its fixed size (0 for a variable size) and
  * its alignment. */
 void      dc_wire_type_layout            (const GVariantType *element_type,

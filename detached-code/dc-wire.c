@@ -1468,6 +1468,97 @@ dc_wire_frame_head_add_flags (DcWireFrameHead *head,
   head->bytes[G_STRUCT_OFFSET (DcWireHeader, flags)] |= (guint8) flags;
 }
 
+/* How a result's value is checked, by its type. */
+typedef enum
+{
+  VALUE_ANY_BYTES,     /* any bytes of its fixed size are in normal form */
+  VALUE_ANY_ELEMENTS,  /* an array of such: any multiple of their size */
+  VALUE_ASK_GLIB,      /* g_variant_is_normal_form() on it */
+} ValueCheck;
+
+/* Whether each element of the "av" @array is a variant GLib would read
+ * back as sent: zero padding before it; after the last NUL, a type string
+ * that is whole and definite (and one the flat marshaller carries, under
+ * it); a fixed-size value of its type's size.  *@normal tells whether
+ * every value is in normal form, so that the results may be loaded as
+ * trusted (GLib 2.74 reaches the children of an untrusted array in time
+ * quadratic in their number).  Results of one type come in runs: a type
+ * like the one before is not looked at again. */
+gboolean
+dc_wire_chunk_results_check (const DcWireArray *array,
+                             DcMarshaller       marshaller,
+                             gboolean          *normal)
+{
+  char seen[64] = "";
+  gsize seen_len = 0, seen_fixed = 0, prev_end = 0, i;
+  ValueCheck check = VALUE_ASK_GLIB;
+
+  *normal = TRUE;
+  for (i = 0; i < array->n_elements; i++)
+    {
+      gsize start, end, nul, type_len, fixed, alignment;
+      const char *type_string;
+      const char *scanned;
+
+      dc_wire_array_element (array, i, &start, &end);
+      for (; prev_end < start; prev_end++)
+        if (array->data[prev_end] != 0)
+          return FALSE;
+      prev_end = end;
+      for (nul = end; nul > start && array->data[nul - 1] != '\0'; nul--)
+        ;
+      if (nul == start)
+        return FALSE;
+      nul--;
+      type_string = (const char *) array->data + nul + 1;
+      type_len = end - nul - 1;
+
+      /* seen_len 0: nothing remembered (an empty type string is never valid). */
+      if (seen_len == 0 || type_len != seen_len || memcmp (type_string, seen, type_len) != 0)
+        {
+          const GVariantType *type = (const GVariantType *) type_string;
+
+          if (!g_variant_type_string_scan (type_string, type_string + type_len, &scanned) ||
+              scanned != type_string + type_len || !g_variant_type_is_definite (type) ||
+              (marshaller == DC_MARSHALLER_FLAT && !dc_wire_flat_type_ok (type)))
+            return FALSE;
+          dc_wire_type_layout (type, &fixed, &alignment);
+          seen_fixed = fixed;
+          check = VALUE_ASK_GLIB;
+          if (dc_wire_type_any_bytes_normal (type))
+            {
+              check = fixed > 0 ? VALUE_ANY_BYTES : VALUE_ANY_ELEMENTS;
+              if (fixed == 0)
+                dc_wire_type_layout (g_variant_type_element (type), &seen_fixed, &alignment);
+            }
+          seen_len = 0;
+          if (type_len < sizeof seen)
+            {
+              memcpy (seen, type_string, type_len);
+              seen_len = type_len;
+            }
+        }
+
+      /* A fixed size that is not its type's is a lie (GLib would copy
+       * the whole value to read it as the default one); other values may
+       * come from the code as they are. */
+      if (check != VALUE_ANY_ELEMENTS && seen_fixed != 0 && nul - start != seen_fixed)
+        return FALSE;
+      if (check == VALUE_ANY_ELEMENTS && (nul - start) % seen_fixed != 0)
+        *normal = FALSE;
+      else if (check == VALUE_ASK_GLIB && *normal)
+        {
+          g_autofree char *type_copy = g_strndup (type_string, type_len);
+          g_autoptr(GVariant) value = g_variant_ref_sink (
+              g_variant_new_from_data (G_VARIANT_TYPE (type_copy), array->data + start, nul - start,
+                                       FALSE, NULL, NULL));
+
+          *normal = g_variant_is_normal_form (value);
+        }
+    }
+  return TRUE;
+}
+
 /* ---- large payloads in memfds ---- */
 
 static void

@@ -1007,6 +1007,26 @@ test_array_malformed (void)
   g_assert_false (dc_wire_array_init (&array, G_VARIANT_TYPE_INT32, fixed_odd, sizeof fixed_odd));
 }
 
+/* A worker's forged chunk reply: a result whose type string is empty
+ * (right after its value's NUL) is refused, never handed to GLib as a
+ * type, wherever it stands. */
+static void
+test_chunk_results_empty_type (void)
+{
+  static const guint8 alone[] = { 0x00, 0x01 };
+  /* "(i)" 7, then the empty type: the first element is remembered. */
+  static const guint8 second[] = { 7, 0, 0, 0, 0, '(', 'i', ')', 0, 0, 0, 0, 0, 0, 0, 0,
+                                   0x00, 8, 17 };
+  DcWireArray array;
+  gboolean normal;
+
+  g_assert_true (dc_wire_array_init (&array, G_VARIANT_TYPE_VARIANT, alone, sizeof alone));
+  g_assert_false (dc_wire_chunk_results_check (&array, DC_MARSHALLER_VARIANT, &normal));
+  g_assert_true (dc_wire_array_init (&array, G_VARIANT_TYPE_VARIANT, second, sizeof second));
+  g_assert_cmpuint (array.n_elements, ==, 2);
+  g_assert_false (dc_wire_chunk_results_check (&array, DC_MARSHALLER_VARIANT, &normal));
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -1038,6 +1058,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/wire/array/rejoin", test_array_rejoin);
   g_test_add_func ("/detached-code/wire/array/layout", test_array_layout);
   g_test_add_func ("/detached-code/wire/array/malformed", test_array_malformed);
+  g_test_add_func ("/detached-code/wire/chunk-results/empty-type", test_chunk_results_empty_type);
 
   return g_test_run ();
 }

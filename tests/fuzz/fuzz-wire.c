@@ -8,6 +8,9 @@
  * through the frame reader's read loop, and every frame's payload through
  * every payload decoder.  In-process, no fork, no descriptor.
  *
+ * Chunk replies' result arrays, too: what their check lets the parent load
+ * as trusted must be in normal form.
+ *
  * An input is a few control bytes, then the stream:
  *
  *   guint8 scratch    the pump's scratch buffer is 1 + this many bytes, so
@@ -200,6 +203,29 @@ check_error (GBytes *payload)
   g_assert_cmpstr (back->message, ==, remote->message);
 }
 
+/* A chunk reply's results: what the check passes as all in normal form,
+ * the parent loads as trusted, so it must be exactly that. */
+static void
+check_chunk_results (GBytes *payload)
+{
+  gsize size;
+  const guint8 *data = g_bytes_get_data (payload, &size);
+  DcWireArray array;
+  gboolean normal;
+  int m;
+
+  if (!dc_wire_array_init (&array, G_VARIANT_TYPE_VARIANT, data, size))
+    return;
+  for (m = DC_MARSHALLER_VARIANT; m <= DC_MARSHALLER_FLAT; m++)
+    if (dc_wire_chunk_results_check (&array, (DcMarshaller) m, &normal) && normal)
+      {
+        g_autoptr(GVariant) results = g_variant_ref_sink (
+            g_variant_new_from_bytes (G_VARIANT_TYPE ("av"), payload, FALSE));
+
+        g_assert_true (g_variant_is_normal_form (results));
+      }
+}
+
 static gboolean
 input_frame (gpointer            user_data,
              const DcWireHeader *header,
@@ -218,6 +244,7 @@ input_frame (gpointer            user_data,
   check_flat (payload);
   check_variant (payload);
   check_error (payload);
+  check_chunk_results (payload);
 
   in->n_frames++;
   return !in->stop_at_first;
