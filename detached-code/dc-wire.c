@@ -662,6 +662,14 @@ dc_wire_marshal_split_raw (DcMarshaller         marshaller,
       return NULL;
     }
 
+  /* A value of fixed size made from data of the wrong size (or taken
+   * from a broken container) reads as zeros but has no bytes: its
+   * g_variant_get_data() is NULL.  g_variant_store() writes its zeros.
+   * Only a type without the letters of variable size has a fixed size. */
+  if (strpbrk (g_variant_get_type_string (value), "asogvm") == NULL &&
+      g_variant_get_data (value) == NULL)
+    return dc_wire_marshal_raw (marshaller, value, status);
+
   *status = DC_WIRE_MARSHAL_OK;
   data = g_malloc (offset);
   variant_head_encode (value, data, &offset);
