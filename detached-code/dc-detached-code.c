@@ -834,7 +834,10 @@ pool_takes_calls (DcDetachedCode *self,
  * when it is first written; a tuple of one such member, `"(ay)"` say, is
  * written from that member).  The reference goes when the call completes,
  * or, for a call completed while its bytes were being written, once they
- * are written or the worker is gone.  A value too large for a message fails
+ * are written or the worker is gone.  Until then the bytes behind a value
+ * made with g_variant_new_from_data() or g_variant_new_from_bytes() belong
+ * to it: a caller that changes them changes what the worker receives,
+ * which, as any change to a #GVariant's data, is the caller's bug.  A value too large for a message fails
  * the call with %DC_DETACHED_CODE_ERROR_MARSHAL all the same, checked here.
  *
  * @callback runs in the thread-default main context of the calling thread,
