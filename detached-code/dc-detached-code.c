@@ -808,6 +808,26 @@ pool_takes_calls (DcDetachedCode *self,
   return TRUE;
 }
 
+/* The call's own copy of @fd_list; NULL with a MARSHAL @error. */
+static GUnixFDList *
+copy_fd_list (GUnixFDList  *fd_list,
+              GError      **error)
+{
+  g_autoptr(GUnixFDList) copy = g_unix_fd_list_new ();
+  g_autoptr(GError) local_error = NULL;
+  gint i, n;
+  const gint *fds = g_unix_fd_list_peek_fds (fd_list, &n);
+
+  for (i = 0; i < n; i++)
+    if (g_unix_fd_list_append (copy, fds[i], &local_error) < 0)
+      {
+        g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL,
+                     _("Cannot copy the call’s descriptors: %s"), local_error->message);
+        return NULL;
+      }
+  return g_steal_pointer (&copy);
+}
+
 /**
  * dc_detached_code_call_async:
  * @self: a pool
@@ -869,6 +889,7 @@ call_internal (DcDetachedCode     *self,
   DcLauncher *l = code_launcher (self);
   GBytes *payload;
   GVariant *body = NULL;
+  g_autoptr(GUnixFDList) own_fds = NULL;
   DcCall *call;
 
   owned_args = args != NULL ? g_variant_ref_sink (args)
@@ -902,6 +923,16 @@ call_internal (DcDetachedCode     *self,
                                    "%s", why);
           return;
         }
+
+      /* Copied now, while a failure can still be told: the frame that
+       * carries them may be written after the call completed (cancelled
+       * while it was being written), and its header counts them. */
+      own_fds = copy_fd_list (fd_list, &error);
+      if (own_fds == NULL)
+        {
+          g_task_return_error (task, g_steal_pointer (&error));
+          return;
+        }
     }
 
   /* The marshaller may not change while calls wait, so the one in force
@@ -916,7 +947,7 @@ call_internal (DcDetachedCode     *self,
       return;
     }
 
-  call = dc_call_new (g_steal_pointer (&task), payload, fd_list, io_priority);
+  call = dc_call_new (g_steal_pointer (&task), payload, own_fds, io_priority);
   if (progress != NULL)
     call->progress = dc_progress_ref (progress);
   if (body != NULL)
@@ -958,9 +989,11 @@ dc_detached_code_call_async (DcDetachedCode     *self,
  * the pipe stream, or to a pool made with [ctor@DetachedCode.new], a call
  * with descriptors fails with %DC_DETACHED_CODE_ERROR_MARSHAL.
  *
- * @fd_list is kept until the call completes and is not modified; the
- * caller may close its own descriptors once this function returns only if
- * it drops its reference to the list too.
+ * The descriptors in @fd_list are copied before this function returns: the
+ * caller may then close them, and change or drop the list.  A call whose
+ * descriptors cannot be copied (the process has no free descriptor number,
+ * or one of them is not open) fails with
+ * %DC_DETACHED_CODE_ERROR_MARSHAL.
  *
  * Since: 1.0
  */

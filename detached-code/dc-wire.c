@@ -1338,7 +1338,7 @@ close_first_fds (GArray *fds,
 }
 
 /* This function is called between fork() and the user's code and hence
- * must be async-signal-safe: sendmsg() and memcpy() only. */
+ * must be async-signal-safe: dc_wire_sendmsgv() only. */
 gssize
 dc_wire_sendmsg (int         fd,
                  const void *data,
@@ -1346,11 +1346,24 @@ dc_wire_sendmsg (int         fd,
                  const int  *fds,
                  guint       n_fds)
 {
+  struct iovec iov = { (void *) data, len };
+
+  return dc_wire_sendmsgv (fd, &iov, 1, fds, n_fds);
+}
+
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: sendmsg(), memset() and memcpy() only. */
+gssize
+dc_wire_sendmsgv (int                 fd,
+                  const struct iovec *iov,
+                  gsize               n_iov,
+                  const int          *fds,
+                  guint               n_fds)
+{
   union {
     char buf[CMSG_SPACE (sizeof (int) * DC_WIRE_MAX_FDS)];
     struct cmsghdr align;
   } control;
-  struct iovec iov = { (void *) data, len };
   struct msghdr msg = { 0, };
   ssize_t n;
 
@@ -1359,8 +1372,8 @@ dc_wire_sendmsg (int         fd,
       errno = EINVAL;
       return -1;
     }
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg.msg_iov = (struct iovec *) iov;
+  msg.msg_iovlen = n_iov;
   if (n_fds > 0)
     {
       struct cmsghdr *cmsg;
