@@ -60,7 +60,8 @@ struct _DcCall
   GVariant      *body;           /* large arguments, written from their own
                                   * bytes after @payload; or NULL */
   GUnixFDList   *fd_list;        /* descriptors to send with the arguments */
-  int            memfd;          /* the payload in a sealed memfd, once made; or -1 */
+  GUnixFDList   *memfd;          /* the payload in a sealed memfd, once made, its
+                                  * only descriptor; or NULL */
   guint64        serial;
   int            priority;
   GCancellable  *cancellable;    /* while the task is ours and can be cancelled */

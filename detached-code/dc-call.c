@@ -40,8 +40,8 @@ dc_call_new (GTask       *task,
   call->task = task;
   call->payload = payload;
   call->priority = priority;
-  call->memfd = -1;
-  /* The caller's list, by reference: its descriptors are only read. */
+  /* The call's own copy, by reference: the frames that carry it send its
+   * descriptors as they are. */
   if (fd_list != NULL && g_unix_fd_list_get_length (fd_list) > 0)
     call->fd_list = g_object_ref (fd_list);
   return call;
@@ -126,8 +126,7 @@ dc_call_free (DcCall *call)
   g_clear_pointer (&call->body, g_variant_unref);
   g_clear_object (&call->fd_list);
   g_clear_pointer (&call->progress, dc_progress_unref);
-  if (call->memfd >= 0)
-    close (call->memfd);
+  g_clear_object (&call->memfd);
   g_assert (call->result == NULL && call->result_error == NULL);
   g_free (call);
 }

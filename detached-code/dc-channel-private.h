@@ -41,12 +41,14 @@ gssize     dc_channel_read_fds     (DcChannel     *channel,
                                     GArray        *fds,
                                     GError       **error);
 /* Gathers @vectors (at most DC_CHANNEL_MAX_VECTORS) in one write.  @fds
- * (socket stream only; may be NULL) go with the first byte. */
+ * (socket stream only; @n_fds at most DC_WIRE_MAX_FDS) go with the first
+ * byte, as they are: the channel makes no copy of them. */
 #define DC_CHANNEL_MAX_VECTORS 64
 gssize     dc_channel_writev       (DcChannel           *channel,
                                     const GOutputVector *vectors,
                                     guint                n_vectors,
-                                    GUnixFDList         *fds,
+                                    const int           *fds,
+                                    guint                n_fds,
                                     GError             **error);
 gboolean   dc_channel_is_socket    (DcChannel     *channel);
 

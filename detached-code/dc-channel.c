@@ -18,6 +18,7 @@
 #include <sys/uio.h>
 
 #include "dc-channel-private.h"
+#include "dc-wire-private.h"
 
 /* The parent's end of one worker channel: non-blocking reads and writes,
  * with descriptors on the socket stream, and sources that say when the
@@ -124,6 +125,35 @@ dc_channel_read (DcChannel  *channel,
   return io_status_to_result (status, done, error, io_error);
 }
 
+static void
+vectors_to_iov (const GOutputVector *vectors,
+                guint                n_vectors,
+                struct iovec        *iov)
+{
+  guint i;
+
+  for (i = 0; i < n_vectors; i++)
+    {
+      iov[i].iov_base = (void *) vectors[i].buffer;
+      iov[i].iov_len = vectors[i].size;
+    }
+}
+
+/* What a write() gave, as the channel's functions return it. */
+static gssize
+write_result (ssize_t   n,
+              int       errsv,
+              GError  **error)
+{
+  if (n >= 0)
+    return n;
+  if (errsv == EAGAIN || errsv == EWOULDBLOCK)
+    g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "would block");
+  else
+    g_set_error_literal (error, G_IO_ERROR, g_io_error_from_errno (errsv), g_strerror (errsv));
+  return -1;
+}
+
 /* The pipe stream's writev(). */
 static gssize
 pipe_writev (DcChannel            *channel,
@@ -136,13 +166,8 @@ pipe_writev (DcChannel            *channel,
   gboolean was_pending;
   ssize_t n;
   int errsv;
-  guint i;
 
-  for (i = 0; i < n_vectors; i++)
-    {
-      iov[i].iov_base = (void *) vectors[i].buffer;
-      iov[i].iov_len = vectors[i].size;
-    }
+  vectors_to_iov (vectors, n_vectors, iov);
 
   /* A pipe has no MSG_NOSIGNAL, and the library must not change the host's
    * signal dispositions.  Block SIGPIPE in this thread for the write and
@@ -168,41 +193,43 @@ pipe_writev (DcChannel            *channel,
     }
   pthread_sigmask (SIG_SETMASK, &old, NULL);
 
-  if (n >= 0)
-    return n;
-  if (errsv == EAGAIN || errsv == EWOULDBLOCK)
-    g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK, "would block");
-  else
-    g_set_error_literal (error, G_IO_ERROR, g_io_error_from_errno (errsv), g_strerror (errsv));
-  return -1;
+  return write_result (n, errsv, error);
 }
 
 gssize
 dc_channel_writev (DcChannel            *channel,
                    const GOutputVector  *vectors,
                    guint                 n_vectors,
-                   GUnixFDList          *fds,
+                   const int            *fds,
+                   guint                 n_fds,
                    GError              **error)
 {
-  g_autoptr(GSocketControlMessage) message = NULL;
-
   g_assert (n_vectors > 0 && n_vectors <= DC_CHANNEL_MAX_VECTORS);
 
   if (channel->socket == NULL)
     {
-      g_assert (fds == NULL);
+      g_assert (n_fds == 0);
       return pipe_writev (channel, vectors, n_vectors, error);
     }
 
+  /* GSocket's sendmsg() takes descriptors in a GUnixFDList, which copies
+   * each one, and a copy fails when the process has no free descriptor
+   * number. */
+  if (n_fds > 0)
+    {
+      struct iovec iov[DC_CHANNEL_MAX_VECTORS];
+      gssize n;
+
+      vectors_to_iov (vectors, n_vectors, iov);
+      n = dc_wire_sendmsgv (g_socket_get_fd (channel->socket), iov, n_vectors, fds, n_fds);
+      return write_result (n, errno, error);
+    }
   /* GSocket sends with MSG_NOSIGNAL: a dead worker is EPIPE, not SIGPIPE. */
-  if (fds != NULL && g_unix_fd_list_get_length (fds) > 0)
-    message = g_unix_fd_message_new_with_fd_list (fds);
-  else if (n_vectors == 1)
+  if (n_vectors == 1)
     /* The common case of small frames, without building a message. */
     return g_socket_send (channel->socket, vectors[0].buffer, vectors[0].size, NULL, error);
   return g_socket_send_message (channel->socket, NULL, (GOutputVector *) vectors, (gint) n_vectors,
-                                message != NULL ? &message : NULL, message != NULL ? 1 : 0,
-                                G_SOCKET_MSG_NONE, NULL, error);
+                                NULL, 0, G_SOCKET_MSG_NONE, NULL, error);
 }
 
 gboolean

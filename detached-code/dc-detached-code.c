@@ -808,6 +808,26 @@ pool_takes_calls (DcDetachedCode *self,
   return TRUE;
 }
 
+/* The call's own copy of @fd_list; NULL with a MARSHAL @error. */
+static GUnixFDList *
+copy_fd_list (GUnixFDList  *fd_list,
+              GError      **error)
+{
+  g_autoptr(GUnixFDList) copy = g_unix_fd_list_new ();
+  g_autoptr(GError) local_error = NULL;
+  gint i, n;
+  const gint *fds = g_unix_fd_list_peek_fds (fd_list, &n);
+
+  for (i = 0; i < n; i++)
+    if (g_unix_fd_list_append (copy, fds[i], &local_error) < 0)
+      {
+        g_set_error (error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL,
+                     _("Cannot copy the call’s descriptors: %s"), local_error->message);
+        return NULL;
+      }
+  return g_steal_pointer (&copy);
+}
+
 /**
  * dc_detached_code_call_async:
  * @self: a pool
@@ -834,7 +854,10 @@ pool_takes_calls (DcDetachedCode *self,
  * when it is first written; a tuple of one such member, `"(ay)"` say, is
  * written from that member).  The reference goes when the call completes,
  * or, for a call completed while its bytes were being written, once they
- * are written or the worker is gone.  A value too large for a message fails
+ * are written or the worker is gone.  Until then the bytes behind a value
+ * made with g_variant_new_from_data() or g_variant_new_from_bytes() belong
+ * to it: a caller that changes them changes what the worker receives,
+ * which, as any change to a #GVariant's data, is the caller's bug.  A value too large for a message fails
  * the call with %DC_DETACHED_CODE_ERROR_MARSHAL all the same, checked here.
  *
  * @callback runs in the thread-default main context of the calling thread,
@@ -866,6 +889,7 @@ call_internal (DcDetachedCode     *self,
   DcLauncher *l = code_launcher (self);
   GBytes *payload;
   GVariant *body = NULL;
+  g_autoptr(GUnixFDList) own_fds = NULL;
   DcCall *call;
 
   owned_args = args != NULL ? g_variant_ref_sink (args)
@@ -899,6 +923,16 @@ call_internal (DcDetachedCode     *self,
                                    "%s", why);
           return;
         }
+
+      /* Copied now, while a failure can still be told: the frame that
+       * carries them may be written after the call completed (cancelled
+       * while it was being written), and its header counts them. */
+      own_fds = copy_fd_list (fd_list, &error);
+      if (own_fds == NULL)
+        {
+          g_task_return_error (task, g_steal_pointer (&error));
+          return;
+        }
     }
 
   /* The marshaller may not change while calls wait, so the one in force
@@ -913,7 +947,7 @@ call_internal (DcDetachedCode     *self,
       return;
     }
 
-  call = dc_call_new (g_steal_pointer (&task), payload, fd_list, io_priority);
+  call = dc_call_new (g_steal_pointer (&task), payload, own_fds, io_priority);
   if (progress != NULL)
     call->progress = dc_progress_ref (progress);
   if (body != NULL)
@@ -955,9 +989,11 @@ dc_detached_code_call_async (DcDetachedCode     *self,
  * the pipe stream, or to a pool made with [ctor@DetachedCode.new], a call
  * with descriptors fails with %DC_DETACHED_CODE_ERROR_MARSHAL.
  *
- * @fd_list is kept until the call completes and is not modified; the
- * caller may close its own descriptors once this function returns only if
- * it drops its reference to the list too.
+ * The descriptors in @fd_list are copied before this function returns: the
+ * caller may then close them, and change or drop the list.  A call whose
+ * descriptors cannot be copied (the process has no free descriptor number,
+ * or one of them is not open) fails with
+ * %DC_DETACHED_CODE_ERROR_MARSHAL.
  *
  * Since: 1.0
  */

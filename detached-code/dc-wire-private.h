@@ -25,6 +25,8 @@
 
 #pragma once
 
+#include <sys/uio.h>
+
 #include <gio/gunixfdlist.h>
 
 #include "dc-detached-code.h"
@@ -310,6 +312,12 @@ DcWirePumpStatus  dc_wire_reader_pump   (DcWireReader      *reader,
 gssize    dc_wire_sendmsg                (int                 fd,
                                           const void         *data,
                                           gsize               len,
+                                          const int          *fds,
+                                          guint               n_fds);
+/* The same, gathered from @n_iov vectors. */
+gssize    dc_wire_sendmsgv               (int                 fd,
+                                          const struct iovec *iov,
+                                          gsize               n_iov,
                                           const int          *fds,
                                           guint               n_fds);
 gboolean  dc_wire_claim_fds              (GArray             *rx_fds,

@@ -662,6 +662,14 @@ dc_wire_marshal_split_raw (DcMarshaller         marshaller,
       return NULL;
     }
 
+  /* A value of fixed size made from data of the wrong size (or taken
+   * from a broken container) reads as zeros but has no bytes: its
+   * g_variant_get_data() is NULL.  g_variant_store() writes its zeros.
+   * Only a type without the letters of variable size has a fixed size. */
+  if (strpbrk (g_variant_get_type_string (value), "asogvm") == NULL &&
+      g_variant_get_data (value) == NULL)
+    return dc_wire_marshal_raw (marshaller, value, status);
+
   *status = DC_WIRE_MARSHAL_OK;
   data = g_malloc (offset);
   variant_head_encode (value, data, &offset);
@@ -1330,7 +1338,7 @@ close_first_fds (GArray *fds,
 }
 
 /* This function is called between fork() and the user's code and hence
- * must be async-signal-safe: sendmsg() and memcpy() only. */
+ * must be async-signal-safe: dc_wire_sendmsgv() only. */
 gssize
 dc_wire_sendmsg (int         fd,
                  const void *data,
@@ -1338,11 +1346,24 @@ dc_wire_sendmsg (int         fd,
                  const int  *fds,
                  guint       n_fds)
 {
+  struct iovec iov = { (void *) data, len };
+
+  return dc_wire_sendmsgv (fd, &iov, 1, fds, n_fds);
+}
+
+/* This function is called between fork() and the user's code and hence
+ * must be async-signal-safe: sendmsg(), memset() and memcpy() only. */
+gssize
+dc_wire_sendmsgv (int                 fd,
+                  const struct iovec *iov,
+                  gsize               n_iov,
+                  const int          *fds,
+                  guint               n_fds)
+{
   union {
     char buf[CMSG_SPACE (sizeof (int) * DC_WIRE_MAX_FDS)];
     struct cmsghdr align;
   } control;
-  struct iovec iov = { (void *) data, len };
   struct msghdr msg = { 0, };
   ssize_t n;
 
@@ -1351,8 +1372,8 @@ dc_wire_sendmsg (int         fd,
       errno = EINVAL;
       return -1;
     }
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
+  msg.msg_iov = (struct iovec *) iov;
+  msg.msg_iovlen = n_iov;
   if (n_fds > 0)
     {
       struct cmsghdr *cmsg;

@@ -44,7 +44,11 @@ typedef enum
 typedef struct
 {
   gsize         offset;
-  GUnixFDList  *fds;       /* with the next byte written; NULL once sent */
+  /* With the next byte written, the memfd first: references, not
+   * copies, so that sending needs no new descriptor.  NULL once sent. */
+  GUnixFDList  *memfd;
+  GUnixFDList  *fds;       /* the call's list: its first @n_fds */
+  guint         n_fds;
   GVariant     *value;     /* owns @data; or NULL */
   const guint8 *data;
   gsize         len;
@@ -113,6 +117,7 @@ dc_worker_proc_ref (DcWorkerProc *proc)
 static void
 out_mark_free (OutMark *mark)
 {
+  g_clear_object (&mark->memfd);
   g_clear_object (&mark->fds);
   g_clear_pointer (&mark->value, g_variant_unref);
   g_free (mark);
@@ -390,19 +395,45 @@ proc_close_channel (DcWorkerProc *proc)
 
 static gboolean writable_cb (GIOCondition condition, gpointer data);
 
+/* The descriptors of @mark's frame, in @fds (room for DC_WIRE_MAX_FDS;
+ * the pool refuses a call with more); how many. */
+static guint
+out_mark_peek_fds (OutMark *mark,
+                   int     *fds)
+{
+  guint n = 0;
+
+  if (mark->memfd != NULL)
+    fds[n++] = g_unix_fd_list_peek_fds (mark->memfd, NULL)[0];
+  if (mark->fds != NULL)
+    {
+      gint len;
+      const gint *list = g_unix_fd_list_peek_fds (mark->fds, &len);
+
+      /* The header counts the descriptors the list had when the frame
+       * was made; a caller who changed it since broke its contract, and
+       * the worker refuses the frame. */
+      len = MIN (len, (gint) mark->n_fds);
+      memcpy (fds + n, list, sizeof (int) * (gsize) len);
+      n += (guint) len;
+    }
+  return n;
+}
+
 /* The next write, from out_pos on: the bytes of outbuf and of the marks
  * in turn, as far as the next frame with descriptors (they go with their
  * frame's first byte, so no write reaches past it). */
 static guint
 proc_gather (DcWorkerProc  *proc,
              GOutputVector *vectors,
-             GUnixFDList  **fds)
+             int           *fds,
+             guint         *n_fds)
 {
   GList *link = proc->out_marks.head;
   gsize pos = proc->out_pos;
   guint n = 0;
 
-  *fds = NULL;
+  *n_fds = 0;
   while (n < DC_CHANNEL_MAX_VECTORS)
     {
       OutMark *mark = link != NULL ? link->data : NULL;
@@ -417,11 +448,11 @@ proc_gather (DcWorkerProc  *proc,
         }
       if (mark == NULL)
         break;
-      if (mark->fds != NULL)
+      if (mark->memfd != NULL || mark->fds != NULL)
         {
           if (n > 0)
             break;
-          *fds = mark->fds;
+          *n_fds = out_mark_peek_fds (mark, fds);
         }
       if (mark->pos < mark->len)
         {
@@ -454,6 +485,7 @@ proc_consume (DcWorkerProc *proc,
 
       g_assert (mark != NULL);
       /* A byte after the mark went, and its descriptors with the first. */
+      g_clear_object (&mark->memfd);
       g_clear_object (&mark->fds);
       k = MIN (n, mark->len - mark->pos);
       mark->pos += k;
@@ -471,12 +503,13 @@ dc_worker_proc_flush (DcWorkerProc *proc)
     {
       g_autoptr(GError) error = NULL;
       GOutputVector vectors[DC_CHANNEL_MAX_VECTORS];
-      GUnixFDList *fds;
-      guint n_vectors = proc_gather (proc, vectors, &fds);
+      int fds[DC_WIRE_MAX_FDS];
+      guint n_fds;
+      guint n_vectors = proc_gather (proc, vectors, fds, &n_fds);
       gssize n;
 
       g_assert (n_vectors > 0);
-      n = dc_channel_writev (proc->channel, vectors, n_vectors, fds, &error);
+      n = dc_channel_writev (proc->channel, vectors, n_vectors, fds, n_fds, &error);
       if (n > 0)
         {
           proc_consume (proc, (gsize) n);
@@ -540,38 +573,40 @@ proc_append_call (DcWorkerProc *proc,
 
   /* Made once, and kept for a resend.  A map's chunk always travels on
    * the stream: the worker takes no descriptor with one. */
-  if (dc_channel_is_socket (proc->channel) && type == DC_WIRE_CALL && call->memfd < 0 &&
+  if (dc_channel_is_socket (proc->channel) && type == DC_WIRE_CALL && call->memfd == NULL &&
       threshold > 0 && size >= threshold)
     {
       gsize head_len;
       const guint8 *head_data = g_bytes_get_data (call->payload, &head_len);
+      int memfd = dc_wire_memfd_from_parts (head_data, head_len,
+                                            call->body != NULL ? g_variant_get_data (call->body) : NULL,
+                                            call->body != NULL ? g_variant_get_size (call->body) : 0,
+                                            NULL);
 
-      call->memfd = dc_wire_memfd_from_parts (head_data, head_len,
-                                              call->body != NULL ? g_variant_get_data (call->body) : NULL,
-                                              call->body != NULL ? g_variant_get_size (call->body) : 0,
-                                              NULL);
+      /* Without one, the payload goes on the stream. */
+      if (memfd >= 0)
+        call->memfd = g_unix_fd_list_new_from_array (&memfd, 1);
     }
 
-  if (call->memfd >= 0 || n_fds > 0)
+  /* The descriptors by reference: a copy could fail for want of free
+   * numbers, and a frame whose header counts descriptors that do not
+   * come is one the worker must refuse. */
+  if (call->memfd != NULL || n_fds > 0)
     {
       OutMark *mark = g_new0 (OutMark, 1);
 
-      mark->fds = g_unix_fd_list_new ();
-      if (call->memfd >= 0)
-        g_unix_fd_list_append (mark->fds, call->memfd, NULL);
+      if (call->memfd != NULL)
+        mark->memfd = g_object_ref (call->memfd);
       if (n_fds > 0)
         {
-          gint i, n;
-          const gint *fds = g_unix_fd_list_peek_fds (call->fd_list, &n);
-
-          for (i = 0; i < n; i++)
-            g_unix_fd_list_append (mark->fds, fds[i], NULL);
+          mark->fds = g_object_ref (call->fd_list);
+          mark->n_fds = n_fds;
         }
       proc_push_mark (proc, mark);
     }
 
   dc_wire_frame_head_init (&head, type, call->serial, call->payload, call->body,
-                           call->memfd >= 0, n_fds);
+                           call->memfd != NULL, n_fds);
   if (call->progress != NULL)
     dc_wire_frame_head_add_flags (&head, DC_WIRE_FLAG_PROGRESS);
   g_byte_array_append (proc->outbuf, head.bytes, head.len);

@@ -33,9 +33,11 @@ checksum (const guint8 *data,
   return h;
 }
 
-/* "(ay)": its length and checksum, "(tt)".  "(bay)": the bytes back,
- * "(ay)", when b (a large result); an error when not.  "(i)": sleeps that
- * many ms (the worker reads nothing meanwhile) and gives its pid, "(i)". */
+/* "(ay)", or any other value but those below: its length and checksum,
+ * "(tt)".  "(s)": a value of that type made from one byte.  "(bay)": the
+ * bytes back, "(ay)", when b (a large result); an error when not.  "(i)":
+ * sleeps that many ms (the worker reads nothing meanwhile) and gives its
+ * pid, "(i)". */
 static GVariant *
 large_code (GVariant  *args,
             gpointer   user_data,
@@ -64,6 +66,24 @@ large_code (GVariant  *args,
           return NULL;
         }
       return g_variant_new ("(@ay)", g_steal_pointer (&bytes));
+    }
+
+  if (g_variant_is_of_type (args, G_VARIANT_TYPE ("(s)")))
+    {
+      const char *type;
+
+      /* A value of that type from one byte of data. */
+      g_variant_get (args, "(&s)", &type);
+      return g_variant_new_from_data (G_VARIANT_TYPE (type), "x", 1, FALSE, NULL, NULL);
+    }
+  if (!g_variant_is_of_type (args, G_VARIANT_TYPE ("(ay)")))
+    {
+      /* Any other value: its serialized size and checksum. */
+      g_autofree guint8 *copy = g_malloc (g_variant_get_size (args));
+
+      g_variant_store (args, copy);
+      n = g_variant_get_size (args);
+      return g_variant_new ("(tt)", (guint64) n, checksum (copy, n));
     }
 
   g_variant_get (args, "(@ay)", &bytes);
@@ -416,6 +436,42 @@ test_too_large (void)
   destroy_pool (code);
 }
 
+/* A large value of fixed size made from data of the wrong size: GLib
+ * reads it as the type's default, all zeros, and keeps no bytes for it
+ * (g_variant_get_data() gives NULL).  The worker receives those zeros. */
+static void
+test_fixed_size_wrong_data (gconstpointer data)
+{
+  DcDetachedCode *code = config_pool (data);
+  GString *type = g_string_new ("(");
+  g_autofree guint8 *zeros = g_malloc0 (64 * 1024);
+  Result r = { 0, };
+  guint64 n, sum;
+  guint i;
+
+  for (i = 0; i < 64 * 1024 / 8; i++)
+    g_string_append_c (type, 't');
+  g_string_append_c (type, ')');
+  call (code, g_variant_new_from_data (G_VARIANT_TYPE (type->str), "x", 1, FALSE, NULL, NULL),
+        &r);
+  wait_for_flag (&r.done, "the call with a value of the wrong size");
+  g_assert_no_error (r.error);
+  g_variant_get (r.value, "(tt)", &n, &sum);
+  g_assert_cmpuint (n, ==, 64 * 1024);
+  g_assert_cmpuint (sum, ==, checksum (zeros, 64 * 1024));
+  result_clear (&r);
+
+  /* The same as a worker's result. */
+  call (code, g_variant_new ("(s)", type->str), &r);
+  wait_for_flag (&r.done, "the result of the wrong size");
+  g_assert_no_error (r.error);
+  g_assert_cmpuint (g_variant_get_size (r.value), ==, 64 * 1024);
+  g_assert_true (memcmp (g_variant_get_data (r.value), zeros, 64 * 1024) == 0);
+  result_clear (&r);
+  g_string_free (type, TRUE);
+  destroy_pool (code);
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -434,6 +490,12 @@ main (int   argc,
   g_test_add_data_func ("/detached-code/large/killed-mid-write-pipes", &depth2_pipes,
                         test_killed_mid_write);
   g_test_add_func ("/detached-code/large/too-large", test_too_large);
+  g_test_add_data_func ("/detached-code/large/fixed-size-wrong-data", &depth1,
+                        test_fixed_size_wrong_data);
+  g_test_add_data_func ("/detached-code/large/fixed-size-wrong-data-pipes", &depth2_pipes,
+                        test_fixed_size_wrong_data);
+  g_test_add_data_func ("/detached-code/large/fixed-size-wrong-data-memfd", &depth32_memfd,
+                        test_fixed_size_wrong_data);
 
   return g_test_run ();
 }

@@ -453,6 +453,88 @@ test_fds_round_trip (void)
   destroy_pool (code);
 }
 
+static GPid
+only_worker_pid (DcDetachedCode *code)
+{
+  guint n;
+  g_autofree GPid *pids = dc_detached_code_get_worker_pids (code, &n);
+
+  g_assert_cmpuint (n, ==, 1);
+  return pids[0];
+}
+
+/* Descriptors are copied when the call is made: with no descriptor
+ * number free the call fails with MARSHAL, and the worker, sent nothing it
+ * must refuse, takes the next call.  The caller may close its own at once. */
+static void
+test_fds_at_limit (void)
+{
+  DcDetachedCode *code = dc_detached_code_new_with_fds (fd_code, NULL, NULL);
+  g_autoptr(GUnixFDList) fds = g_unix_fd_list_new ();
+  g_autofree gint *stolen = NULL;
+  FdResult f = { { 0, }, };
+  struct rlimit rl, old;
+  int fill[64], n = 0, lowest, ours;
+  GPid pids[2];
+  const char *text;
+  guint i;
+
+  for (i = 0; i < 2; i++)
+    {
+      fd_call (code, "count", NULL, NULL, &f);
+      wait_for_flag (&f.r.done, "a call without descriptors");
+      g_assert_no_error (f.r.error);
+      fd_result_clear (&f);
+      memset (&f, 0, sizeof f);
+      pids[i] = only_worker_pid (code);
+      if (i == 1)
+        break;
+
+      /* Every number below the limit taken. */
+      lowest = open ("/dev/null", O_RDONLY | O_CLOEXEC);
+      g_assert_cmpint (lowest, >=, 0);
+      close (lowest);
+      g_assert_cmpint (getrlimit (RLIMIT_NOFILE, &old), ==, 0);
+      rl = old;
+      rl.rlim_cur = (rlim_t) lowest + G_N_ELEMENTS (fill) / 2;
+      g_assert_cmpint (setrlimit (RLIMIT_NOFILE, &rl), ==, 0);
+      while (n < (int) G_N_ELEMENTS (fill) &&
+             (fill[n] = open ("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+        n++;
+      g_assert_cmpint (n, <, G_N_ELEMENTS (fill));
+      g_unix_fd_list_append (fds, 0, NULL);   /* fails: the list stays empty */
+      close (fill[--n]);
+      g_assert_cmpint (g_unix_fd_list_append (fds, 0, NULL), ==, 0);
+
+      fd_call (code, "count", fds, NULL, &f);
+      wait_for_flag (&f.r.done, "a call at the limit");
+      g_assert_error (f.r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL);
+      fd_result_clear (&f);
+      memset (&f, 0, sizeof f);
+
+      g_clear_object (&fds);
+      while (n > 0)
+        close (fill[--n]);
+      g_assert_cmpint (setrlimit (RLIMIT_NOFILE, &old), ==, 0);
+    }
+  g_assert_cmpint (pids[0], ==, pids[1]);
+
+  /* Ours closed, and the list emptied, as soon as the call is made. */
+  fds = g_unix_fd_list_new ();
+  ours = pipe_with ("from the parent");
+  g_unix_fd_list_append (fds, ours, NULL);
+  close (ours);
+  fd_call (code, "read", fds, NULL, &f);
+  stolen = g_unix_fd_list_steal_fds (fds, NULL);
+  close (stolen[0]);
+  wait_for_flag (&f.r.done, "a call whose descriptors the caller closed");
+  g_assert_no_error (f.r.error);
+  g_variant_get (f.r.value, "(&sh)", &text, NULL);
+  g_assert_cmpstr (text, ==, "from the parent");
+  fd_result_clear (&f);
+  destroy_pool (code);
+}
+
 static void
 test_fds_refused (void)
 {
@@ -722,6 +804,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/setup/low-fd-limit", test_setup_low_fd_limit);
   g_test_add_func ("/detached-code/fds/round-trip", test_fds_round_trip);
   g_test_add_func ("/detached-code/fds/refused", test_fds_refused);
+  g_test_add_func ("/detached-code/fds/at-limit", test_fds_at_limit);
   g_test_add_func ("/detached-code/fds/no-leak", test_fds_no_leak);
   g_test_add_func ("/detached-code/memfd/large", test_memfd_large);
   g_test_add_func ("/detached-code/memfd/unsealed", test_memfd_unsealed);
