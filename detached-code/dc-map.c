@@ -33,11 +33,22 @@ typedef struct
   GVariant    **results;     /* per chunk, its "av", once it came */
   guint8       *done;        /* per chunk */
   guint         first_undone;
+  gsize         joined_bytes; /* the most the results take, joined */
   /* The failure of the lowest item so far, and its chunk. */
   GError       *failure;
   gsize         failure_index;
   guint         failure_chunk;
 } DcMap;
+
+/* Joined results live in one GByteArray, whose length is a guint: past
+ * it GLib aborts the process.  Lowered by the tests. */
+static gsize max_joined = G_MAXUINT;
+
+void
+dc_map_set_max_joined (gsize max_bytes)
+{
+  max_joined = MIN (max_bytes, (gsize) G_MAXUINT);
+}
 
 static DcMap *
 map_ref (DcMap *map)
@@ -149,7 +160,22 @@ chunk_done_cb (GObject      *source,
 
   cancellable = g_task_get_cancellable (map->task);
   if (value != NULL)
-    map->results[chunk] = value;
+    {
+      map->results[chunk] = value;
+      /* As map_join() reserves: the bodies, their padding, the table. */
+      map->joined_bytes += g_variant_get_size (value) + 8 +
+                           8 * MIN (map->chunk_size, map->n_items - chunk_start (map, chunk));
+      if (map->joined_bytes > max_joined)
+        {
+          g_autofree char *limit = g_format_size (max_joined);
+
+          map_complete (map, NULL,
+                        g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL,
+                                     _("The map’s results, joined, would exceed %s"), limit));
+          map_unref (map);
+          return;
+        }
+    }
   else if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED) &&
            cancellable != NULL && g_cancellable_is_cancelled (cancellable))
     {

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "dc-detached-code-private.h"
+#include "dc-map-private.h"
 #include "dc-wire-private.h"
 #include "dc-test-common.h"
 
@@ -317,6 +318,35 @@ test_map_mixed_results (void)
     g_assert_cmpmem (g_variant_get_data (r.value), g_variant_get_size (r.value),
                      g_variant_get_data (built), g_variant_get_size (built));
   }
+  result_clear (&r);
+  destroy_pool (code);
+}
+
+/* Results too large to join fail the map, the process lives on.  The real
+ * bound (4 GiB joined) takes over 8 GiB and minutes to reach: lowered. */
+static void
+test_map_joined_too_large (void)
+{
+  DcDetachedCode *code = map_pool (2);
+  Result r = { 0, };
+
+  /* 1000 results of 8 bytes each and their table: over 8000 bytes. */
+  dc_map_set_max_joined (4096);
+  map_sync (code, commands ("double", 1000, NULL, 0), 100, NULL, &r);
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL);
+  g_assert_cmpuint (r.times_called, ==, 1);
+  result_clear (&r);
+
+  /* One chunk small enough, the next past the bound. */
+  dc_map_set_max_joined (400);
+  map_sync (code, commands ("double", 40, NULL, 0), 20, NULL, &r);
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL);
+  result_clear (&r);
+
+  dc_map_set_max_joined (G_MAXSIZE);
+  map_sync (code, commands ("double", 1000, NULL, 0), 100, NULL, &r);
+  g_assert_no_error (r.error);
+  assert_doubled (r.value, 1000);
   result_clear (&r);
   destroy_pool (code);
 }
@@ -696,6 +726,7 @@ main (int   argc,
   g_test_add_func ("/detached-code/map/order", test_map_order);
   g_test_add_func ("/detached-code/map/fixed", test_map_fixed);
   g_test_add_func ("/detached-code/map/mixed-results", test_map_mixed_results);
+  g_test_add_func ("/detached-code/map/joined-too-large", test_map_joined_too_large);
   g_test_add_func ("/detached-code/map/empty", test_map_empty);
   g_test_add_func ("/detached-code/map/spread", test_map_spread);
   g_test_add_func ("/detached-code/map/lowest-failure", test_map_lowest_failure);
