@@ -246,6 +246,19 @@ map_check (DcPool   *pool,
   return NULL;
 }
 
+/* The bytes of @view's elements, together. */
+static gsize
+view_size (const DcWireArray *view)
+{
+  gsize start, end, last_start, last_end;
+
+  if (view->fixed_size > 0)
+    return view->n * view->fixed_size;
+  dc_wire_array_element (view, view->first, &start, &end);
+  dc_wire_array_element (view, view->first + view->n - 1, &last_start, &last_end);
+  return last_end - start;
+}
+
 /* The frame of each chunk: the items' serialized bytes, sliced.  NULL
  * with @error if one would be too large to travel. */
 static GPtrArray *
@@ -261,12 +274,20 @@ map_make_payloads (DcMap             *map,
     {
       g_autoptr(GByteArray) out = g_byte_array_new ();
       DcWireArray view = *all;
+      gboolean too_large;
 
       view.first = chunk_start (map, chunk);
       view.n = MIN (map->chunk_size, map->n_items - view.first);
-      dc_wire_append_variant_head (out, type_string);
-      dc_wire_array_append_views (out, &view, 1);
-      if (out->len > DC_WIRE_MAX_PAYLOAD)
+      /* Checked before the copy too: a GByteArray takes a guint length,
+       * so a chunk past 4 GiB would be cut short, not refused. */
+      too_large = view_size (&view) > DC_WIRE_MAX_PAYLOAD;
+      if (!too_large)
+        {
+          dc_wire_append_variant_head (out, type_string);
+          dc_wire_array_append_views (out, &view, 1);
+          too_large = out->len > DC_WIRE_MAX_PAYLOAD;
+        }
+      if (too_large)
         {
           dc_wire_set_marshal_error (error, DC_WIRE_MARSHAL_TOO_LARGE, type_string);
           g_ptr_array_unref (payloads);
