@@ -24,4 +24,9 @@ void  dc_map_run  (DcPool   *pool,
                    GVariant *items,
                    guint     chunk_size);
 
+/* The most bytes a map's joined results may take (at most, and by
+ * default, G_MAXUINT); a map whose results would take more fails with
+ * MARSHAL.  For tests. */
+void  dc_map_set_max_joined  (gsize max_bytes);
+
 G_END_DECLS

@@ -33,11 +33,22 @@ typedef struct
   GVariant    **results;     /* per chunk, its "av", once it came */
   guint8       *done;        /* per chunk */
   guint         first_undone;
+  gsize         joined_bytes; /* the most the results take, joined */
   /* The failure of the lowest item so far, and its chunk. */
   GError       *failure;
   gsize         failure_index;
   guint         failure_chunk;
 } DcMap;
+
+/* Joined results live in one GByteArray, whose length is a guint: past
+ * it GLib aborts the process.  Lowered by the tests. */
+static gsize max_joined = G_MAXUINT;
+
+void
+dc_map_set_max_joined (gsize max_bytes)
+{
+  max_joined = MIN (max_bytes, (gsize) G_MAXUINT);
+}
 
 static DcMap *
 map_ref (DcMap *map)
@@ -149,7 +160,22 @@ chunk_done_cb (GObject      *source,
 
   cancellable = g_task_get_cancellable (map->task);
   if (value != NULL)
-    map->results[chunk] = value;
+    {
+      map->results[chunk] = value;
+      /* As map_join() reserves: the bodies, their padding, the table. */
+      map->joined_bytes += g_variant_get_size (value) + 8 +
+                           8 * MIN (map->chunk_size, map->n_items - chunk_start (map, chunk));
+      if (map->joined_bytes > max_joined)
+        {
+          g_autofree char *limit = g_format_size (max_joined);
+
+          map_complete (map, NULL,
+                        g_error_new (DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL,
+                                     _("The map’s results, joined, would exceed %s"), limit));
+          map_unref (map);
+          return;
+        }
+    }
   else if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED) &&
            cancellable != NULL && g_cancellable_is_cancelled (cancellable))
     {
@@ -220,6 +246,19 @@ map_check (DcPool   *pool,
   return NULL;
 }
 
+/* The bytes of @view's elements, together. */
+static gsize
+view_size (const DcWireArray *view)
+{
+  gsize start, end, last_start, last_end;
+
+  if (view->fixed_size > 0)
+    return view->n * view->fixed_size;
+  dc_wire_array_element (view, view->first, &start, &end);
+  dc_wire_array_element (view, view->first + view->n - 1, &last_start, &last_end);
+  return last_end - start;
+}
+
 /* The frame of each chunk: the items' serialized bytes, sliced.  NULL
  * with @error if one would be too large to travel. */
 static GPtrArray *
@@ -235,12 +274,20 @@ map_make_payloads (DcMap             *map,
     {
       g_autoptr(GByteArray) out = g_byte_array_new ();
       DcWireArray view = *all;
+      gboolean too_large;
 
       view.first = chunk_start (map, chunk);
       view.n = MIN (map->chunk_size, map->n_items - view.first);
-      dc_wire_append_variant_head (out, type_string);
-      dc_wire_array_append_views (out, &view, 1);
-      if (out->len > DC_WIRE_MAX_PAYLOAD)
+      /* Checked before the copy too: a GByteArray takes a guint length,
+       * so a chunk past 4 GiB would be cut short, not refused. */
+      too_large = view_size (&view) > DC_WIRE_MAX_PAYLOAD;
+      if (!too_large)
+        {
+          dc_wire_append_variant_head (out, type_string);
+          dc_wire_array_append_views (out, &view, 1);
+          too_large = out->len > DC_WIRE_MAX_PAYLOAD;
+        }
+      if (too_large)
         {
           dc_wire_set_marshal_error (error, DC_WIRE_MARSHAL_TOO_LARGE, type_string);
           g_ptr_array_unref (payloads);

@@ -12,9 +12,11 @@
 #include "config.h"
 
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "dc-detached-code-private.h"
+#include "dc-map-private.h"
 #include "dc-wire-private.h"
 #include "dc-test-common.h"
 
@@ -318,6 +320,67 @@ test_map_mixed_results (void)
                      g_variant_get_data (built), g_variant_get_size (built));
   }
   result_clear (&r);
+  destroy_pool (code);
+}
+
+/* Results too large to join fail the map, the process lives on.  The real
+ * bound (4 GiB joined) takes over 8 GiB and minutes to reach: lowered. */
+static void
+test_map_joined_too_large (void)
+{
+  DcDetachedCode *code = map_pool (2);
+  Result r = { 0, };
+
+  /* 1000 results of 8 bytes each and their table: over 8000 bytes. */
+  dc_map_set_max_joined (4096);
+  map_sync (code, commands ("double", 1000, NULL, 0), 100, NULL, &r);
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL);
+  g_assert_cmpuint (r.times_called, ==, 1);
+  result_clear (&r);
+
+  /* One chunk small enough, the next past the bound. */
+  dc_map_set_max_joined (400);
+  map_sync (code, commands ("double", 40, NULL, 0), 20, NULL, &r);
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL);
+  result_clear (&r);
+
+  dc_map_set_max_joined (G_MAXSIZE);
+  map_sync (code, commands ("double", 1000, NULL, 0), 100, NULL, &r);
+  g_assert_no_error (r.error);
+  assert_doubled (r.value, 1000);
+  result_clear (&r);
+  destroy_pool (code);
+}
+
+/* A chunk past 4 GiB is refused in the parent, not cut to what a guint
+ * length keeps (which a worker then answered "wrongly", and was killed). */
+static void
+test_map_chunk_too_large (void)
+{
+  DcDetachedCode *code = map_pool (1);
+  const gsize size = ((gsize) 4 << 30) + 4096;
+  /* Never touched: refused before any copy. */
+  void *data = mmap (NULL, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  g_autofree GPid *before = NULL, *after = NULL;
+  guint n_before, n_after;
+  Result r = { 0, };
+
+  g_assert_true (data != MAP_FAILED);
+  g_assert_true (dc_detached_code_start (code, NULL));
+  before = dc_detached_code_get_worker_pids (code, &n_before);
+  map_sync (code, g_variant_new_from_data (G_VARIANT_TYPE ("a(i)"), data, size, TRUE, NULL, NULL),
+            G_MAXUINT, NULL, &r);
+  g_assert_error (r.error, DC_DETACHED_CODE_ERROR, DC_DETACHED_CODE_ERROR_MARSHAL);
+  result_clear (&r);
+  munmap (data, size);
+
+  map_sync (code, commands ("double", 10, NULL, 0), 0, NULL, &r);
+  g_assert_no_error (r.error);
+  assert_doubled (r.value, 10);
+  result_clear (&r);
+  after = dc_detached_code_get_worker_pids (code, &n_after);
+  g_assert_cmpuint (n_after, ==, n_before);
+  g_assert_cmpmem (after, n_after * sizeof (GPid), before, n_before * sizeof (GPid));
   destroy_pool (code);
 }
 
@@ -696,6 +759,8 @@ main (int   argc,
   g_test_add_func ("/detached-code/map/order", test_map_order);
   g_test_add_func ("/detached-code/map/fixed", test_map_fixed);
   g_test_add_func ("/detached-code/map/mixed-results", test_map_mixed_results);
+  g_test_add_func ("/detached-code/map/joined-too-large", test_map_joined_too_large);
+  g_test_add_func ("/detached-code/map/chunk-too-large", test_map_chunk_too_large);
   g_test_add_func ("/detached-code/map/empty", test_map_empty);
   g_test_add_func ("/detached-code/map/spread", test_map_spread);
   g_test_add_func ("/detached-code/map/lowest-failure", test_map_lowest_failure);
