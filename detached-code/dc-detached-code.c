@@ -828,6 +828,36 @@ copy_fd_list (GUnixFDList  *fd_list,
   return g_steal_pointer (&copy);
 }
 
+/* GLib starts its worker thread ("gmain") when the GTask type is
+ * registered: GLib 2.74 attaches its task pool's manager source to the
+ * worker context then.  A pool's first call may make the process's first
+ * task; its worker template is forked before that, from a process that
+ * may still have one thread, and not a moment after a thread was born
+ * (one that holds an allocator's lock at the fork would hand it, held, to
+ * every worker).  Once the type exists this costs one atomic read. */
+static void
+template_before_first_task (DcDetachedCode *self)
+{
+  static gint task_type_seen;
+  DcContext *ctx = dc_pool_get_context (self->pool);
+
+  if (g_atomic_int_get (&task_type_seen))
+    return;
+  if (g_type_from_name ("GTask") != 0)
+    {
+      g_atomic_int_set (&task_type_seen, TRUE);
+      return;
+    }
+  if (!dc_context_in_owner_process (ctx) || !dc_launcher_has_code (code_launcher (self)))
+    return;
+  if (dc_context_enter (ctx))
+    {
+      /* A failure is the call's to report, as it dispatches. */
+      dc_launcher_prepare (code_launcher (self), NULL);
+      dc_context_leave (ctx);
+    }
+}
+
 /**
  * dc_detached_code_call_async:
  * @self: a pool
@@ -895,6 +925,7 @@ call_internal (DcDetachedCode     *self,
   owned_args = args != NULL ? g_variant_ref_sink (args)
                             : g_variant_ref_sink (g_variant_new ("()"));
 
+  template_before_first_task (self);
   /* With progress, the task completes through the progress, which
    * delivers the values that wait before it runs @callback. */
   if (progress != NULL)
@@ -1342,6 +1373,7 @@ dc_detached_code_map_async (DcDetachedCode     *self,
   g_return_if_fail (cancellable == NULL || G_IS_CANCELLABLE (cancellable));
 
   owned = g_variant_ref_sink (items);
+  template_before_first_task (self);
   task = g_task_new (self, cancellable, callback, user_data);
   g_task_set_source_tag (task, dc_detached_code_map_async);
   g_task_set_priority (task, io_priority);
