@@ -442,7 +442,7 @@ main (int   argc,
                     frames.how);
   bench_table_note ("baseline \"window W\": bare children echo, the parent keeps W messages "
                     "in flight per child; \"no window\": it writes all before reading");
-  bench_table_note ("Python multiprocessing.Pool (the DESIGN target's peer, >= 5x) is "
+  bench_table_note ("Python multiprocessing.Pool (the DESIGN target's peer, >= 8x at depth 32) is "
                     "measured by peers.sh");
 
   bench_table_begin ("CPU per call in the best round, getrusage(RUSAGE_SELF) and /proc/PID/stat "
