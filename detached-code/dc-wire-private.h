@@ -436,10 +436,8 @@ gsize     dc_wire_buffer_cache_size      (void);
 /* In a worker, before its first call. */
 void      dc_wire_forget_buffers_after_fork (void);
 
-/* Large payloads: a sealed memfd the receiver maps read-only. */
-int       dc_wire_memfd_from_bytes       (GBytes             *payload,
-                                          GError            **error);
-/* The same for a message in two pieces, @head then @tail. */
+/* Large payloads: a sealed memfd the receiver maps read-only, holding a
+ * message in two pieces, @head then @tail (maybe NULL). */
 int       dc_wire_memfd_from_parts       (const guint8       *head,
                                           gsize               head_len,
                                           const guint8       *tail,

@@ -1189,16 +1189,6 @@ munmap_bytes (gpointer data)
 }
 
 int
-dc_wire_memfd_from_bytes (GBytes  *payload,
-                          GError **error)
-{
-  gsize size;
-  const guint8 *data = g_bytes_get_data (payload, &size);
-
-  return dc_wire_memfd_from_parts (data, size, NULL, 0, error);
-}
-
-int
 dc_wire_memfd_from_parts (const guint8  *head,
                           gsize          head_len,
                           const guint8  *tail,

@@ -110,10 +110,6 @@ gboolean           dc_worker_proc_is_running    (DcWorkerProc  *proc,
 /* RUNNING → RETIRING: no more calls; it leaves once it has answered those
  * it has. */
 void               dc_worker_proc_retire        (DcWorkerProc  *proc);
-/* → LOST: SIGKILL.  The calls it still has fail with @reason (transfer
- * full) once it is reaped. */
-void               dc_worker_proc_kill          (DcWorkerProc  *proc,
-                                                 GError        *reason);
 /* Kills it for @call (which completed already, as timed out or
  * cancelled): the calls written behind fail with @reason. */
 void               dc_worker_proc_kill_for_call (DcWorkerProc  *proc,

@@ -1411,13 +1411,6 @@ dc_worker_proc_retire (DcWorkerProc *proc)
 }
 
 void
-dc_worker_proc_kill (DcWorkerProc *proc,
-                     GError       *reason)
-{
-  proc_transition (proc, EVENT_KILL, reason, NULL);
-}
-
-void
 dc_worker_proc_kill_for_call (DcWorkerProc *proc,
                               DcCall       *call,
                               GError       *reason)
